@@ -1,0 +1,34 @@
+# Two commands after cloning: `make run` (one pruning run on the embedded default) and `make test`.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+# CUDA users: make install TORCH_INDEX=https://download.pytorch.org/whl/cu128
+TORCH_INDEX ?=
+# A local data folder with wikitext-2-raw/wiki.test.raw, used when present; never required.
+DLP_DATA_DIR ?= $(wildcard ../shared/data)
+export DLP_DATA_DIR
+
+.PHONY: install run test test-fast clean-cache
+
+$(VENV)/.installed: pyproject.toml assets/wheels.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet torch==2.13.0 $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
+	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m dlp.assets
+	$(PY) -c "from dlp.embedded import converted_folder; print('embedded model:', converted_folder())"
+	touch $@
+
+install: $(VENV)/.installed
+
+run: install
+	$(PY) -m experiments.run model=smollm2-135m criterion=wanda allocation=uniform sparsity=0.5 preset=cpu
+
+test: install
+	$(PY) -m pytest -q
+
+test-fast: install
+	$(PY) -m pytest -q -m "not e2e"
+
+clean-cache:
+	rm -rf .cache

@@ -1,0 +1,1 @@
+"""Baselines: within-layer criteria (magnitude, Wanda, SparseGPT) and layerwise allocations."""

@@ -1,0 +1,16 @@
+"""What an allocation is: one sparsity per decoder block around a global target."""
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Allocation:
+    sparsities: list[float]  # one target per block, applied to every Linear in it
+    scores: list[float] | None = None  # the per-block statistic the allocation ranked by, when it has one
+    info: dict = field(default_factory=dict)
+
+
+class Allocator:
+    name: str = ""
+
+    def allocate(self, model, calib_ids, target: float, batch_size: int, progress: bool = True) -> Allocation:
+        raise NotImplementedError

@@ -1,0 +1,14 @@
+"""Magnitude pruning: drop the smallest |W| of each matrix under one threshold (or per N:M group)."""
+import torch
+
+from .base import Criterion, lowest_nm, lowest_overall
+
+
+class Magnitude(Criterion):
+    name = "magnitude"
+
+    def prune(self, weight, stats, sparsity, pattern):
+        score = weight.abs()
+        # Exactly floor(numel·s) weights go; the reference's `<= thresh` removes one more (plus ties).
+        mask = lowest_nm(score, pattern) if pattern else lowest_overall(score, sparsity)
+        return weight.masked_fill(mask, 0.0)

@@ -1,0 +1,39 @@
+"""Sparsity patterns: unstructured (a fraction of weights) or N:M (N of every M consecutive inputs pruned)."""
+from dataclasses import dataclass
+
+from dlp.errors import UserError
+
+
+@dataclass(frozen=True)
+class NM:
+    n: int  # weights pruned in each group
+    m: int  # group size along the input dimension
+
+    @property
+    def sparsity(self) -> float:
+        return self.n / self.m
+
+    def __str__(self) -> str:
+        return f"{self.n}:{self.m}"
+
+
+def parse_pattern(text: str | None, sparsity: float) -> NM | None:
+    """'unstructured' → None; '2:4' → NM(2, 4). N:M fixes the sparsity, so any other target is refused."""
+    if text in (None, "", "unstructured"):
+        return None
+    try:
+        n, m = (int(part) for part in str(text).split(":"))
+    except ValueError:
+        raise UserError(f"pattern must be 'unstructured' or 'N:M' such as 2:4 (got '{text}')") from None
+    if not 0 < n < m:
+        raise UserError(f"pattern {text}: need 0 < N < M")
+    if abs(sparsity - n / m) > 1e-9:
+        raise UserError(f"pattern {n}:{m} prunes exactly {n / m:g} of the weights; set sparsity={n / m:g} "
+                        f"(got {sparsity:g})")
+    return NM(n, m)
+
+
+def check_sparsity(sparsity: float) -> float:
+    if not isinstance(sparsity, (int, float)) or not 0.0 <= float(sparsity) < 1.0:
+        raise UserError(f"sparsity must be in [0, 1) (got {sparsity})")
+    return float(sparsity)

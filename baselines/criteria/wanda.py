@@ -1,0 +1,21 @@
+"""Wanda (Sun et al., 2023): score |W_ij|·‖X_j‖₂, prune the lowest floor(C_in·s) of every output row.
+
+No weight update: kept weights stay exactly as they were.
+"""
+from dlp.stats import SQNORM
+
+from .base import Criterion, lowest_nm, lowest_per_row
+
+
+def wanda_scores(weight, stats):
+    return weight.abs() * stats.column_norm().to(weight.device).unsqueeze(0)
+
+
+class Wanda(Criterion):
+    name = "wanda"
+    needs = frozenset({SQNORM})
+
+    def prune(self, weight, stats, sparsity, pattern):
+        score = wanda_scores(weight, stats)
+        mask = lowest_nm(score, pattern) if pattern else lowest_per_row(score, sparsity)
+        return weight.masked_fill(mask, 0.0)

@@ -1,0 +1,1 @@
+"""Text corpora (with provenance) and the papers' calibration sampling."""

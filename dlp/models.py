@@ -1,0 +1,51 @@
+"""Load a causal LM by alias, Hugging Face id or local folder, with a dtype and a device."""
+from pathlib import Path
+
+import torch
+
+from . import embedded
+from .errors import UserError
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def resolve_source(path: str) -> tuple[str, dict]:
+    """Map what the user named to something `from_pretrained` takes, plus provenance for the record."""
+    if path == embedded.ALIAS:
+        return str(embedded.converted_folder()), embedded.model_provenance()
+    local = Path(path).expanduser()
+    if local.exists():
+        if not (local / "config.json").exists():
+            raise UserError(f"model folder {local} has no config.json")
+        return str(local), {"source": "local", "path": str(local.resolve())}
+    if path.startswith((".", "/", "~")) or path.count("/") > 1:
+        raise UserError(f"model path not found: {path}")
+    return path, {"source": "huggingface-hub", "id": path}  # a hub id such as meta-llama/Llama-2-7b-hf
+
+
+def load_model(path: str, dtype: str = "float32", device: str = "auto", device_map=None):
+    """Returns (model, tokenizer, provenance). `device_map` (e.g. "auto") spreads a large model on GPUs."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if dtype not in DTYPES:
+        raise UserError(f"unknown dtype '{dtype}'; choose one of {', '.join(DTYPES)}")
+    source, prov = resolve_source(path)
+    kwargs = {"dtype": DTYPES[dtype]}
+    if device_map:
+        kwargs["device_map"] = device_map
+    try:
+        model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(source)
+    except OSError as exc:
+        raise UserError(f"could not load model '{path}': {str(exc).splitlines()[0]}") from exc
+    if not device_map:
+        model.to(resolve_device(device))
+    model.eval()
+    model.config.use_cache = False
+    return model, tokenizer, prov

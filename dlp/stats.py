@@ -1,0 +1,55 @@
+"""Float32 statistics of every Linear input, accumulated by forward hooks during a block's forward pass.
+
+Wanda needs the squared column norms of X; SparseGPT the Gram matrix H = (2/N) Σ x xᵀ (N = number of
+calibration sequences, as in the reference code; the scale does not change either method's choices).
+Only what the criterion asks for is accumulated, so magnitude pruning costs no statistics at all.
+"""
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn as nn
+
+SQNORM = "sqnorm"
+HESSIAN = "hessian"
+
+
+@dataclass
+class LinearStats:
+    in_features: int
+    device: torch.device
+    needs: frozenset
+    nsamples: int = 0  # calibration sequences seen
+    sqnorm: torch.Tensor | None = None  # Σ_tokens x_j², float32 (in_features,)
+    gram: torch.Tensor | None = None  # Σ_tokens x xᵀ, float32 (in, in)
+    _extra: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        if SQNORM in self.needs or HESSIAN in self.needs:
+            self.sqnorm = torch.zeros(self.in_features, dtype=torch.float32, device=self.device)
+        if HESSIAN in self.needs:
+            self.gram = torch.zeros(self.in_features, self.in_features, dtype=torch.float32, device=self.device)
+
+    def add(self, x: torch.Tensor) -> None:
+        x = x.reshape(-1, x.shape[-1]).to(torch.float32)
+        if self.sqnorm is not None:
+            self.sqnorm += (x * x).sum(0)
+        if self.gram is not None:
+            self.gram.addmm_(x.t(), x)
+
+    def column_norm(self) -> torch.Tensor:
+        """‖X_j‖₂ scaled as Wanda's `scaler_row` (mean over sequences of the squared norm), then sqrt."""
+        return torch.sqrt(self.sqnorm / max(self.nsamples, 1))
+
+    def hessian(self) -> torch.Tensor:
+        return self.gram * (2.0 / max(self.nsamples, 1))
+
+
+def attach(linears: dict[str, nn.Linear], needs: frozenset) -> tuple[dict[str, LinearStats], list]:
+    """Hook every Linear; returns the stats and the hook handles (remove them when done)."""
+    stats, handles = {}, []
+    for name, layer in linears.items():
+        st = LinearStats(layer.in_features, layer.weight.device, needs)
+        stats[name] = st
+        if needs:
+            handles.append(layer.register_forward_hook(lambda _m, inp, _out, st=st: st.add(inp[0].detach())))
+    return stats, handles

@@ -1,0 +1,1 @@
+"""Entry points: one run (`python -m experiments.run`), sweeps (`-m`), tables and plots."""

@@ -1,0 +1,126 @@
+"""One run from a resolved config: validate, load, calibrate, allocate, prune, measure, record."""
+import time
+import traceback
+from pathlib import Path
+
+import torch
+
+from baselines.allocations import make_allocator
+from baselines.criteria import make_criterion
+from baselines.criteria.pattern import check_sparsity, parse_pattern
+from dlp.data import corpora
+from dlp.data.calibration import calibration_windows
+from dlp.errors import UserError
+from dlp.models import load_model
+from dlp.perplexity import perplexity
+from dlp.prune import prune_model
+from dlp.sparsity import measure_sparsity
+
+from . import records
+
+PRESETS = ("cpu", "paper")
+
+
+def validate(cfg: dict) -> None:
+    """Cheap checks first, so bad input fails before minutes of loading."""
+    check_sparsity(cfg["sparsity"])
+    if cfg.get("preset") not in PRESETS:
+        raise UserError(f"unknown preset '{cfg.get('preset')}'; choose one of {', '.join(PRESETS)}")
+    if not records.is_dense(cfg):
+        params = {k: v for k, v in cfg["criterion"].items() if k != "name"}
+        make_criterion(cfg["criterion"]["name"], **params)
+        make_allocator(cfg["allocation"]["name"], **{k: v for k, v in cfg["allocation"].items() if k != "name"})
+        parse_pattern(cfg["pattern"], cfg["sparsity"])
+        if cfg["pattern"] not in (None, "unstructured") and cfg["allocation"]["name"] != "uniform":
+            raise UserError("an N:M pattern fixes every matrix at N/M: use allocation=uniform with it")
+    elif cfg["criterion"]["name"] not in ("none", "magnitude", "wanda", "sparsegpt"):
+        make_criterion(cfg["criterion"]["name"])
+
+
+def eval_corpus(cfg: dict):
+    ev = cfg["eval"]
+    return corpora.load(ev["corpus"], data_dir_cfg=ev.get("data_dir"), allow_substitute=ev.get("allow_substitute", False),
+                        path=ev.get("path"))
+
+
+def execute(cfg: dict) -> dict:
+    """Do the run; returns the record (status ok). Raises UserError on bad input."""
+    validate(cfg)
+    timings = {}
+    t = time.perf_counter()
+    torch.manual_seed(cfg["seed"])
+    m = cfg["model"]
+    model, tokenizer, model_prov = load_model(m["path"], m.get("dtype", "float32"), m.get("device", "auto"),
+                                              m.get("device_map"))
+    timings["load"] = time.perf_counter() - t
+    record = {"model_provenance": model_prov, "data": {}}
+
+    block_targets = None
+    if not records.is_dense(cfg):
+        d = cfg["data"]
+        t = time.perf_counter()
+        calib_corpus = corpora.load(d["corpus"], path=d.get("path"), per_line=d.get("mode") == "documents")
+        calib = calibration_windows(calib_corpus, tokenizer, d["nsamples"], d["seqlen"], cfg["seed"], d["mode"])
+        record["data"]["calibration"] = {**calib_corpus.provenance(), "nsamples": d["nsamples"],
+                                         "seqlen": d["seqlen"], "tokens": int(calib.numel()), "mode": d["mode"]}
+        timings["calibration_data"] = time.perf_counter() - t
+
+        t = time.perf_counter()
+        allocator = make_allocator(cfg["allocation"]["name"],
+                                   **{k: v for k, v in cfg["allocation"].items() if k != "name"})
+        allocation = allocator.allocate(model, calib, cfg["sparsity"], d["batch_size"], progress=cfg["progress"])
+        timings["allocation"] = time.perf_counter() - t
+        block_targets = allocation.sparsities
+        record["allocation"] = {"name": allocator.name, "targets": block_targets, "scores": allocation.scores,
+                                **allocation.info}
+
+        t = time.perf_counter()
+        criterion = make_criterion(cfg["criterion"]["name"], **{k: v for k, v in cfg["criterion"].items() if k != "name"})
+        walk = prune_model(model, calib, criterion, block_targets, parse_pattern(cfg["pattern"], cfg["sparsity"]),
+                           batch_size=d["batch_size"], progress=cfg["progress"])
+        timings["prune"] = time.perf_counter() - t
+        timings["prune_phases"] = walk.timings
+
+    actual = measure_sparsity(model)
+    t = time.perf_counter()
+    ev = cfg["eval"]
+    corpus = eval_corpus(cfg)
+    ppl = perplexity(model, corpus, tokenizer, ev["seqlen"], ev.get("max_windows"), ev["batch_size"], cfg["progress"])
+    record["data"]["evaluation"] = {**corpus.provenance(), "tokens": ppl["corpus_tokens"]}
+    timings["evaluation"] = time.perf_counter() - t
+
+    target = 0.0 if records.is_dense(cfg) else float(cfg["sparsity"])
+    n_params = actual["pruned_parameters"]
+    record.update({
+        "status": "ok",
+        "metrics": {"ppl": ppl["ppl"], "eval_corpus": corpus.name, "eval": ppl},
+        "sparsity": {"target": target, "actual": actual["overall"], "per_block": actual["per_block"],
+                     "per_block_target": block_targets or [0.0] * len(actual["per_block"]),
+                     "per_matrix": actual["per_matrix"], "pruned_parameters": n_params,
+                     "target_met": abs(actual["overall"] - target) <= 0.005},
+        "timings_s": timings,
+    })
+    return record
+
+
+def run(cfg: dict) -> tuple[Path, dict, bool]:
+    """Run (or reuse) one config. Returns (record path, record, reused). Failures are recorded, then raised."""
+    path = records.record_path(cfg)
+    if not cfg.get("force"):
+        existing = records.load_record(path)
+        if existing is not None:
+            return path, existing, True
+    started = time.time()
+    base = {"key": records.run_key(cfg), "config": cfg, "started_unix": started}
+    try:
+        record = execute(cfg)
+    except Exception as exc:
+        failed = {**base, "status": "failed", "error": f"{type(exc).__name__}: {exc}",
+                  "traceback": None if isinstance(exc, UserError) else traceback.format_exc(),
+                  "environment": records.environment()}
+        records.save_record(path, failed)
+        raise
+    record = {**base, **record, "environment": records.environment(), **records.peak_memory(),
+              "wall_s": time.time() - started}
+    records.save_record(path, record)
+    return path, record, False

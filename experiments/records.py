@@ -1,0 +1,88 @@
+"""Run records: one JSON file per run, keyed by a hash of what determines its numbers.
+
+Options that cannot change the numbers (progress bars, forcing, where results go) are left out of the key,
+so the same config finds its record again and is not recomputed unless forced.
+"""
+import hashlib
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+from pathlib import Path
+
+from dlp.io import write_json_atomic
+from dlp.paths import ROOT
+
+NOT_IN_KEY = ("force", "progress", "results_dir", "wandb")
+
+
+def is_dense(cfg: dict) -> bool:
+    return cfg["criterion"]["name"] == "none" or float(cfg["sparsity"]) == 0.0
+
+
+def key_payload(cfg: dict) -> dict:
+    payload = {k: v for k, v in cfg.items() if k not in NOT_IN_KEY}
+    if is_dense(payload):  # every way of asking for the dense model shares one record
+        payload = {"dense": True, "model": payload["model"], "eval": payload["eval"]}
+    return payload
+
+
+def run_key(cfg: dict) -> str:
+    blob = json.dumps(key_payload(cfg), sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:12]
+
+
+def record_path(cfg: dict) -> Path:
+    if is_dense(cfg):
+        stem = f"{cfg['model']['name']}_dense"
+    else:
+        pattern = "" if cfg["pattern"] in (None, "unstructured") else f"_{str(cfg['pattern']).replace(':', 'of')}"
+        stem = f"{cfg['model']['name']}_{cfg['criterion']['name']}_{cfg['allocation']['name']}_s{cfg['sparsity']}{pattern}"
+    return Path(cfg["results_dir"]) / f"{stem}_{run_key(cfg)}.json"
+
+
+def load_record(path: Path) -> dict | None:
+    """The finished record at `path`, or None when absent, failed or unreadable (then it is recomputed)."""
+    try:
+        record = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    return record if record.get("status") == "ok" else None
+
+
+def save_record(path: Path, record: dict) -> None:
+    write_json_atomic(path, record)
+
+
+def git_commit() -> dict:
+    def git(*args):
+        try:
+            done = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=10)
+        except (OSError, subprocess.TimeoutExpired):
+            return ""
+        return done.stdout.strip() if done.returncode == 0 else ""
+    dirty = git("status", "--porcelain", "--untracked-files=no")
+    return {"commit": git("rev-parse", "HEAD") or None, "dirty": bool(dirty)}
+
+
+def environment() -> dict:
+    import torch
+    import transformers
+
+    info = {"python": sys.version.split()[0], "torch": torch.__version__, "transformers": transformers.__version__,
+            "platform": platform.platform(), "processor": platform.machine(), "cpu_count": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(), "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+    info.update(git_commit())
+    return info
+
+
+def peak_memory() -> dict:
+    import torch
+
+    # ru_maxrss is in KiB on Linux.
+    peak = {"peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
+    if torch.cuda.is_available():
+        peak["peak_cuda_allocated_bytes"] = torch.cuda.max_memory_allocated()
+    return peak

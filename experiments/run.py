@@ -1,0 +1,47 @@
+"""`python -m experiments.run model=... criterion=... allocation=... sparsity=... preset=...` (Hydra).
+
+Bad input prints one line (`error: ...`) and exits with status 2; in a sweep (`-m`) a failed cell is
+recorded with its error and the sweep goes on.
+"""
+import sys
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
+
+from dlp.errors import UserError
+
+from . import pipeline
+
+
+def summary(path, record, reused) -> str:
+    if record.get("status") != "ok":
+        return f"{path}: {record.get('error')}"
+    m = record["metrics"]
+    how = "reused" if reused else f"{record['wall_s']:.0f}s"
+    return (f"ppl {m['ppl']:.3f} on {m['eval_corpus']} ({m['eval']['windows']} x {m['eval']['seqlen']} tokens), "
+            f"actual sparsity {record['sparsity']['actual']:.4f} [{how}]\nrecord: {path}")
+
+
+@hydra.main(config_path="../conf", config_name="config", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    plain = OmegaConf.to_container(cfg, resolve=True)
+    multirun = HydraConfig.get().mode == RunMode.MULTIRUN
+    try:
+        path, record, reused = pipeline.run(plain)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        if not multirun:
+            sys.exit(2)
+        return
+    except Exception as exc:  # an unexpected failure in one sweep cell must not sink the others
+        if not multirun:
+            raise
+        print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return
+    print(summary(path, record, reused))
+
+
+if __name__ == "__main__":
+    main()
