@@ -36,6 +36,7 @@ class Captured:
 class WalkResult:
     timings: dict = field(default_factory=dict)
     blocks: int = 0
+    outputs: torch.Tensor | None = None  # the last block's outputs, when asked for (tests compare them)
 
 
 def _move(obj, device):
@@ -111,7 +112,7 @@ Visitor = Callable[[int, nn.Module, dict[str, nn.Linear], dict[str, LinearStats]
 
 @torch.no_grad()
 def walk(model: nn.Module, calib_ids: torch.Tensor, visit: Visitor, needs: frozenset, batch_size: int = 8,
-         desc: str = "blocks", progress: bool = True) -> WalkResult:
+         desc: str = "blocks", progress: bool = True, keep_outputs: bool = False) -> WalkResult:
     """Walk every block once: statistics pass, visit, replay (skipped when the visitor changed nothing)."""
     result = WalkResult()
     layout = find_blocks(model)
@@ -143,4 +144,6 @@ def walk(model: nn.Module, calib_ids: torch.Tensor, visit: Visitor, needs: froze
         inputs, outputs = outputs, inputs  # this block's outputs are the next block's inputs
     result.timings.update(times)
     result.blocks = len(layout)
+    if keep_outputs:
+        result.outputs = inputs
     return result
