@@ -1,4 +1,4 @@
-# Two commands after cloning: `make run` (one pruning run on the embedded default) and `make test`.
+# Two commands after cloning: `make table1` (the DLP paper's Table 1 on the configured models) and `make test`.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -8,7 +8,13 @@ TORCH_INDEX ?=
 DLP_DATA_DIR ?= $(wildcard ../shared/data)
 export DLP_DATA_DIR
 
-.PHONY: install run test test-fast clean-cache
+# Models (conf/model) and preset for the tables: make table1 MODELS=llama2-7b,mistral-7b PRESET=paper
+MODELS ?= smollm2-135m
+comma := ,
+FIRST_MODEL = $(firstword $(subst $(comma), ,$(MODELS)))
+PRESET ?= cpu
+
+.PHONY: install run table1 plots test test-fast clean-cache
 
 $(VENV)/.installed: pyproject.toml assets/wheels.txt
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +29,12 @@ install: $(VENV)/.installed
 
 run: install
 	$(PY) -m experiments.run model=smollm2-135m criterion=wanda allocation=uniform sparsity=0.5 preset=cpu
+
+table1: install
+	$(PY) -m experiments.tables table1 --models $(MODELS) --preset $(PRESET)
+
+plots: install
+	$(PY) -m experiments.plots --model $(FIRST_MODEL) --preset $(PRESET)
 
 test: install
 	$(PY) -m pytest -q

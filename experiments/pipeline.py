@@ -68,7 +68,9 @@ def execute(cfg: dict) -> dict:
         t = time.perf_counter()
         allocator = make_allocator(cfg["allocation"]["name"],
                                    **{k: v for k, v in cfg["allocation"].items() if k != "name"})
-        allocation = allocator.allocate(model, calib, cfg["sparsity"], d["batch_size"], progress=cfg["progress"])
+        model_id = {**model_prov, "dtype": m.get("dtype", "float32")}
+        allocation = allocator.allocate(model, calib, cfg["sparsity"], d["batch_size"], progress=cfg["progress"],
+                                        model_id=model_id)
         timings["allocation"] = time.perf_counter() - t
         block_targets = allocation.sparsities
         record["allocation"] = {"name": allocator.name, "targets": block_targets, "scores": allocation.scores,

@@ -4,6 +4,7 @@ Bad input prints one line (`error: ...`) and exits with status 2; in a sweep (`-
 recorded with its error and the sweep goes on.
 """
 import sys
+from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -11,8 +12,9 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from dlp.errors import UserError
+from dlp.paths import ROOT
 
-from . import pipeline
+from . import pipeline, tracking
 
 
 def summary(path, record, reused) -> str:
@@ -41,7 +43,32 @@ def main(cfg: DictConfig) -> None:
         print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
         return
     print(summary(path, record, reused))
+    if not reused:
+        group = "/".join(Path(HydraConfig.get().sweep.dir).parts[-2:]) if multirun else None
+        try:
+            tracking.log_record(record, plain["wandb"], group)
+        except Exception as exc:  # logging must never lose a finished run
+            print(f"warning: W&B logging failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+
+
+def check_group_choices(argv: list[str]) -> None:
+    """Refuse an unknown config-group choice (`criterion=foo`, `preset=fast`) in one line, before Hydra's
+    multi-line composition error. Sweeps (`a,b`) are checked choice by choice."""
+    groups = {d.name: sorted(f.stem for f in d.glob("*.yaml")) for d in (ROOT / "conf").iterdir() if d.is_dir()}
+    for arg in argv:
+        group, sep, value = arg.partition("=")
+        group = group.lstrip("+~")
+        if not sep or group not in groups or value in ("", "null"):
+            continue
+        for choice in value.split(","):
+            if choice not in groups[group]:
+                raise UserError(f"unknown {group} '{choice}'; choose one of {', '.join(groups[group])}")
 
 
 if __name__ == "__main__":
+    try:
+        check_group_choices(sys.argv[1:])
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
     main()

@@ -6,26 +6,15 @@ from pathlib import Path
 
 import pytest
 
-from tiny import TEXT, save_tiny
+from conftest import tiny_overrides
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-@pytest.fixture(scope="module")
-def workspace(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("run")
-    save_tiny(tmp / "model")
-    docs = tmp / "docs.txt"
-    docs.write_text("\n".join(TEXT * (i + 1) for i in range(6)))
-    return tmp
-
-
-def cli(workspace, *overrides):
-    args = [sys.executable, "-m", "experiments.run", f"model.path={workspace / 'model'}", "model.name=tiny",
-            "data=file", f"data.path={workspace / 'docs.txt'}", "data.nsamples=4", "data.seqlen=64",
-            "eval=file", f"eval.path={workspace / 'docs.txt'}", "eval.seqlen=64", "eval.max_windows=3",
-            f"results_dir={workspace / 'runs'}", "progress=false", *overrides]
-    return subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=300)
+def cli(workspace, *overrides, multirun=False):
+    args = [sys.executable, "-m", "experiments.run", *(["-m"] if multirun else []), *tiny_overrides(workspace),
+            *overrides]
+    return subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=600)
 
 
 def test_run_writes_a_complete_record_and_reuses_it(workspace):
@@ -83,3 +72,30 @@ def test_failed_run_keeps_earlier_records(workspace):
     cli(workspace, "model.path=/nonexistent/model")
     for p, data in before.items():
         assert p.read_bytes() == data
+
+
+def test_sweep_runs_every_cell_and_survives_a_failed_one(workspace):
+    out = cli(workspace, "allocation=uniform,dlp", "criterion=wanda,magnitude", "sparsity=0.4",
+              "model.device=bogus_device_for_one_cell", multirun=True)
+    assert out.returncode == 0  # the sweep finished although every cell failed
+    assert out.stderr.count("error:") == 4
+    good = cli(workspace, "allocation=uniform,dlp", "criterion=wanda,magnitude", "sparsity=0.4", multirun=True)
+    assert good.returncode == 0, good.stderr
+    assert good.stdout.count("record: ") == 4
+    again = cli(workspace, "allocation=uniform,dlp", "criterion=wanda,magnitude", "sparsity=0.4", multirun=True)
+    assert again.stdout.count("reused") == 4  # a finished cell is never recomputed
+
+
+def test_sweep_with_joblib_launcher(workspace):
+    out = cli(workspace, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "criterion=wanda", "sparsity=0.2,0.3",
+              multirun=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.count("record: ") == 2 or out.stdout.count("ppl ") == 2
+
+
+def test_sweep_with_local_submitit_launcher(workspace, tmp_path):
+    out = cli(workspace, "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=10", "criterion=magnitude",
+              "sparsity=0.2,0.25", f"hydra.sweep.dir={tmp_path}", multirun=True)
+    assert out.returncode == 0, out.stderr
+    records = [json.loads(p.read_text()) for p in (workspace / "runs").glob("tiny_magnitude_uniform_s0.2*.json")]
+    assert {r["config"]["sparsity"] for r in records if r["status"] == "ok"} >= {0.2, 0.25}

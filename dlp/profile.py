@@ -1,0 +1,72 @@
+"""The dense profile of a model: statistics of every block's Wanda scores |W_ij|·‖X_j‖₂.
+
+Computed in one dense pass of the engine (no pruning, so no replay) and shared by the allocations that rank
+blocks by it (DLP, OWL). Cached on disk by model, calibration tokens and parameters, so the three criteria
+of a table row, and every sparsity of a sweep, reuse one pass.
+"""
+import json
+import logging
+from pathlib import Path
+
+import torch
+
+from baselines.criteria.wanda import wanda_scores
+
+from .engine import walk
+from .io import sha256_bytes, write_json_atomic
+from .paths import cache_dir
+from .select import median
+from .stats import SQNORM
+
+log = logging.getLogger(__name__)
+FORMAT_VERSION = 1
+
+
+def block_profile(linears, stats, outlier_m: float) -> dict:
+    """Mean, exact median and OWL outlier ratio (share above M × mean) of one block's scores."""
+    def stream():
+        for name, layer in linears.items():
+            yield wanda_scores(layer.weight.data.to(torch.float32), stats[name])
+
+    count, total = 0, 0.0
+    for chunk in stream():
+        count += chunk.numel()
+        total += chunk.double().sum().item()
+    mean = total / count
+    above = sum(int((chunk > outlier_m * mean).sum()) for chunk in stream())
+    return {"count": count, "mean": mean, "median": median(stream, count), "outlier_ratio": above / count}
+
+
+def compute_profile(model, calib_ids, outlier_m: float, batch_size: int, progress: bool = True) -> list[dict]:
+    blocks = []
+
+    def visit(index, block, linears, stats):
+        blocks.append(block_profile(linears, stats, outlier_m))
+        return False  # nothing changed: the engine reuses the dense outputs, no replay
+
+    walk(model, calib_ids, visit, frozenset({SQNORM}), batch_size=batch_size, desc="dense profile", progress=progress)
+    return blocks
+
+
+def profile_key(model_id: dict, calib_ids: torch.Tensor, outlier_m: float) -> str:
+    ids = calib_ids.to(torch.int64).contiguous().numpy().tobytes()
+    blob = json.dumps({"model": model_id, "calibration": sha256_bytes(ids), "M": outlier_m,
+                       "version": FORMAT_VERSION}, sort_keys=True, default=str)
+    return sha256_bytes(blob.encode())[:16]
+
+
+def cached_profile(model, calib_ids, model_id: dict, outlier_m: float, batch_size: int,
+                   progress: bool = True) -> tuple[list[dict], bool]:
+    """(profile, from_cache). A corrupt cache file is reported in one line and recomputed."""
+    path = Path(cache_dir()) / "profiles" / f"{profile_key(model_id, calib_ids, outlier_m)}.json"
+    if path.exists():
+        try:
+            data = json.loads(path.read_text())
+            if data.get("version") == FORMAT_VERSION and all("median" in b for b in data["blocks"]):
+                return data["blocks"], True
+            raise ValueError("missing fields")
+        except (ValueError, KeyError, TypeError) as exc:
+            log.warning("corrupt profile cache %s (%s): recomputing it", path, exc)
+    blocks = compute_profile(model, calib_ids, outlier_m, batch_size, progress)
+    write_json_atomic(path, {"version": FORMAT_VERSION, "model": model_id, "M": outlier_m, "blocks": blocks})
+    return blocks, False

@@ -1,0 +1,77 @@
+"""Layer-importance figures from run records: each block's score and resulting sparsity, per allocation.
+
+`python -m experiments.plots --model smollm2-135m --criterion wanda --sparsity 0.7` runs the missing cells
+(uniform, OWL, DLP, AlphaPruning with that criterion), then draws `results/figures/<model>_<criterion>_s<s>.png`:
+top, each allocation's per-block score (normalised to its own maximum: the scores are in different units);
+bottom, the target sparsity per block with the measured one as dots.
+"""
+import argparse
+from pathlib import Path
+
+from dlp.paths import ROOT
+
+from .cells import run_cell
+
+ALLOCATIONS = ["uniform", "owl", "dlp", "alphapruning"]
+SCORE_LABEL = {"owl": "outlier ratio", "dlp": "block score (median |W|·‖X‖)", "alphapruning": "ESD alpha"}
+
+
+def gather(model, criterion, sparsity, preset="cpu", extra=()):
+    return {alloc: run_cell([f"model={model}", f"preset={preset}", f"criterion={criterion}", f"allocation={alloc}",
+                             f"sparsity={sparsity}", "progress=false", *extra]) for alloc in ALLOCATIONS}
+
+
+def draw(records: dict, title: str, path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(9, 6.5), sharex=True)
+    for alloc, record in records.items():
+        if record.get("status") != "ok":
+            continue
+        s = record["sparsity"]
+        blocks = range(len(s["per_block_target"]))
+        scores = (record.get("allocation") or {}).get("scores")
+        if scores:
+            peak = max(abs(v) for v in scores) or 1.0
+            top.plot(blocks, [v / peak for v in scores], marker=".", label=f"{alloc}: {SCORE_LABEL.get(alloc, 'score')}")
+        line, = bottom.plot(blocks, s["per_block_target"], label=f"{alloc} (ppl {record['metrics']['ppl']:.1f})")
+        bottom.plot(blocks, s["per_block"], ".", color=line.get_color())
+    top.set_ylabel("score / max")
+    top.legend(fontsize=8)
+    top.set_title(title)
+    bottom.set_xlabel("decoder block")
+    bottom.set_ylabel("sparsity (line: target, dots: actual)")
+    bottom.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name("." + path.name + ".tmp.png")
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    tmp.replace(path)
+    return path
+
+
+def figure(model="smollm2-135m", criterion="wanda", sparsity=0.7, preset="cpu", extra=(), out_dir=None) -> Path:
+    records = gather(model, criterion, sparsity, preset, extra)
+    out = Path(out_dir or ROOT / "results" / "figures") / f"{model}_{criterion}_s{sparsity}.png"
+    ok = next((r for r in records.values() if r.get("status") == "ok"), None)
+    corpus = ok["metrics"]["eval_corpus"] if ok else "?"
+    return draw(records, f"{model}, {criterion}, target {sparsity:.0%} ({preset} preset, ppl on {corpus})", out)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description="per-block score and sparsity plots")
+    parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument("--criterion", default="wanda")
+    parser.add_argument("--sparsity", type=float, default=0.7)
+    parser.add_argument("--preset", default="cpu")
+    parser.add_argument("overrides", nargs="*")
+    args = parser.parse_args(argv)
+    print(figure(args.model, args.criterion, args.sparsity, args.preset, args.overrides))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,64 @@
+"""Weights & Biases logging of one run record.
+
+mode: `auto` is online when an API key is configured (WANDB_API_KEY or a netrc login) and offline otherwise
+(sync later with `wandb sync results/wandb/...`); `online`, `offline`, or `disabled` to switch it off.
+Runs of one sweep share a group (the sweep's folder name), so they appear together.
+"""
+import netrc
+import os
+from pathlib import Path
+
+from dlp.paths import ROOT
+
+
+def _has_api_key() -> bool:
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    try:
+        return netrc.netrc().authenticators("api.wandb.ai") is not None
+    except (OSError, netrc.NetrcParseError):
+        return False
+
+
+def resolve_mode(mode: str) -> str:
+    if mode == "auto":
+        return "online" if _has_api_key() else "offline"
+    if mode not in ("online", "offline", "disabled"):
+        raise ValueError(f"wandb.mode must be auto, online, offline or disabled (got '{mode}')")
+    return mode
+
+
+def run_name(cfg: dict) -> str:
+    if cfg["criterion"]["name"] == "none" or float(cfg["sparsity"]) == 0:
+        return f"{cfg['model']['name']}-dense"
+    return f"{cfg['model']['name']}-{cfg['criterion']['name']}-{cfg['allocation']['name']}-s{cfg['sparsity']}"
+
+
+def log_record(record: dict, wb: dict, group: str | None = None) -> str | None:
+    """Log one finished record; returns the local run folder (None when disabled)."""
+    mode = resolve_mode(wb.get("mode", "auto"))
+    if mode == "disabled" or record.get("status") != "ok":
+        return None
+    import wandb
+
+    cfg = record["config"]
+    directory = Path(wb.get("dir") or ROOT / "results")
+    directory.mkdir(parents=True, exist_ok=True)
+    run = wandb.init(project=wb.get("project", "dlp-bench"), entity=wb.get("entity"), mode=mode,
+                     group=group or wb.get("group"), name=run_name(cfg), config=cfg, dir=str(directory),
+                     reinit="finish_previous", settings=wandb.Settings(silent=True, console="off"))
+    try:
+        s = record["sparsity"]
+        scores = (record.get("allocation") or {}).get("scores") or [None] * len(s["per_block"])
+        table = wandb.Table(columns=["block", "score", "target_sparsity", "actual_sparsity"],
+                            data=[[i, sc, t, a] for i, (sc, t, a) in
+                                  enumerate(zip(scores, s["per_block_target"], s["per_block"]))])
+        run.log({"ppl": record["metrics"]["ppl"], "actual_sparsity": s["actual"], "target_met": s["target_met"],
+                 "per_block": table,
+                 "per_block_sparsity": wandb.plot.line(table, "block", "target_sparsity",
+                                                       title="target sparsity per block")})
+        run.summary.update({"ppl": record["metrics"]["ppl"], "eval_corpus": record["metrics"]["eval_corpus"],
+                            "record_key": record["key"]})
+        return run.dir
+    finally:
+        run.finish()

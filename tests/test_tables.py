@@ -1,0 +1,97 @@
+"""Table 1, plots, the notebook and W&B logging, on the tiny model."""
+import json
+import os
+import time
+
+import pytest
+
+from conftest import tiny_overrides
+from experiments import plots, tables, tracking
+from experiments.cells import run_cell
+
+
+@pytest.fixture(scope="module")
+def table(workspace, tmp_path_factory):
+    out = tmp_path_factory.mktemp("tables")
+    md, cells = tables.table1(["smollm2-135m"], "cpu", 0.7, tiny_overrides(workspace, "table_runs"), out)
+    return out, md, cells
+
+
+def test_table1_layout_and_files(table):
+    out, md, cells = table
+    lines = [line for line in md.splitlines() if line.startswith("| ")]
+    assert lines[0] == "| Method | Layerwise | smollm2-135m |"
+    labels = [tuple(c.strip() for c in line.split("|")[1:3]) for line in lines[1:]]
+    assert labels == [("Dense", "-")] + [(c, a) for c in ("Magnitude", "SparseGPT", "Wanda")
+                                         for a in ("Uniform", "OWL", "DLP")]
+    assert all(r["status"] == "ok" for r in cells.values())
+    dense = cells[(("Dense", "-"), "smollm2-135m")]["metrics"]["ppl"]
+    assert f"{dense:.2f}" in lines[1]
+    assert (out / "table1.csv").read_text().splitlines()[0] == "Method,Layerwise,smollm2-135m"
+    assert "\\begin{tabular}" in (out / "table1.tex").read_text()
+    assert "eval on `file:docs.txt`" in md  # the data actually used is named
+    assert md.count("uniform (") == 6  # one plain statement per (criterion, OWL/DLP)
+
+
+def test_table1_second_time_reuses_everything(table, workspace):
+    out, _, _ = table
+    start = time.time()
+    _, cells = tables.table1(["smollm2-135m"], "cpu", 0.7, tiny_overrides(workspace, "table_runs"), out)
+    assert time.time() - start < 60  # generous: reuse only reads 10 JSON files (no timing assertion on work)
+    assert all(r["status"] == "ok" for r in cells.values())
+
+
+def test_failed_cell_is_shown_and_others_kept(workspace, tmp_path, monkeypatch):
+    from dlp.allocation import DLP
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("simulated crash")
+    monkeypatch.setattr(DLP, "allocate", broken)
+    overrides = tiny_overrides(workspace, "failing_runs")
+    md, cells = tables.table1(["smollm2-135m"], "cpu", 0.7, overrides, tmp_path)
+    assert md.count("| failed |") == 3  # the three DLP cells; the seven others ran
+    failed = [json.loads(p.read_text()) for p in (workspace / "failing_runs").glob("*_dlp_*.json")]
+    assert len(failed) == 3 and all("simulated crash" in r["error"] for r in failed)
+    assert cells[(("Wanda", "Uniform"), "smollm2-135m")]["status"] == "ok"
+
+
+def test_plots_from_records(workspace, tmp_path):
+    path = plots.figure("smollm2-135m", "wanda", 0.7, "cpu", tiny_overrides(workspace, "table_runs"), tmp_path)
+    assert path.exists() and path.stat().st_size > 10_000
+    record = run_cell(["model=smollm2-135m", "preset=cpu", "criterion=wanda", "allocation=alphapruning",
+                       "sparsity=0.7", *tiny_overrides(workspace, "table_runs")])
+    assert len(record["allocation"]["scores"]) == 3  # the alpha per block is recorded
+
+
+def test_notebook_runs_headless(workspace, tmp_path, monkeypatch):
+    nbformat = pytest.importorskip("nbformat")
+    from nbclient import NotebookClient
+
+    monkeypatch.setenv("DLP_NB_OVERRIDES", " ".join(tiny_overrides(workspace, "table_runs")))
+    monkeypatch.setenv("DLP_NB_FIGURES", str(tmp_path))
+    root = os.path.dirname(os.path.dirname(__file__))
+    nb = nbformat.read(os.path.join(root, "notebooks", "layer_importance.ipynb"), as_version=4)
+    NotebookClient(nb, timeout=600, kernel_name="python3",
+                   resources={"metadata": {"path": os.path.join(root, "notebooks")}}).execute()
+    assert (tmp_path / "smollm2-135m_wanda_s0.7.png").exists()
+    outputs = [o for cell in nb.cells if cell.cell_type == "code" for o in cell.outputs]
+    assert any("image/png" in o.get("data", {}) for o in outputs)
+
+
+def test_wandb_offline_logging(workspace, tmp_path, monkeypatch):
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert tracking.resolve_mode("auto") == "offline"
+    record = run_cell(["criterion=wanda", "allocation=dlp", "sparsity=0.5", *tiny_overrides(workspace, "table_runs")])
+    run_dir = tracking.log_record(record, {"mode": "auto", "project": "test", "dir": str(tmp_path)}, group="g")
+    assert run_dir and "offline-run" in run_dir
+    from pathlib import Path
+    run_root = Path(run_dir).parent
+    assert list(run_root.glob("run-*.wandb"))  # the offline log that `wandb sync` uploads
+    (table_file,) = Path(run_dir).glob("media/table/per_block_*.table.json")
+    table = json.loads(table_file.read_text())
+    assert table["columns"] == ["block", "score", "target_sparsity", "actual_sparsity"]
+    assert [row[2] for row in table["data"]] == pytest.approx(record["sparsity"]["per_block_target"])
+    assert [row[1] for row in table["data"]] == pytest.approx(record["allocation"]["scores"])
+    assert tracking.log_record(record, {"mode": "disabled"}) is None
