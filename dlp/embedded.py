@@ -27,11 +27,11 @@ def model_provenance() -> dict:
             **provenance(ASSET)}
 
 
-def converted_folder() -> Path:
-    """Safetensors folder of the embedded model, converting from the GGUF on first use."""
+def converted_folder(rebuild: bool = False) -> Path:
+    """Safetensors folder of the embedded model, converting from the GGUF on first use (or when asked to)."""
     folder = _folder()
     marker = folder / "dlp_provenance.json"
-    if marker.exists():
+    if marker.exists() and not rebuild:
         try:
             info = json.loads(marker.read_text())
             if info.get("format_version") == FORMAT_VERSION and info.get("file_sha256") == ASSETS[ASSET].sha256:

@@ -1,4 +1,5 @@
 """Load a causal LM by alias, Hugging Face id or local folder, with a dtype and a device."""
+import logging
 from pathlib import Path
 
 import torch
@@ -42,8 +43,15 @@ def load_model(path: str, dtype: str = "float32", device: str = "auto", device_m
     try:
         model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
         tokenizer = AutoTokenizer.from_pretrained(source)
-    except OSError as exc:
-        raise UserError(f"could not load model '{path}': {str(exc).splitlines()[0]}") from exc
+    except Exception as exc:
+        if path != embedded.ALIAS:
+            first = (str(exc).splitlines() or [type(exc).__name__])[0]
+            raise UserError(f"could not load model '{path}': {first}") from exc
+        # A corrupt conversion cache (interrupted copy, disk trouble): rebuild it from the GGUF once.
+        logging.getLogger(__name__).warning("embedded model cache unreadable (%s): converting again", exc)
+        source = str(embedded.converted_folder(rebuild=True))
+        model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(source)
     if not device_map:
         model.to(resolve_device(device))
     model.eval()

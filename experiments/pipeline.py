@@ -91,11 +91,21 @@ def execute(cfg: dict) -> dict:
     record["data"]["evaluation"] = {**corpus.provenance(), "tokens": ppl["corpus_tokens"]}
     timings["evaluation"] = time.perf_counter() - t
 
+    zs = cfg.get("zeroshot") or {}
+    zeroshot = None
+    if zs.get("enabled"):
+        from dlp.zeroshot import evaluate_zeroshot
+        t = time.perf_counter()
+        zeroshot = evaluate_zeroshot(model, tokenizer, zs["tasks"], zs.get("limit"), zs.get("batch_size", 8),
+                                     zs.get("add_bos_token", False), zs.get("source", "auto"))
+        timings["zeroshot"] = time.perf_counter() - t
+
     target = 0.0 if records.is_dense(cfg) else float(cfg["sparsity"])
     n_params = actual["pruned_parameters"]
     record.update({
         "status": "ok",
-        "metrics": {"ppl": ppl["ppl"], "eval_corpus": corpus.name, "eval": ppl},
+        "metrics": {"ppl": ppl["ppl"], "eval_corpus": corpus.name, "eval": ppl,
+                    **({"zeroshot": zeroshot} if zeroshot else {})},
         "sparsity": {"target": target, "actual": actual["overall"], "per_block": actual["per_block"],
                      "per_block_target": block_targets or [0.0] * len(actual["per_block"]),
                      "per_matrix": actual["per_matrix"], "pruned_parameters": n_params,
@@ -120,7 +130,8 @@ def run(cfg: dict) -> tuple[Path, dict, bool]:
         failed = {**base, "status": "failed", "error": f"{type(exc).__name__}: {exc}",
                   "traceback": None if isinstance(exc, UserError) else traceback.format_exc(),
                   "environment": records.environment()}
-        records.save_record(path, failed)
+        if records.load_record(path) is None:  # a forced rerun that fails never replaces a finished record
+            records.save_record(path, failed)
         raise
     record = {**base, **record, "environment": records.environment(), **records.peak_memory(),
               "wall_s": time.time() - started}

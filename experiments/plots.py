@@ -18,7 +18,7 @@ SCORE_LABEL = {"owl": "outlier ratio", "dlp": "block score (median |W|·‖X‖)
 
 def gather(model, criterion, sparsity, preset="cpu", extra=()):
     return {alloc: run_cell([f"model={model}", f"preset={preset}", f"criterion={criterion}", f"allocation={alloc}",
-                             f"sparsity={sparsity}", "progress=false", *extra]) for alloc in ALLOCATIONS}
+                             f"sparsity={sparsity}", *extra]) for alloc in ALLOCATIONS}
 
 
 def draw(records: dict, title: str, path: Path) -> Path:

@@ -24,8 +24,11 @@ def is_dense(cfg: dict) -> bool:
 
 def key_payload(cfg: dict) -> dict:
     payload = {k: v for k, v in cfg.items() if k not in NOT_IN_KEY}
+    if not (payload.get("zeroshot") or {}).get("enabled"):
+        payload.pop("zeroshot", None)  # perplexity-only runs keep the keys they had before zero-shot existed
     if is_dense(payload):  # every way of asking for the dense model shares one record
-        payload = {"dense": True, "model": payload["model"], "eval": payload["eval"]}
+        payload = {"dense": True, "model": payload["model"], "eval": payload["eval"],
+                   **({"zeroshot": payload["zeroshot"]} if "zeroshot" in payload else {})}
     return payload
 
 
@@ -40,6 +43,8 @@ def record_path(cfg: dict) -> Path:
     else:
         pattern = "" if cfg["pattern"] in (None, "unstructured") else f"_{str(cfg['pattern']).replace(':', 'of')}"
         stem = f"{cfg['model']['name']}_{cfg['criterion']['name']}_{cfg['allocation']['name']}_s{cfg['sparsity']}{pattern}"
+    if (cfg.get("zeroshot") or {}).get("enabled"):
+        stem += "_zs"
     return Path(cfg["results_dir"]) / f"{stem}_{run_key(cfg)}.json"
 
 

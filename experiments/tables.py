@@ -1,9 +1,11 @@
-"""Paper-style tables from run records: `python -m experiments.tables table1 --models a,b --preset cpu`.
+"""Paper-style tables from run records: `python -m experiments.tables table1|table2 --models a,b --preset cpu`.
 
 Table 1 of the DLP paper: WikiText-2 perplexity at 70% unstructured sparsity, a Dense row, then Magnitude,
-SparseGPT and Wanda each with Uniform, OWL and DLP, one column per model. Missing cells are run first
-(finished ones are reused); a failed cell prints `failed` and the table is still written. Beside the table
-we write what it was measured on, and say plainly where an allocation does not beat uniform.
+SparseGPT and Wanda each with Uniform, OWL and DLP, one column per model. Table 2: mean zero-shot accuracy
+over the seven tasks (acc, as the Wanda paper), Dense, then SparseGPT and Wanda with Uniform, OWL and DLP,
+plus a per-task table. Missing cells are run first (finished ones are reused); a failed cell prints `failed`
+and the table is still written. Beside the table we write what it was measured on, and say plainly where an
+allocation does not beat uniform.
 """
 import argparse
 import csv
@@ -20,42 +22,53 @@ CRITERIA = [("magnitude", "Magnitude"), ("sparsegpt", "SparseGPT"), ("wanda", "W
 ALLOCATIONS = [("uniform", "Uniform"), ("owl", "OWL"), ("dlp", "DLP")]
 
 
-def table1_rows():
+def table_rows(criteria):
     yield ("Dense", "-"), ["criterion=none"]
-    for crit, crit_label in CRITERIA:
+    for crit, crit_label in criteria:
         for alloc, alloc_label in ALLOCATIONS:
             yield (crit_label, alloc_label), [f"criterion={crit}", f"allocation={alloc}"]
 
 
-def collect(models, preset, sparsity, extra):
+# name -> (criteria rows, extra overrides, metric of a record, its label, lower is better)
+TABLES = {
+    "table1": (CRITERIA, [], lambda r: r["metrics"]["ppl"], "WikiText-2 perplexity", True),
+    "table2": (CRITERIA[1:], ["zeroshot.enabled=true"], lambda r: 100 * r["metrics"]["zeroshot"]["mean_acc"],
+               "mean zero-shot accuracy (%, acc) over 7 tasks", False),
+}
+
+
+def collect(table, models, preset, sparsity, extra):
+    criteria, table_extra = TABLES[table][0], TABLES[table][1]
     cells = {}
     for model in models:
-        for label, overrides in table1_rows():
+        for label, overrides in table_rows(criteria):
             cells[(label, model)] = run_cell([f"model={model}", f"preset={preset}", f"sparsity={sparsity}",
-                                              "progress=false", *overrides, *extra])
+                                              *overrides, *table_extra, *extra])
     return cells
 
 
-def fmt(record) -> str:
-    return f"{record['metrics']['ppl']:.2f}" if record.get("status") == "ok" else "failed"
+def fmt(table, record) -> str:
+    return f"{TABLES[table][2](record):.2f}" if record.get("status") == "ok" else "failed"
 
 
-def notes(cells, models) -> list[str]:
+def notes(table, cells, models) -> list[str]:
     """Plain statements of where OWL/DLP lose to uniform, and what data each column was evaluated on."""
+    criteria, _, metric, _, lower_better = TABLES[table]
     out = []
     for model in models:
-        for crit, crit_label in CRITERIA:
+        for crit, crit_label in criteria:
             base = cells[((crit_label, "Uniform"), model)]
             for alloc_label in ("OWL", "DLP"):
                 other = cells[((crit_label, alloc_label), model)]
                 if base.get("status") == "ok" and other.get("status") == "ok":
-                    a, b = other["metrics"]["ppl"], base["metrics"]["ppl"]
-                    verdict = "beats" if a < b else "does NOT beat"
+                    a, b = metric(other), metric(base)
+                    verdict = "beats" if (a < b if lower_better else a > b) else "does NOT beat"
                     out.append(f"{model}, {crit_label}: {alloc_label} {verdict} uniform ({a:.2f} vs {b:.2f}).")
     return out
 
 
 def provenance_lines(cells, models, preset) -> list[str]:
+    """What each column was measured on: data, sizes, dtype, machine and commit, from its records."""
     lines = []
     for model in models:
         ok = [r for (label, m), r in cells.items() if m == model and r.get("status") == "ok"]
@@ -74,14 +87,44 @@ def provenance_lines(cells, models, preset) -> list[str]:
     return lines
 
 
-def render(cells, models, sparsity, preset, elapsed):
+def md_table(header, rows) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header), *("| " + " | ".join(r) + " |" for r in rows)]
+
+
+def per_task_lines(cells, models) -> list[str]:
+    """Table 2's companion: accuracy (acc, %) per task, one block per model, from each record's own numbers."""
+    out = []
+    for model in models:
+        ok = [r for (_, m), r in cells.items() if m == model and r.get("status") == "ok"]
+        if not ok:
+            continue
+        tasks = list(ok[0]["metrics"]["zeroshot"]["tasks"])
+        rows = []
+        for (label, m), r in cells.items():
+            if m != model:
+                continue
+            if r.get("status") != "ok":
+                rows.append([*label, *["failed"] * (len(tasks) + 1)])
+                continue
+            zs = r["metrics"]["zeroshot"]
+            rows.append([*label, *(f"{100 * zs['tasks'][t]['acc']:.2f}" for t in tasks), f"{100 * zs['mean_acc']:.2f}"])
+        limit = ok[0]["metrics"]["zeroshot"]["limit"]
+        out += ["", f"### {model}: accuracy per task (acc, %; {'first ' + str(limit) if limit else 'all'} examples "
+                f"per task; harness {ok[0]['metrics']['zeroshot']['harness_version']})", "",
+                *md_table(["Method", "Layerwise", *tasks, "Mean"], rows)]
+    return out
+
+
+def render(table, cells, models, sparsity, preset, elapsed):
+    criteria, _, _, metric_label, lower_better = TABLES[table]
     header = ["Method", "Layerwise", *models]
-    rows = [[label[0], label[1], *(fmt(cells[(label, m)]) for m in models)] for label, _ in table1_rows()]
-    md = [f"# Table 1: WikiText-2 perplexity at {sparsity:.0%} unstructured sparsity", "",
-          "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    md += ["| " + " | ".join(r) + " |" for r in rows]
-    md += ["", "Lower is better. Measured on:", *provenance_lines(cells, models, preset), "",
-           "Against uniform:", *[f"- {n}" for n in notes(cells, models)], "",
+    rows = [[label[0], label[1], *(fmt(table, cells[(label, m)]) for m in models)] for label, _ in table_rows(criteria)]
+    md = [f"# Table {table[-1]}: {metric_label} at {sparsity:.0%} unstructured sparsity",
+          "", *md_table(header, rows)]
+    md += ["", f"{'Lower' if lower_better else 'Higher'} is better. Measured on:", *provenance_lines(cells, models, preset)]
+    if table == "table2":
+        md += per_task_lines(cells, models)
+    md += ["", "Against uniform:", *[f"- {n}" for n in notes(table, cells, models)], "",
            f"Table rendered in {elapsed:.0f} s (cells reused from results/runs/ count as 0)."]
     buf = io.StringIO()
     csv.writer(buf).writerows([header, *rows])
@@ -92,26 +135,34 @@ def render(cells, models, sparsity, preset, elapsed):
     return "\n".join(md) + "\n", buf.getvalue(), "\n".join(tex) + "\n"
 
 
-def table1(models, preset="cpu", sparsity=0.7, extra=(), out_dir=ROOT / "results"):
+def build(table, models, preset="cpu", sparsity=0.7, extra=(), out_dir=ROOT / "results"):
     start = time.time()
-    cells = collect(models, preset, sparsity, list(extra))
-    md, csv_text, tex = render(cells, models, sparsity, preset, time.time() - start)
+    cells = collect(table, models, preset, sparsity, list(extra))
+    md, csv_text, tex = render(table, cells, models, sparsity, preset, time.time() - start)
     out_dir = Path(out_dir)
     for suffix, text in (("md", md), ("csv", csv_text), ("tex", tex)):
-        write_atomic(out_dir / f"table1.{suffix}", text.encode())
+        write_atomic(out_dir / f"{table}.{suffix}", text.encode())
     return md, cells
+
+
+def table1(models, preset="cpu", sparsity=0.7, extra=(), out_dir=ROOT / "results"):
+    return build("table1", models, preset, sparsity, extra, out_dir)
+
+
+def table2(models, preset="cpu", sparsity=0.7, extra=(), out_dir=ROOT / "results"):
+    return build("table2", models, preset, sparsity, extra, out_dir)
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("table", choices=["table1"])
+    parser.add_argument("table", choices=sorted(TABLES))
     parser.add_argument("--models", default="smollm2-135m", help="comma-separated model configs (conf/model)")
     parser.add_argument("--preset", default="cpu")
     parser.add_argument("--sparsity", type=float, default=0.7)
     parser.add_argument("--out", default=str(ROOT / "results"))
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for every cell")
     args = parser.parse_args(argv)
-    md, _ = table1(args.models.split(","), args.preset, args.sparsity, args.overrides, args.out)
+    md, _ = build(args.table, args.models.split(","), args.preset, args.sparsity, args.overrides, args.out)
     print(md)
 
 

