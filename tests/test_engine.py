@@ -98,3 +98,30 @@ def test_nm_through_the_engine():
     for block in find_blocks(model).blocks:
         w = block.mlp.down_proj.weight
         assert ((w == 0).view(w.shape[0], -1, 4).sum(2) == 2).all()
+
+
+def test_linears_sharing_an_input_share_statistics():
+    """q/k/v (and gate/up) see the same tensor: one Gram matrix serves them, equal to separate accumulation."""
+    import torch.nn as nn
+
+    from dlp.stats import HESSIAN, attach
+    model = tiny_model("llama")
+    block = find_blocks(model).blocks[0]
+    from dlp.structure import find_linears
+    linears = find_linears(block)
+    stats, handles = attach(linears, frozenset({HESSIAN}))
+    seen = {}
+    probes = [layer.register_forward_hook(lambda m, i, o, n=n: seen.setdefault(n, []).append(i[0].reshape(-1, i[0].shape[-1])))
+              for n, layer in linears.items()]
+    walk_inputs = tiny_ids(n=4)
+    with torch.no_grad():
+        model(input_ids=walk_inputs[:2], use_cache=False)
+        model(input_ids=walk_inputs[2:], use_cache=False)
+    for h in handles + probes:
+        h.remove()
+    assert stats["self_attn.q_proj"] is stats["self_attn.k_proj"] is stats["self_attn.v_proj"]
+    assert stats["mlp.gate_proj"] is stats["mlp.up_proj"]
+    assert stats["self_attn.o_proj"] is not stats["self_attn.q_proj"]
+    for name, xs in seen.items():
+        x = torch.cat(xs)
+        assert torch.allclose(stats[name].gram, x.t() @ x, rtol=1e-4, atol=1e-4)

@@ -95,3 +95,20 @@ def test_wandb_offline_logging(workspace, tmp_path, monkeypatch):
     assert [row[2] for row in table["data"]] == pytest.approx(record["sparsity"]["per_block_target"])
     assert [row[1] for row in table["data"]] == pytest.approx(record["allocation"]["scores"])
     assert tracking.log_record(record, {"mode": "disabled"}) is None
+
+
+def test_table2_mean_and_per_task_from_records(workspace, tmp_path):
+    extra = tiny_overrides(workspace, "table2_runs") + ["zeroshot.tasks=[arc_easy,rte]", "zeroshot.limit=5",
+                                                       "zeroshot.source=local", "zeroshot.batch_size=16"]
+    md, cells = tables.table2(["smollm2-135m"], "cpu", 0.7, extra, tmp_path)
+    lines = [line for line in md.splitlines() if line.startswith("| ")]
+    labels = [tuple(c.strip() for c in line.split("|")[1:3]) for line in lines[1:8]]
+    assert labels == [("Dense", "-")] + [(c, a) for c in ("SparseGPT", "Wanda") for a in ("Uniform", "OWL", "DLP")]
+    for (label, _), record in cells.items():
+        zs = record["metrics"]["zeroshot"]
+        per_task = [zs["tasks"][t]["acc"] for t in ("arc_easy", "rte")]
+        assert zs["mean_acc"] == pytest.approx(sum(per_task) / 2)
+        row = next(line for line in lines if [c.strip() for c in line.split("|")[1:3]] == list(label))
+        assert f"{100 * zs['mean_acc']:.2f}" in row
+    assert "accuracy per task" in md and "| arc_easy | rte | Mean |" in md.replace("Method | Layerwise | ", "")
+    assert (tmp_path / "table2.csv").exists() and (tmp_path / "table2.tex").exists()

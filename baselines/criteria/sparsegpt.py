@@ -9,6 +9,7 @@ error onto the columns to its right.
 import torch
 
 from dlp.stats import HESSIAN
+from dlp.threads import single_thread
 
 from .base import Criterion, lowest_nm, lowest_overall
 
@@ -35,8 +36,13 @@ class SparseGPT(Criterion):
 
     def prune(self, weight, stats, sparsity, pattern):
         W = weight.clone()
-        rows, cols = W.shape
-        Hinv = self.inverse_hessian_factor(stats, W)
+        with single_thread(W.device):  # small sequential work: one thread is faster (see dlp.threads)
+            Hinv = self.inverse_hessian_factor(stats, W)
+            self._prune_columns(W, Hinv, sparsity, pattern)
+        return W
+
+    def _prune_columns(self, W, Hinv, sparsity, pattern):
+        cols = W.shape[1]
         for i1 in range(0, cols, self.blocksize):
             i2 = min(i1 + self.blocksize, cols)
             W1 = W[:, i1:i2].clone()
@@ -57,8 +63,7 @@ class SparseGPT(Criterion):
                 q = w.masked_fill(mask1[:, i], 0.0)
                 Q1[:, i] = q
                 err = (w - q) / d[i]
-                W1[:, i:] -= err.unsqueeze(1).matmul(Hinv1[i, i:].unsqueeze(0))
+                W1[:, i:].addr_(err, Hinv1[i, i:], alpha=-1)
                 Err1[:, i] = err
             W[:, i1:i2] = Q1
             W[:, i2:] -= Err1.matmul(Hinv[i1:i2, i2:])
-        return W
