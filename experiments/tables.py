@@ -67,6 +67,13 @@ def notes(table, cells, models) -> list[str]:
     return out
 
 
+def commits(records) -> str:
+    """The code versions the cells ran under (a table can mix cells from several commits)."""
+    seen = sorted({f"{str(r['environment'].get('commit'))[:10]}{'+dirty' if r['environment'].get('dirty') else ''}"
+                   for r in records})
+    return ", ".join(seen)
+
+
 def provenance_lines(cells, models, preset) -> list[str]:
     """What each column was measured on: data, sizes, dtype, machine and commit, from its records."""
     lines = []
@@ -83,7 +90,7 @@ def provenance_lines(cells, models, preset) -> list[str]:
             f"{ev['seqlen']} tokens), calibration `{calib.get('name', '-')}` ({calib.get('nsamples', '-')} x "
             f"{calib.get('seqlen', '-')}), dtype {r['config']['model']['dtype']}; machine: {env['platform']}, "
             f"{env['cpu_count']} CPUs, GPU {env['cuda'] or 'none'}, torch {env['torch']}, transformers "
-            f"{env['transformers']}, commit {str(env.get('commit'))[:10]}")
+            f"{env['transformers']}, commits {commits(ok)}")
     return lines
 
 
