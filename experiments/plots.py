@@ -13,6 +13,7 @@ from dlp.paths import ROOT
 from .cells import run_cell
 
 ALLOCATIONS = ["uniform", "owl", "dlp", "alphapruning"]
+COLORS = {"uniform": "tab:gray", "owl": "tab:blue", "dlp": "tab:orange", "alphapruning": "tab:green"}
 SCORE_LABEL = {"owl": "outlier ratio", "dlp": "block score (median |W|·‖X‖)", "alphapruning": "ESD alpha"}
 
 
@@ -36,9 +37,11 @@ def draw(records: dict, title: str, path: Path) -> Path:
         scores = (record.get("allocation") or {}).get("scores")
         if scores:
             peak = max(abs(v) for v in scores) or 1.0
-            top.plot(blocks, [v / peak for v in scores], marker=".", label=f"{alloc}: {SCORE_LABEL.get(alloc, 'score')}")
-        line, = bottom.plot(blocks, s["per_block_target"], label=f"{alloc} (ppl {record['metrics']['ppl']:.1f})")
-        bottom.plot(blocks, s["per_block"], ".", color=line.get_color())
+            top.plot(blocks, [v / peak for v in scores], marker=".", color=COLORS.get(alloc),
+                     label=f"{alloc}: {SCORE_LABEL.get(alloc, 'score')}")
+        bottom.plot(blocks, s["per_block_target"], color=COLORS.get(alloc),
+                    label=f"{alloc} (ppl {record['metrics']['ppl']:.1f})")
+        bottom.plot(blocks, s["per_block"], ".", color=COLORS.get(alloc))
     top.set_ylabel("score / max")
     top.legend(fontsize=8)
     top.set_title(title)
