@@ -19,8 +19,5 @@ def run_cell(overrides: list[str]) -> dict:
     how = "reused" if reused else f"ran in {record['wall_s']:.0f} s"
     print(f"{' '.join(overrides)}: ppl {record['metrics']['ppl']:.3f} ({how}) -> {path}", flush=True)
     if not reused:
-        try:
-            tracking.log_record(record, cfg["wandb"], group="tables")
-        except Exception as exc:
-            print(f"warning: W&B logging failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+        tracking.log_quietly(record, cfg["wandb"], group="tables")
     return record

@@ -21,15 +21,19 @@ from . import records
 PRESETS = ("cpu", "paper")
 
 
+def params(section: dict) -> dict:
+    """A config group's parameters: everything but its `name`."""
+    return {k: v for k, v in section.items() if k != "name"}
+
+
 def validate(cfg: dict) -> None:
     """Cheap checks first, so bad input fails before minutes of loading."""
     check_sparsity(cfg["sparsity"])
     if cfg.get("preset") not in PRESETS:
         raise UserError(f"unknown preset '{cfg.get('preset')}'; choose one of {', '.join(PRESETS)}")
     if not records.is_dense(cfg):
-        params = {k: v for k, v in cfg["criterion"].items() if k != "name"}
-        make_criterion(cfg["criterion"]["name"], **params)
-        make_allocator(cfg["allocation"]["name"], **{k: v for k, v in cfg["allocation"].items() if k != "name"})
+        make_criterion(cfg["criterion"]["name"], **params(cfg["criterion"]))
+        make_allocator(cfg["allocation"]["name"], **params(cfg["allocation"]))
         parse_pattern(cfg["pattern"], cfg["sparsity"])
         if cfg["pattern"] not in (None, "unstructured") and cfg["allocation"]["name"] != "uniform":
             raise UserError("an N:M pattern fixes every matrix at N/M: use allocation=uniform with it")
@@ -66,8 +70,7 @@ def execute(cfg: dict) -> dict:
         timings["calibration_data"] = time.perf_counter() - t
 
         t = time.perf_counter()
-        allocator = make_allocator(cfg["allocation"]["name"],
-                                   **{k: v for k, v in cfg["allocation"].items() if k != "name"})
+        allocator = make_allocator(cfg["allocation"]["name"], **params(cfg["allocation"]))
         model_id = {**model_prov, "dtype": m.get("dtype", "float32")}
         allocation = allocator.allocate(model, calib, cfg["sparsity"], d["batch_size"], progress=cfg["progress"],
                                         model_id=model_id)
@@ -77,7 +80,7 @@ def execute(cfg: dict) -> dict:
                                 **allocation.info}
 
         t = time.perf_counter()
-        criterion = make_criterion(cfg["criterion"]["name"], **{k: v for k, v in cfg["criterion"].items() if k != "name"})
+        criterion = make_criterion(cfg["criterion"]["name"], **params(cfg["criterion"]))
         walk = prune_model(model, calib, criterion, block_targets, parse_pattern(cfg["pattern"], cfg["sparsity"]),
                            batch_size=d["batch_size"], progress=cfg["progress"])
         timings["prune"] = time.perf_counter() - t

@@ -45,10 +45,7 @@ def main(cfg: DictConfig) -> None:
     print(summary(path, record, reused))
     if not reused:
         group = "/".join(Path(HydraConfig.get().sweep.dir).parts[-2:]) if multirun else None
-        try:
-            tracking.log_record(record, plain["wandb"], group)
-        except Exception as exc:  # logging must never lose a finished run
-            print(f"warning: W&B logging failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+        tracking.log_quietly(record, plain["wandb"], group)
 
 
 def check_group_choices(argv: list[str]) -> None:

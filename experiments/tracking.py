@@ -6,6 +6,7 @@ Runs of one sweep share a group (the sweep's folder name), so they appear togeth
 """
 import netrc
 import os
+import sys
 from pathlib import Path
 
 from dlp.paths import ROOT
@@ -32,6 +33,14 @@ def run_name(cfg: dict) -> str:
     if cfg["criterion"]["name"] == "none" or float(cfg["sparsity"]) == 0:
         return f"{cfg['model']['name']}-dense"
     return f"{cfg['model']['name']}-{cfg['criterion']['name']}-{cfg['allocation']['name']}-s{cfg['sparsity']}"
+
+
+def log_quietly(record: dict, wb: dict, group: str | None = None) -> None:
+    """Log a freshly finished run; a logging failure only warns, it never loses the run."""
+    try:
+        log_record(record, wb, group)
+    except Exception as exc:
+        print(f"warning: W&B logging failed: {type(exc).__name__}: {exc}", file=sys.stderr)
 
 
 def log_record(record: dict, wb: dict, group: str | None = None) -> str | None:
