@@ -112,8 +112,13 @@ Visitor = Callable[[int, nn.Module, dict[str, nn.Linear], dict[str, LinearStats]
 
 @torch.no_grad()
 def walk(model: nn.Module, calib_ids: torch.Tensor, visit: Visitor, needs: frozenset, batch_size: int = 8,
-         desc: str = "blocks", progress: bool = True, keep_outputs: bool = False) -> WalkResult:
-    """Walk every block once: statistics pass, visit, replay (skipped when the visitor changed nothing)."""
+         desc: str = "blocks", progress: bool = True, keep_outputs: bool = False,
+         share_stats: bool = True) -> WalkResult:
+    """Walk every block once: statistics pass, visit, replay (skipped when the visitor changed nothing).
+
+    `batch_size=1, share_stats=False` is the reference code's way (one sequence at a time, statistics per
+    Linear); the defaults give the same statistics with fewer, larger products.
+    """
     result = WalkResult()
     layout = find_blocks(model)
     t0 = time.perf_counter()
@@ -123,7 +128,7 @@ def walk(model: nn.Module, calib_ids: torch.Tensor, visit: Visitor, needs: froze
     times = {"statistics": 0.0, "visit": 0.0, "replay": 0.0}
     for index, block in enumerate(tqdm(layout.blocks, desc=desc, disable=not progress)):
         linears = find_linears(block)
-        stats, handles = attach(linears, needs)
+        stats, handles = attach(linears, needs, share=share_stats)
         t = time.perf_counter()
         try:
             run_block(block, inputs, cap.kwargs, batch_size, out=outputs)

@@ -3,6 +3,11 @@
 Rows joined with "\n\n" (the corpus's joiner), tokenized once, cut into non-overlapping windows of `seqlen`
 (the tail dropped); each window's loss is the mean next-token cross-entropy over its seqlen-1 predictions;
 ppl = exp(mean window loss). `max_windows` caps the count for CPU presets (the first windows are kept).
+
+The output layer is applied `chunk_tokens` positions at a time: the full logits of a batch (batch × seqlen ×
+vocab, 400 MB in float32 for 4 × 512 × 49k) are never held at once, and each chunk's loss is taken in float32
+while it is still in cache. `chunk_tokens=None` is the plain path (the model's own logits), kept for the tests
+that show both agree.
 """
 import math
 
@@ -20,7 +25,7 @@ def tokenize_corpus(corpus: Corpus, tokenizer) -> torch.Tensor:
 
 @torch.no_grad()
 def window_losses(model, ids: torch.Tensor, seqlen: int, max_windows: int | None = None, batch_size: int = 4,
-                  progress: bool = True) -> torch.Tensor:
+                  progress: bool = True, chunk_tokens: int | None = 2048) -> torch.Tensor:
     n = ids.numel() // seqlen
     if max_windows is not None:
         n = min(n, max_windows)
@@ -31,19 +36,55 @@ def window_losses(model, ids: torch.Tensor, seqlen: int, max_windows: int | None
     losses = []
     for start in tqdm(range(0, n, batch_size), desc="perplexity", disable=not progress):
         batch = windows[start:start + batch_size].to(device)
-        logits = model(input_ids=batch, use_cache=False).logits
-        loss = F.cross_entropy(logits[:, :-1].float().reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1),
-                               reduction="none").view(batch.shape[0], -1).mean(1)
-        losses.append(loss.cpu())
+        if chunk_tokens is None:
+            logits = model(input_ids=batch, use_cache=False).logits
+            token_losses = F.cross_entropy(logits[:, :-1].float().reshape(-1, logits.shape[-1]),
+                                           batch[:, 1:].reshape(-1), reduction="none")
+        else:
+            token_losses = _chunked_losses(model, batch, chunk_tokens)
+        losses.append(token_losses.view(batch.shape[0], -1).mean(1).cpu())
     return torch.cat(losses)
 
 
+class _Hidden(Exception):
+    pass
+
+
+def _chunked_losses(model, batch: torch.Tensor, chunk_tokens: int) -> torch.Tensor:
+    """Per-token losses of every next-token prediction, the output layer applied a chunk at a time.
+
+    The hidden states are taken at the output layer's input (a pre-hook that stops the forward there), so
+    whatever the architecture does before it (final norm, OPT's project_out) is the model's own code.
+    """
+    head = model.get_output_embeddings()
+    seen = {}
+
+    def grab(_module, args):
+        seen["h"] = args[0]
+        raise _Hidden
+
+    handle = head.register_forward_pre_hook(grab)
+    try:
+        model(input_ids=batch, use_cache=False)
+    except _Hidden:
+        pass
+    finally:
+        handle.remove()
+    hidden = seen["h"][:, :-1].reshape(-1, seen["h"].shape[-1])
+    targets = batch[:, 1:].reshape(-1)
+    out = torch.empty(targets.numel(), dtype=torch.float32, device=hidden.device)
+    for a in range(0, targets.numel(), chunk_tokens):
+        logits = head(hidden[a:a + chunk_tokens]).float()
+        out[a:a + chunk_tokens] = F.cross_entropy(logits, targets[a:a + chunk_tokens], reduction="none")
+    return out
+
+
 def perplexity(model, corpus: Corpus, tokenizer, seqlen: int, max_windows: int | None = None,
-               batch_size: int = 4, progress: bool = True) -> dict:
+               batch_size: int = 4, progress: bool = True, chunk_tokens: int | None = 2048) -> dict:
     ids = tokenize_corpus(corpus, tokenizer)
     cap = corpus.max_tokens_windows
     if cap is not None:
         max_windows = cap if max_windows is None else min(cap, max_windows)
-    losses = window_losses(model, ids, seqlen, max_windows, batch_size, progress)
+    losses = window_losses(model, ids, seqlen, max_windows, batch_size, progress, chunk_tokens)
     return {"ppl": math.exp(losses.double().mean().item()), "windows": int(losses.numel()), "seqlen": seqlen,
             "tokens_scored": int(losses.numel() * seqlen), "corpus_tokens": int(ids.numel())}

@@ -19,7 +19,7 @@ from .select import median
 from .stats import SQNORM
 
 log = logging.getLogger(__name__)
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: column norms from float64 sums (dlp.stats)
 
 
 def block_profile(linears, stats, outlier_m: float) -> dict:

@@ -8,8 +8,17 @@ from .engine import WalkResult, walk
 from .structure import find_blocks
 
 
+def shared_input_groups(linears: dict, stats: dict) -> list[list[str]]:
+    """Names of the Linears grouped by the statistics object they share (one group per distinct input)."""
+    groups: dict[int, list[str]] = {}
+    for name in linears:
+        groups.setdefault(id(stats[name]), []).append(name)
+    return list(groups.values())
+
+
 def prune_model(model, calib_ids: torch.Tensor, criterion: Criterion, block_sparsities: list[float],
-                pattern: NM | None = None, batch_size: int = 8, progress: bool = True) -> WalkResult:
+                pattern: NM | None = None, batch_size: int = 8, progress: bool = True,
+                share_stats: bool = True) -> WalkResult:
     n_blocks = len(find_blocks(model))
     if len(block_sparsities) != n_blocks:
         raise ValueError(f"{len(block_sparsities)} sparsities for {n_blocks} blocks")
@@ -18,10 +27,11 @@ def prune_model(model, calib_ids: torch.Tensor, criterion: Criterion, block_spar
         sparsity = block_sparsities[index]
         if sparsity <= 0:
             return False
-        for name, layer in linears.items():
-            new = criterion.prune(layer.weight.data.to(torch.float32).clone(), stats[name], sparsity, pattern)
-            layer.weight.data.copy_(new.to(layer.weight.dtype))
+        for group in shared_input_groups(linears, stats):
+            weights = [linears[name].weight.data.to(torch.float32).clone() for name in group]
+            for name, new in zip(group, criterion.prune_group(weights, stats[group[0]], sparsity, pattern)):
+                linears[name].weight.data.copy_(new.to(linears[name].weight.dtype))
         return True
 
     return walk(model, calib_ids, visit, criterion.needs, batch_size=batch_size,
-                desc=f"prune ({criterion.name})", progress=progress)
+                desc=f"prune ({criterion.name})", progress=progress, share_stats=share_stats)

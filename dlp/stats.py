@@ -19,35 +19,38 @@ class LinearStats:
     device: torch.device
     needs: frozenset
     nsamples: int = 0  # calibration sequences seen
-    sqnorm: torch.Tensor | None = None  # Σ_tokens x_j², float32 (in_features,)
+    sqnorm: torch.Tensor | None = None  # Σ_tokens x_j², float64 (in_features,): see `add`
     gram: torch.Tensor | None = None  # Σ_tokens x xᵀ, float32 (in, in)
 
     def __post_init__(self):
         if SQNORM in self.needs or HESSIAN in self.needs:
-            self.sqnorm = torch.zeros(self.in_features, dtype=torch.float32, device=self.device)
+            self.sqnorm = torch.zeros(self.in_features, dtype=torch.float64, device=self.device)
         if HESSIAN in self.needs:
             self.gram = torch.zeros(self.in_features, self.in_features, dtype=torch.float32, device=self.device)
 
     def add(self, x: torch.Tensor) -> None:
         x = x.reshape(-1, x.shape[-1]).to(torch.float32)
         if self.sqnorm is not None:
-            self.sqnorm += (x * x).sum(0)
+            # float32 squares are exact in float64, and a float64 sum does not depend (to float32 precision)
+            # on how the tokens were split into batches: batch size cannot flip a Wanda mask.
+            self.sqnorm += x.square().sum(0, dtype=torch.float64)
         if self.gram is not None:
             self.gram.addmm_(x.t(), x)
 
     def column_norm(self) -> torch.Tensor:
         """‖X_j‖₂ scaled as Wanda's `scaler_row` (mean over sequences of the squared norm), then sqrt."""
-        return torch.sqrt(self.sqnorm / max(self.nsamples, 1))
+        return torch.sqrt(self.sqnorm / max(self.nsamples, 1)).to(torch.float32)
 
     def hessian(self) -> torch.Tensor:
         return self.gram * (2.0 / max(self.nsamples, 1))
 
 
-def attach(linears: dict[str, nn.Linear], needs: frozenset) -> tuple[dict[str, LinearStats], list]:
+def attach(linears: dict[str, nn.Linear], needs: frozenset, share: bool = True) -> tuple[dict[str, LinearStats], list]:
     """Hook every Linear; returns the stats and the hook handles (remove them when done).
 
     Linears fed the very same input tensor (q/k/v, gate/up) share one LinearStats: the statistics are identical,
     and a Gram matrix costs as much as the layer's own forward pass. Sharing is found on the first batch.
+    `share=False` gives every Linear its own (the reference code's way; the tests compare both).
     """
     stats, handles = {}, []
     owners, shared = set(), set()
@@ -56,7 +59,7 @@ def attach(linears: dict[str, nn.Linear], needs: frozenset) -> tuple[dict[str, L
     def hook(name, inp):
         x = inp[0]
         if name not in owners and name not in shared:  # first call: decide once whether to share
-            if x is last["x"]:
+            if share and x is last["x"]:
                 stats[name] = last["stats"]
                 shared.add(name)
             else:

@@ -11,7 +11,7 @@ from baselines.allocations.owl import owl_sparsities
 from baselines.criteria import make_criterion
 from dlp.allocation import dlp_sparsities
 from dlp.errors import UserError
-from dlp.profile import block_profile, compute_profile
+from dlp.profile import FORMAT_VERSION, block_profile, compute_profile
 from dlp.prune import prune_model
 from dlp.select import kth_smallest, median
 from dlp.sparsity import measure_sparsity
@@ -139,7 +139,7 @@ def test_profile_cached_and_corrupt_cache_recomputed(cache, caplog):
     third = dlp.allocate(model, ids, 0.5, 4, progress=False, model_id={"m": 1})
     assert not third.info["profile_cached"] and third.sparsities == first.sparsities
     assert "corrupt profile cache" in caplog.text
-    assert json.loads(path.read_text())["version"] == 1
+    assert json.loads(path.read_text())["version"] == FORMAT_VERSION
 
 
 def test_mean_statistic_uses_means(cache):

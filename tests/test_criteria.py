@@ -126,3 +126,19 @@ def test_pattern_validation():
 def test_unknown_criterion():
     with pytest.raises(UserError, match="unknown criterion 'foo'"):
         make_criterion("foo")
+
+
+def test_kthvalue_selection_equals_stable_sort_with_ties():
+    """Scores drawn from four values (ties everywhere): the fast selection takes exactly the stable sort's first k."""
+    from baselines.criteria.base import lowest_overall, lowest_per_row
+    g = torch.Generator().manual_seed(0)
+    for _ in range(200):
+        rows, cols = torch.randint(1, 20, (2,), generator=g).tolist()
+        score = torch.randint(0, 4, (rows, cols), generator=g).float()
+        sparsity = torch.rand(1, generator=g).item()
+        fast = lowest_per_row(score, sparsity)
+        assert torch.equal(fast, lowest_per_row(score, sparsity, by_sort=True))
+        assert (fast.sum(1) == int(cols * sparsity)).all()
+        assert torch.equal(lowest_overall(score, sparsity), lowest_overall(score, sparsity, by_sort=True))
+    # by hand: row [1, 0, 1, 1], k = 2 -> the 0 and the first 1
+    assert lowest_per_row(torch.tensor([[1.0, 0.0, 1.0, 1.0]]), 0.5).tolist() == [[True, True, False, False]]

@@ -18,25 +18,51 @@ class Criterion:
         """Return the new float32 weight (pruned entries exactly zero). `weight` is a float32 copy."""
         raise NotImplementedError
 
+    def prune_group(self, weights: list[torch.Tensor], stats: LinearStats, sparsity: float,
+                    pattern: NM | None) -> list[torch.Tensor]:
+        """Matrices fed the same input (q/k/v, gate/up) share `stats`; a criterion that can do them together
+        (SparseGPT: one factorisation of H) overrides this. Results must equal pruning them one by one."""
+        return [self.prune(w, stats, sparsity, pattern) for w in weights]
 
-def lowest_per_row(score: torch.Tensor, sparsity: float) -> torch.Tensor:
-    """Mask of the floor(C_in·s) lowest scores in every row (stable sort: ties resolved by position)."""
+
+def lowest_per_row(score: torch.Tensor, sparsity: float, by_sort: bool = False) -> torch.Tensor:
+    """Mask of the floor(C_in·s) lowest scores in every row; ties go by position (as a stable sort orders them).
+
+    The default selects with `kthvalue` (several times faster than sorting every row on a CPU); `by_sort=True`
+    is the reference code's full stable sort, kept to show that both give the very same mask.
+    """
     k = int(score.shape[1] * sparsity)
-    mask = torch.zeros_like(score, dtype=torch.bool)
-    if k > 0:
-        idx = torch.sort(score, dim=1, stable=True)[1][:, :k]
-        mask.scatter_(1, idx, True)
-    return mask
+    if k == 0:
+        return torch.zeros_like(score, dtype=torch.bool)
+    if by_sort:
+        mask = torch.zeros_like(score, dtype=torch.bool)
+        mask.scatter_(1, torch.sort(score, dim=1, stable=True)[1][:, :k], True)
+        return mask
+    return _lowest_k(score, k, dim=1)
 
 
-def lowest_overall(score: torch.Tensor, sparsity: float) -> torch.Tensor:
+def lowest_overall(score: torch.Tensor, sparsity: float, by_sort: bool = False) -> torch.Tensor:
     """Mask of the floor(numel·s) lowest scores of the whole matrix: one threshold per matrix."""
     k = int(score.numel() * sparsity)
-    mask = torch.zeros(score.numel(), dtype=torch.bool, device=score.device)
-    if k > 0:
-        idx = torch.sort(score.flatten(), stable=True)[1][:k]
-        mask[idx] = True
-    return mask.view_as(score)
+    if k == 0:
+        return torch.zeros_like(score, dtype=torch.bool)
+    if by_sort:
+        mask = torch.zeros(score.numel(), dtype=torch.bool, device=score.device)
+        mask[torch.sort(score.flatten(), stable=True)[1][:k]] = True
+        return mask.view_as(score)
+    return _lowest_k(score.flatten().unsqueeze(0), k, dim=1).view_as(score)
+
+
+def _lowest_k(score: torch.Tensor, k: int, dim: int) -> torch.Tensor:
+    """The k lowest along `dim`: everything below the k-th value, then the first (by position) of those equal
+    to it until k are taken — exactly the first k of a stable ascending sort."""
+    kth = torch.kthvalue(score, k, dim=dim, keepdim=True).values
+    mask = score < kth
+    ties = score == kth
+    still = k - mask.sum(dim, keepdim=True)
+    if bool((ties.sum(dim, keepdim=True) == still).all()):  # the usual case: no tie crosses the cut
+        return mask | ties
+    return mask | (ties & (torch.cumsum(ties, dim) <= still))
 
 
 def lowest_nm(score: torch.Tensor, pattern: NM) -> torch.Tensor:

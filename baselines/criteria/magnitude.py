@@ -7,8 +7,11 @@ from .base import Criterion, lowest_nm, lowest_overall
 class Magnitude(Criterion):
     name = "magnitude"
 
+    def __init__(self, by_sort: bool = False):
+        self.by_sort = by_sort  # the reference's full sort instead of kthvalue: the same mask, slower
+
     def prune(self, weight, stats, sparsity, pattern):
         score = weight.abs()
         # Exactly floor(numel·s) weights go; the reference's `<= thresh` removes one more (plus ties).
-        mask = lowest_nm(score, pattern) if pattern else lowest_overall(score, sparsity)
+        mask = lowest_nm(score, pattern) if pattern else lowest_overall(score, sparsity, self.by_sort)
         return weight.masked_fill(mask, 0.0)

@@ -5,6 +5,10 @@ adds `percdamp`·mean(diag H); we take the upper Cholesky factor of H⁻¹. Colu
 `blocksize`: each block chooses its mask adaptively by w²/[H⁻¹]_jj² (exactly floor(rows·cols·s) weights,
 where the reference's `<= thresh` removes one more), then prunes column by column, pushing each column's
 error onto the columns to its right.
+
+Every row is updated independently given H, so matrices fed the same input (q/k/v, gate/up) are pruned as one
+stacked matrix: one factorisation of H, one column loop, longer vector operations. Masks are still chosen per
+matrix (each matrix's own rows), so the result is that of pruning them one by one.
 """
 import torch
 
@@ -35,35 +39,44 @@ class SparseGPT(Criterion):
         return torch.linalg.cholesky(Hinv, upper=True)
 
     def prune(self, weight, stats, sparsity, pattern):
-        W = weight.clone()
-        with single_thread(W.device):  # small sequential work: one thread is faster (see dlp.threads)
-            Hinv = self.inverse_hessian_factor(stats, W)
-            self._prune_columns(W, Hinv, sparsity, pattern)
-        return W
+        return self.prune_group([weight], stats, sparsity, pattern)[0]
 
-    def _prune_columns(self, W, Hinv, sparsity, pattern):
+    def prune_group(self, weights, stats, sparsity, pattern):
+        rows = [w.shape[0] for w in weights]
+        W = torch.cat(weights, 0) if len(weights) > 1 else weights[0].clone()
+        Hinv = self.inverse_hessian_factor(stats, W)
+        self._prune_columns(W, Hinv, sparsity, pattern, rows)
+        return list(torch.split(W, rows, 0))
+
+    def _prune_columns(self, W, Hinv, sparsity, pattern, rows):
+        # Work on transposed column blocks so that each column is a contiguous row of memory.
         cols = W.shape[1]
+        bounds = torch.tensor([0] + rows).cumsum(0).tolist()
         for i1 in range(0, cols, self.blocksize):
             i2 = min(i1 + self.blocksize, cols)
-            W1 = W[:, i1:i2].clone()
-            Q1 = torch.zeros_like(W1)
-            Err1 = torch.zeros_like(W1)
+            Wt = W[:, i1:i2].t().contiguous()  # (block columns, all rows)
             Hinv1 = Hinv[i1:i2, i1:i2]
             d = torch.diag(Hinv1)
             if pattern is None:
-                mask1 = lowest_overall(W1 ** 2 / d.unsqueeze(0) ** 2, sparsity)
+                score = Wt ** 2 / d.unsqueeze(1) ** 2
+                mask = torch.cat([lowest_overall(score[:, a:b], sparsity) for a, b in zip(bounds, bounds[1:])], 1)
             else:
-                mask1 = torch.zeros_like(W1, dtype=torch.bool)
-            for i in range(i2 - i1):
-                w = W1[:, i]
-                if pattern is not None and i % pattern.m == 0:
-                    # N:M masks are chosen on the updated weights, group by group, as the reference does.
-                    span = W1[:, i:i + pattern.m] ** 2 / d[i:i + pattern.m].unsqueeze(0) ** 2
-                    mask1[:, i:i + pattern.m] = lowest_nm(span, pattern)
-                q = w.masked_fill(mask1[:, i], 0.0)
-                Q1[:, i] = q
-                err = (w - q) / d[i]
-                W1[:, i:].addr_(err, Hinv1[i, i:], alpha=-1)
-                Err1[:, i] = err
-            W[:, i1:i2] = Q1
-            W[:, i2:] -= Err1.matmul(Hinv[i1:i2, i2:])
+                mask = torch.zeros_like(Wt, dtype=torch.bool)
+            pruned = mask.to(Wt.dtype)  # 1 where a weight goes: its error is w·1 / d, a kept one's w·0 / d
+            Err = torch.empty_like(Wt)
+            with single_thread(W.device):  # small sequential work: one thread is faster (see dlp.threads)
+                self._column_loop(Wt, Err, mask, pruned, Hinv1, d, pattern)
+            W[:, i1:i2] = Wt.masked_fill_(mask, 0.0).t()  # unpruned entries hold their updated values
+            W[:, i2:] -= Err.t().matmul(Hinv[i1:i2, i2:])
+
+    @staticmethod
+    def _column_loop(Wt, Err, mask, pruned, Hinv1, d, pattern):
+        """Column by column: prune, divide the error by [H⁻¹]_ii, push it onto the columns to the right."""
+        for i in range(Wt.shape[0]):
+            if pattern is not None and i % pattern.m == 0:
+                # N:M masks are chosen on the updated weights, group by group, as the reference does.
+                span = Wt[i:i + pattern.m] ** 2 / d[i:i + pattern.m].unsqueeze(1) ** 2
+                mask[i:i + pattern.m] = lowest_nm(span.t(), pattern).t()
+                pruned[i:i + pattern.m] = mask[i:i + pattern.m]
+            err = torch.mul(Wt[i], pruned[i], out=Err[i]).div_(d[i])
+            Wt[i + 1:].addr_(Hinv1[i, i + 1:], err, alpha=-1)

@@ -15,7 +15,10 @@ class Wanda(Criterion):
     name = "wanda"
     needs = frozenset({SQNORM})
 
+    def __init__(self, by_sort: bool = False):
+        self.by_sort = by_sort  # the reference's full sort instead of kthvalue: the same mask, slower
+
     def prune(self, weight, stats, sparsity, pattern):
         score = wanda_scores(weight, stats)
-        mask = lowest_nm(score, pattern) if pattern else lowest_per_row(score, sparsity)
+        mask = lowest_nm(score, pattern) if pattern else lowest_per_row(score, sparsity, self.by_sort)
         return weight.masked_fill(mask, 0.0)
