@@ -14,7 +14,7 @@ comma := ,
 FIRST_MODEL = $(firstword $(subst $(comma), ,$(MODELS)))
 PRESET ?= cpu
 
-.PHONY: install run table1 table2 plots test test-fast clean-cache
+.PHONY: install run table1 table2 plots bench bench-gpu test test-fast clean-cache
 
 $(VENV)/.installed: pyproject.toml assets/wheels.txt
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +39,15 @@ table2: install
 
 plots: install
 	$(PY) -m experiments.plots --model $(FIRST_MODEL) --preset $(PRESET)
+
+# Speed and memory against this machine's matmul peak (results/bench.md); see experiments/bench.py.
+bench: install
+	$(PY) -m experiments.bench $(BENCH_ARGS)
+
+# The same on a GPU: a LLaMA-2-7B-shaped model with random weights, bf16, 128 x 2048 calibration.
+bench-gpu: install
+	$(PY) -m experiments.bench --shape llama2-7b --dtypes bfloat16 --device cuda --nsamples 128 --seqlen 2048 \
+		--eval-windows 32 --eval-seqlen 2048 --out results/bench-llama2-7b-gpu $(BENCH_ARGS)
 
 test: install
 	$(PY) -m pytest -q

@@ -5,7 +5,7 @@ Rows joined with "\n\n" (the corpus's joiner), tokenized once, cut into non-over
 ppl = exp(mean window loss). `max_windows` caps the count for CPU presets (the first windows are kept).
 
 The output layer is applied `chunk_tokens` positions at a time: the full logits of a batch (batch × seqlen ×
-vocab, 400 MB in float32 for 4 × 512 × 49k) are never held at once, and each chunk's loss is taken in float32
+vocab, 400 MB in float32 for 4 × 512 × 49k) are never held at once (a chunk of 512 is 100 MB), and each chunk's loss is taken in float32
 while it is still in cache. `chunk_tokens=None` is the plain path (the model's own logits), kept for the tests
 that show both agree.
 """
@@ -25,7 +25,7 @@ def tokenize_corpus(corpus: Corpus, tokenizer) -> torch.Tensor:
 
 @torch.no_grad()
 def window_losses(model, ids: torch.Tensor, seqlen: int, max_windows: int | None = None, batch_size: int = 4,
-                  progress: bool = True, chunk_tokens: int | None = 2048) -> torch.Tensor:
+                  progress: bool = True, chunk_tokens: int | None = 512) -> torch.Tensor:
     n = ids.numel() // seqlen
     if max_windows is not None:
         n = min(n, max_windows)
@@ -80,7 +80,7 @@ def _chunked_losses(model, batch: torch.Tensor, chunk_tokens: int) -> torch.Tens
 
 
 def perplexity(model, corpus: Corpus, tokenizer, seqlen: int, max_windows: int | None = None,
-               batch_size: int = 4, progress: bool = True, chunk_tokens: int | None = 2048) -> dict:
+               batch_size: int = 4, progress: bool = True, chunk_tokens: int | None = 512) -> dict:
     ids = tokenize_corpus(corpus, tokenizer)
     cap = corpus.max_tokens_windows
     if cap is not None:

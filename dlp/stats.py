@@ -29,13 +29,16 @@ class LinearStats:
             self.gram = torch.zeros(self.in_features, self.in_features, dtype=torch.float32, device=self.device)
 
     def add(self, x: torch.Tensor) -> None:
-        x = x.reshape(-1, x.shape[-1]).to(torch.float32)
-        if self.sqnorm is not None:
-            # float32 squares are exact in float64, and a float64 sum does not depend (to float32 precision)
-            # on how the tokens were split into batches: batch size cannot flip a Wanda mask.
-            self.sqnorm += x.square().sum(0, dtype=torch.float64)
+        x = x.reshape(-1, x.shape[-1])
+        x32 = x.to(torch.float32)
         if self.gram is not None:
-            self.gram.addmm_(x.t(), x)
+            self.gram.addmm_(x32.t(), x32)
+        if self.sqnorm is not None:
+            # Squared in place only when `x32` is our own copy (a float32 input is the model's own tensor).
+            # Each batch sums in float32 (pairwise); the running total is float64, so the order in which batches
+            # arrive hardly matters. (`sum(dtype=float64)` directly is 7x slower on the CPU.)
+            squares = x32.square_() if x32 is not x else x32.square()
+            self.sqnorm += squares.sum(0)
 
     def column_norm(self) -> torch.Tensor:
         """‖X_j‖₂ scaled as Wanda's `scaler_row` (mean over sequences of the squared norm), then sqrt."""

@@ -1,0 +1,57 @@
+"""Matrix-multiply FLOPs of the engine's passes, counted from the decoder's shapes.
+
+Per token and block: 2·in·out for every Linear, plus causal attention, 2·S·d (QKᵀ and AV over on average S/2
+earlier positions, d = heads × head_dim). Element-wise work (norms, activations, rotary) is not counted, so
+"share of peak" is the share of the machine's matmul rate spent on the products the pass must do.
+"""
+from dataclasses import dataclass
+
+import torch.nn as nn
+
+from .stats import HESSIAN
+from .structure import find_blocks, find_linears
+
+
+@dataclass
+class Shapes:
+    blocks: int
+    linear_macs: int  # Σ in·out over one block's Linears
+    attention_width: int  # heads × head_dim
+    gram_inputs: list  # in_features of each distinct Linear input of a block (q/k/v share one, gate/up one)
+    matrices: list  # (rows, cols) of each group of Linears sharing an input, rows stacked
+    head_macs: int  # output layer in·out
+    hidden: int
+
+
+def shapes(model: nn.Module) -> Shapes:
+    cfg = model.config
+    block = find_blocks(model).blocks[0]
+    linears = find_linears(block)
+    groups: dict[tuple, list] = {}
+    for name, layer in linears.items():
+        # Linears that read the same tensor: same input width and the same attention/MLP half of the block.
+        key = (layer.in_features, name.split(".")[0], name.split(".")[-1] in ("q_proj", "k_proj", "v_proj",
+                                                                                "gate_proj", "up_proj", "fc1"))
+        groups.setdefault(key if key[2] else (name,), []).append(layer)
+    matrices = [(sum(layer.out_features for layer in g), g[0].in_features) for g in groups.values()]
+    heads = cfg.num_attention_heads
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
+    head = model.get_output_embeddings()
+    return Shapes(blocks=len(find_blocks(model)), linear_macs=sum(m.in_features * m.out_features for m in linears.values()),
+                  attention_width=heads * head_dim, gram_inputs=[c for _, c in matrices], matrices=matrices,
+                  head_macs=head.in_features * head.out_features, hidden=cfg.hidden_size)
+
+
+def forward_flops(s: Shapes, tokens: int, seqlen: int, with_head: bool = False) -> float:
+    per_token = s.blocks * (2 * s.linear_macs + 2 * seqlen * s.attention_width)
+    return tokens * (per_token + (2 * s.head_macs if with_head else 0))
+
+
+def statistics_flops(s: Shapes, tokens: int, seqlen: int, needs: frozenset) -> float:
+    extra = s.blocks * sum(2 * c * c for c in s.gram_inputs) * tokens if HESSIAN in needs else 0
+    return forward_flops(s, tokens, seqlen) + extra
+
+
+def sparsegpt_flops(s: Shapes) -> float:
+    """Per model: factorising H (Cholesky, inverse, Cholesky: about 4/3·n³) and the OBS updates (rows·n²)."""
+    return s.blocks * sum(4 / 3 * c ** 3 + r * c * c for r, c in s.matrices)

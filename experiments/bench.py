@@ -1,0 +1,296 @@
+"""`make bench`: how far each phase of a run is from the machine's own matrix-multiply limit.
+
+For a model and each dtype: the matmul peak measured in this process, then load, one dense forward pass over
+the calibration set (the yardstick), and for Wanda, DLP + Wanda, OWL + Wanda and SparseGPT the allocation
+pass, capture, statistics, criterion and replay; then perplexity. Each phase gets seconds, tokens/s, GFLOP/s
+counted from the decoder's shapes (dlp.flops), its share of the peak, and its peak memory beside the floor
+(weights + one block's calibration activations in and out + one block's statistics). A scaling section
+repeats Wanda at three calibration sizes and three sequence lengths. Writes <out>.json, <out>.md and a plot.
+
+  python -m experiments.bench                                   # embedded model on this machine, fp32 and bf16
+  python -m experiments.bench --shape llama2-7b --dtypes bfloat16 --nsamples 128 --seqlen 2048 --out results/bench-llama2-7b
+"""
+import argparse
+import gc
+import json
+import math
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from baselines.allocations import make_allocator
+from baselines.criteria import make_criterion
+from dlp.errors import UserError
+from dlp.flops import forward_flops, shapes, sparsegpt_flops, statistics_flops
+from dlp.io import write_atomic, write_json_atomic
+from dlp.engine import walk
+from dlp.machine import describe, matmul_peak, phase, release_free_memory, rss_bytes
+from dlp.models import DTYPES, load_model, resolve_device
+from dlp.perplexity import window_losses
+from dlp.prune import prune_model
+from dlp.stats import HESSIAN, SQNORM
+from dlp.structure import find_blocks
+
+from .bench_report import render
+
+METHODS = [("wanda", "uniform"), ("wanda", "dlp"), ("wanda", "owl"), ("sparsegpt", "uniform")]
+# Random-weight models of a paper's shape (timing does not depend on the weights' values).
+SHAPES = {
+    "llama2-7b": dict(model_type="llama", hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
+                      num_attention_heads=32, num_key_value_heads=32, vocab_size=32000, max_position_embeddings=4096),
+    "tiny": dict(model_type="llama", hidden_size=64, intermediate_size=128, num_hidden_layers=3,
+                 num_attention_heads=4, num_key_value_heads=2, vocab_size=128, max_position_embeddings=2048),
+}
+
+
+class Subject:
+    """The model under test: a named model (loaded afresh for each method) or a random one of a given shape."""
+
+    def __init__(self, model: str | None, shape: str | None, dtype: str, device: torch.device, seed: int = 0):
+        self.model, self.shape, self.dtype, self.device, self.seed = model, shape, dtype, device, seed
+        self.tokenizer = None
+
+    def load(self):
+        if self.shape:
+            from transformers import AutoConfig, AutoModelForCausalLM
+            cfg = AutoConfig.for_model(**SHAPES[self.shape])
+            torch.manual_seed(self.seed)
+            with torch.device(self.device):
+                model = AutoModelForCausalLM.from_config(cfg, dtype=DTYPES[self.dtype])
+            model.eval()
+            model.config.use_cache = False
+            return model
+        model, self.tokenizer, _ = load_model(self.model, self.dtype, str(self.device))
+        return model
+
+    def describe(self) -> str:
+        return f"random weights, {self.shape} shape" if self.shape else self.model
+
+
+def calibration_and_eval(subject: Subject, model, nsamples: int, seqlen: int, eval_windows: int,
+                         eval_seqlen: int) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """Calibration windows (c4-exllamav2, as the cpu preset) and evaluation tokens (WikiText-2 test when a
+    local copy is configured, else the wiki-exllamav2 substitute, named so); random ids for a random model."""
+    if subject.shape:
+        g = torch.Generator().manual_seed(subject.seed)
+        vocab = model.config.vocab_size
+        return (torch.randint(vocab, (nsamples, seqlen), generator=g),
+                torch.randint(vocab, (eval_windows * eval_seqlen,), generator=g),
+                {"calibration": "random token ids", "evaluation": "random token ids"})
+    from dlp.data import corpora
+    from dlp.data.calibration import calibration_windows
+    from dlp.perplexity import tokenize_corpus
+    calib = calibration_windows(corpora.load("c4-exllamav2"), subject.tokenizer, nsamples, seqlen, subject.seed)
+    ev = corpora.load("wikitext2", allow_substitute=True)
+    return calib, tokenize_corpus(ev, subject.tokenizer), {"calibration": "c4-exllamav2", "evaluation": ev.name}
+
+
+def floor_bytes(model, s, nsamples: int, seqlen: int, needs: frozenset) -> dict:
+    elt = next(model.parameters()).element_size()
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    activations = 2 * nsamples * seqlen * s.hidden * elt
+    stats = 0
+    if SQNORM in needs or HESSIAN in needs:
+        stats += sum(8 * c for c in s.gram_inputs)
+    if HESSIAN in needs:
+        stats += sum(4 * c * c for c in s.gram_inputs)
+    return {"weights": weights, "activations": activations, "statistics": stats,
+            "total": weights + activations + stats}
+
+
+def _memory(m: dict, base: int, device: torch.device) -> dict:
+    out = {"rss_peak_above_start_of_process": m["rss_peak"] - base, "rss_peak_is_phase": m["rss_peak_is_phase"]}
+    if device.type == "cuda":
+        out["cuda_peak"] = m["cuda_peak"]
+    return out
+
+
+def _row(name: str, seconds: float, tokens: int | None, flops: float | None, peak: float, memory=None) -> dict:
+    row = {"phase": name, "seconds": seconds, "tokens": tokens,
+           "tokens_per_s": tokens / seconds if tokens and seconds > 0 else None,
+           "gflops": flops / 1e9 if flops else None}
+    row["gflop_per_s"] = row["gflops"] / seconds if flops and seconds > 0 else None
+    row["share_of_peak"] = row["gflop_per_s"] / peak if row["gflop_per_s"] else None
+    if memory:
+        row["memory"] = memory
+    return row
+
+
+def perplexity_of(model, eval_ids, eval_seqlen, eval_windows, batch_size, progress) -> float:
+    losses = window_losses(model, eval_ids, eval_seqlen, eval_windows, batch_size, progress)
+    return math.exp(losses.double().mean().item())
+
+
+def bench_dtype(args, dtype: str, device: torch.device) -> dict:
+    subject = Subject(args.model, args.shape, dtype, device, args.seed)
+    peak = matmul_peak(DTYPES[dtype], device)
+    gc.collect()
+    release_free_memory()
+    base = rss_bytes()  # the process with its libraries, before any model: memory below is counted above it
+    with phase(device) as m:
+        model = subject.load()
+    s = shapes(model)
+    calib, eval_ids, data = calibration_and_eval(subject, model, args.nsamples, args.seqlen, args.eval_windows,
+                                                 args.eval_seqlen)
+    tokens = calib.numel()
+    eval_tokens = min(eval_ids.numel() // args.eval_seqlen, args.eval_windows) * args.eval_seqlen
+    rows = {"load": _row("load", m["seconds"], None, None, peak["gflops"], _memory(m, base, device))}
+    floors = {c: floor_bytes(model, s, args.nsamples, args.seqlen, make_criterion(c).needs)
+              for c in ("wanda", "sparsegpt")}
+
+    with phase(device) as m:
+        walk(model, calib, lambda *a: False, frozenset(), batch_size=args.batch_size, desc="dense forward",
+             progress=args.progress)
+    dense_s = m["seconds"]
+    rows["dense_forward"] = _row("dense forward (calibration)", dense_s, tokens,
+                                 forward_flops(s, tokens, args.seqlen), peak["gflops"], _memory(m, base, device))
+    with phase(device) as m:
+        dense_ppl = perplexity_of(model, eval_ids, args.eval_seqlen, args.eval_windows, args.eval_batch_size,
+                                  args.progress)
+    rows["evaluation"] = _row("evaluation (perplexity)", m["seconds"], eval_tokens,
+                              forward_flops(s, eval_tokens, args.eval_seqlen, with_head=True), peak["gflops"],
+                              _memory(m, base, device))
+    methods = {}
+    for criterion_name, allocation_name in METHODS:
+        del model
+        gc.collect()
+        model = subject.load()
+        methods[f"{allocation_name}+{criterion_name}"] = bench_method(
+            args, model, calib, eval_ids, criterion_name, allocation_name, s, peak["gflops"], base, device, dense_s)
+        methods[f"{allocation_name}+{criterion_name}"]["floor"] = floors[criterion_name]
+    del model
+    gc.collect()
+    scaling = bench_scaling(args, subject, device, base) if args.scaling else []
+    return {"dtype": dtype, "peak": peak, "data": data, "tokens": tokens, "eval_tokens": eval_tokens,
+            "phases": rows, "dense_ppl": dense_ppl, "methods": methods, "scaling": scaling}
+
+
+def bench_method(args, model, calib, eval_ids, criterion_name, allocation_name, s, peak, base, device, dense_s):
+    tokens = calib.numel()
+    criterion = make_criterion(criterion_name)
+    out = {"criterion": criterion_name, "allocation": allocation_name, "sparsity": args.sparsity}
+    rows = {}
+    with tempfile.TemporaryDirectory() as cache:  # an empty profile cache: the allocation pass is timed in full
+        previous = os.environ.get("DLP_CACHE")
+        os.environ["DLP_CACHE"] = cache
+        try:
+            with phase(device) as m:
+                allocation = make_allocator(allocation_name).allocate(model, calib, args.sparsity, args.batch_size,
+                                                                      progress=args.progress)
+        finally:
+            if previous is None:
+                os.environ.pop("DLP_CACHE", None)
+            else:
+                os.environ["DLP_CACHE"] = previous
+    allocation_s = m["seconds"] if allocation_name != "uniform" else 0.0
+    if allocation_name != "uniform":
+        rows["allocation"] = _row("allocation pass", m["seconds"], tokens,
+                                  statistics_flops(s, tokens, args.seqlen, frozenset({SQNORM})), peak,
+                                  _memory(m, base, device))
+    with phase(device) as m:
+        walked = prune_model(model, calib, criterion, allocation.sparsities, batch_size=args.batch_size,
+                             progress=args.progress)
+    t = walked.timings
+    rows["capture"] = _row("capture", t["capture"], tokens, None, peak)
+    rows["statistics"] = _row("statistics", t["statistics"], tokens,
+                              statistics_flops(s, tokens, args.seqlen, criterion.needs), peak)
+    rows["criterion"] = _row("criterion", t["visit"], None,
+                             sparsegpt_flops(s) if criterion_name == "sparsegpt" else None, peak)
+    rows["replay"] = _row("replay", t["replay"], tokens, forward_flops(s, tokens, args.seqlen), peak)
+    rows["prune"] = _row("prune (all blocks)", m["seconds"], tokens, None, peak, _memory(m, base, device))
+    with phase(device) as m:
+        ppl = perplexity_of(model, eval_ids, args.eval_seqlen, args.eval_windows, args.eval_batch_size, args.progress)
+    rows["evaluation"] = _row("evaluation (perplexity)", m["seconds"], None, None, peak, _memory(m, base, device))
+    total = allocation_s + rows["prune"]["seconds"]
+    out.update({"phases": rows, "allocation_plus_prune_s": total, "times_dense_forward": total / dense_s,
+                "ppl": ppl})
+    return out
+
+
+def bench_scaling(args, subject: Subject, device, base) -> list[dict]:
+    """Wanda (uniform) at three calibration sizes and three sequence lengths: time and peak memory."""
+    points = sorted({(n, args.seqlen) for n in args.scale_nsamples} | {(args.nsamples, q) for q in args.scale_seqlens})
+    out = []
+    for nsamples, seqlen in points:
+        model = subject.load()
+        calib, _, _ = calibration_and_eval(subject, model, nsamples, seqlen, 1, 8)
+        with phase(device) as m:
+            prune_model(model, calib, make_criterion("wanda"), [args.sparsity] * len(find_blocks(model)),
+                        batch_size=args.batch_size, progress=False)
+        out.append({"nsamples": nsamples, "seqlen": seqlen, "tokens": nsamples * seqlen, "seconds": m["seconds"],
+                    **_memory(m, base, device)})
+        del model
+        gc.collect()
+    return out
+
+
+def parse(argv):
+    p = argparse.ArgumentParser(prog="python -m experiments.bench", description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", default="smollm2-135m", help="alias, hub id or folder (default: the embedded model)")
+    p.add_argument("--shape", choices=sorted(SHAPES), help="a random-weight model of this shape instead of --model")
+    p.add_argument("--dtypes", default="float32,bfloat16")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--nsamples", type=int, default=32)
+    p.add_argument("--seqlen", type=int, default=512)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--eval-windows", type=int, default=64)
+    p.add_argument("--eval-seqlen", type=int, default=512)
+    p.add_argument("--eval-batch-size", type=int, default=4)
+    p.add_argument("--sparsity", type=float, default=0.5)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--scale-nsamples", default=None, help="default: half, once and twice --nsamples")
+    p.add_argument("--scale-seqlens", default=None, help="default: half, once and twice --seqlen")
+    p.add_argument("--no-scaling", dest="scaling", action="store_false")
+    p.add_argument("--scaling-dtype", default=None, help="dtype of the scaling section (default: the last one)")
+    p.add_argument("--out", default="results/bench", help="writes OUT.json, OUT.md and OUT-scaling.png")
+    p.add_argument("--no-progress", dest="progress", action="store_false")
+    args = p.parse_args(argv)
+    args.dtypes = [d.strip() for d in args.dtypes.split(",") if d.strip()]
+    for d in args.dtypes:
+        if d not in DTYPES:
+            raise UserError(f"unknown dtype '{d}'; choose from {', '.join(DTYPES)}")
+    args.scale_nsamples = ([int(x) for x in args.scale_nsamples.split(",")] if args.scale_nsamples
+                           else [max(1, args.nsamples // 2), args.nsamples, 2 * args.nsamples])
+    args.scale_seqlens = ([int(x) for x in args.scale_seqlens.split(",")] if args.scale_seqlens
+                          else [max(2, args.seqlen // 2), args.seqlen, 2 * args.seqlen])
+    if not 0 <= args.sparsity < 1:
+        raise UserError(f"sparsity must be in [0, 1) (got {args.sparsity})")
+    return args
+
+
+def main(argv=None) -> int:
+    try:
+        args = parse(sys.argv[1:] if argv is None else argv)
+        device = resolve_device(args.device)
+        started = time.time()
+        results = []
+        scaling_dtype = args.scaling_dtype or args.dtypes[-1]
+        scaling = args.scaling
+        for dtype in args.dtypes:
+            args.scaling = scaling and dtype == scaling_dtype
+            results.append(bench_dtype(args, dtype, device))
+        args.scaling = scaling
+        from experiments.records import environment
+        report = {"machine": describe(device), "environment": environment(),
+                  "settings": {k: v for k, v in vars(args).items() if k != "progress"},
+                  "subject": Subject(args.model, args.shape, "", device).describe(), "results": results,
+                  "wall_s": time.time() - started}
+        out = Path(args.out)
+        write_json_atomic(out.with_suffix(".json"), report)
+        figure = out.with_name(out.name + "-scaling.png")
+        md = render(report, figure if any(r["scaling"] for r in results) else None)
+        write_atomic(out.with_suffix(".md"), md.encode())
+        print(md)
+        print(f"wrote {out.with_suffix('.json')} and {out.with_suffix('.md')}")
+        return 0
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

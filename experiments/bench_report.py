@@ -1,0 +1,200 @@
+"""Render a benchmark report (experiments.bench) as Markdown, with the targets of issue 5 checked plainly."""
+from pathlib import Path
+
+MIB = 2 ** 20
+# Reference implementations on a 2-core machine, embedded model, 32 x 512 calibration, float32 (issue 5).
+REFERENCE_S = {"uniform+wanda": 70.0, "owl+wanda": 140.0, "uniform+sparsegpt": 120.0, "evaluation": 85.0}
+REFERENCE_FACTOR = 0.4
+TIMES_DENSE = {"uniform+wanda": 2.5, "dlp+wanda": 3.5, "uniform+sparsegpt": 4.0}
+SHARE_OF_PEAK = 0.6
+MEMORY_SLACK = 1.2
+PPL_TOLERANCE = 0.01
+
+
+def _f(x, digits=1, unit=""):
+    if x is None:
+        return "-"
+    return f"{x:,.{digits}f}{unit}"
+
+
+def _pct(x):
+    return "-" if x is None else f"{100 * x:.0f}%"
+
+
+def _mib(x):
+    return "-" if x is None else f"{x / MIB:,.0f}"
+
+
+def _peak_mem(row: dict | None, cuda: bool):
+    mem = (row or {}).get("memory") or {}
+    return mem.get("cuda_peak") if cuda else mem.get("rss_peak_above_start_of_process")
+
+
+def _mark(ok: bool) -> str:
+    return "met" if ok else "**missed**"
+
+
+def phase_table(result: dict, cuda: bool) -> list[str]:
+    lines = ["| phase | seconds | tokens/s | GFLOP | GFLOP/s | share of peak | peak memory (MiB) |",
+             "|---|---|---|---|---|---|---|"]
+    for key in ("load", "dense_forward", "evaluation"):
+        r = result["phases"][key]
+        lines.append(f"| {r['phase']} | {_f(r['seconds'], 2)} | {_f(r['tokens_per_s'], 0)} | {_f(r['gflops'], 0)} | "
+                     f"{_f(r['gflop_per_s'], 0)} | {_pct(r['share_of_peak'])} | {_mib(_peak_mem(r, cuda))} |")
+    return lines
+
+
+def method_tables(result: dict, cuda: bool) -> list[str]:
+    lines = ["| method | phase | seconds | tokens/s | GFLOP/s | share of peak |", "|---|---|---|---|---|---|"]
+    for name, m in result["methods"].items():
+        for key in ("allocation", "capture", "statistics", "criterion", "replay", "prune", "evaluation"):
+            r = m["phases"].get(key)
+            if r is None:
+                continue
+            lines.append(f"| {name} | {r['phase']} | {_f(r['seconds'], 2)} | {_f(r['tokens_per_s'], 0)} | "
+                         f"{_f(r['gflop_per_s'], 0)} | {_pct(r['share_of_peak'])} |")
+    lines += ["", "| method | allocation + prune (s) | × dense forward | perplexity | peak memory, prune (MiB) | "
+                  "floor (MiB) | peak / floor |", "|---|---|---|---|---|---|---|"]
+    for name, m in result["methods"].items():
+        peak = _peak_mem(m["phases"]["prune"], cuda)
+        floor = m["floor"]["total"]
+        lines.append(f"| {name} | {_f(m['allocation_plus_prune_s'], 1)} | {_f(m['times_dense_forward'], 2)} | "
+                     f"{_f(m['ppl'], 2)} | {_mib(peak)} | {_mib(floor)} | {_f(peak / floor if peak else None, 2)} |")
+    return lines
+
+
+def ppl_across_dtypes(results: list[dict]) -> tuple[list[str], dict]:
+    """Perplexity per method in each dtype, relative to float32: which dtypes keep it within 1%."""
+    by = {r["dtype"]: r for r in results}
+    if "float32" not in by or len(by) < 2:
+        return [], {}
+    names = ["dense"] + list(by["float32"]["methods"])
+    dtypes = list(by)
+    lines = ["| method | " + " | ".join(dtypes) + " | largest change vs float32 |",
+             "|---|" + "---|" * (len(dtypes) + 1)]
+    worst = {d: 0.0 for d in dtypes}
+    for name in names:
+        vals = {d: (by[d]["dense_ppl"] if name == "dense" else by[d]["methods"].get(name, {}).get("ppl")) for d in dtypes}
+        ref = vals["float32"]
+        changes = [abs(v / ref - 1) for d, v in vals.items() if d != "float32" and v and ref]
+        for d, v in vals.items():
+            if v and ref:
+                worst[d] = max(worst[d], abs(v / ref - 1))
+        lines.append(f"| {name} | " + " | ".join(_f(vals[d], 2) for d in dtypes) +
+                     f" | {_pct(max(changes)) if changes else '-'} |")
+    return lines, worst
+
+
+def targets(report: dict, worst: dict) -> list[str]:
+    s = report["settings"]
+    cuda = report["machine"]["device"].startswith("cuda")
+    lines = []
+    for r in report["results"]:
+        d = r["dtype"]
+        w = r["methods"].get("uniform+wanda")
+        checks = []
+        if w:
+            for key in ("statistics", "replay"):
+                share = w["phases"][key]["share_of_peak"] or 0
+                checks.append((f"Wanda's {key} pass at >= {SHARE_OF_PEAK:.0%} of the {d} peak",
+                               f"{share:.0%}", share >= SHARE_OF_PEAK))
+        share = r["phases"]["evaluation"]["share_of_peak"] or 0
+        checks.append((f"perplexity evaluation at >= {SHARE_OF_PEAK:.0%} of peak", f"{share:.0%}",
+                       share >= SHARE_OF_PEAK))
+        for name, limit in TIMES_DENSE.items():
+            m = r["methods"].get(name)
+            if m:
+                checks.append((f"{name} (allocation included) <= {limit} x dense forward",
+                                f"{m['times_dense_forward']:.2f} x", m["times_dense_forward"] <= limit))
+        for name, m in r["methods"].items():
+            peak = _peak_mem(m["phases"]["prune"], cuda)
+            if peak:
+                ratio = peak / m["floor"]["total"]
+                checks.append((f"{name}: peak memory within {MEMORY_SLACK - 1:.0%} of the floor",
+                               f"{ratio:.2f} x floor", ratio <= MEMORY_SLACK))
+        paper_inputs = (s.get("model") == "smollm2-135m" and not s.get("shape") and s["nsamples"] == 32
+                        and s["seqlen"] == 512 and s["eval_windows"] == 64 and s["eval_seqlen"] == 512)
+        if paper_inputs and not cuda:
+            keeps = d == "float32" or worst.get(d, 1.0) <= PPL_TOLERANCE
+            for name, ref in REFERENCE_S.items():
+                got = (r["phases"]["evaluation"]["seconds"] if name == "evaluation"
+                       else r["methods"].get(name, {}).get("allocation_plus_prune_s"))
+                if got is not None:
+                    checks.append((f"{name} <= {REFERENCE_FACTOR} x the reference's {ref:.0f} s",
+                                   f"{got:.1f} s ({got / ref:.2f} x)", got <= REFERENCE_FACTOR * ref))
+            if d != "float32":
+                checks.append((f"{d} keeps every perplexity within {PPL_TOLERANCE:.0%} of float32",
+                               _pct(worst.get(d)) if d in worst else "not compared", keeps))
+        lines += [f"**{d}**", "", "| target | measured | |", "|---|---|---|"]
+        lines += [f"| {t} | {v} | {_mark(ok)} |" for t, v, ok in checks] + [""]
+    return lines
+
+
+def scaling_section(report: dict, figure: Path | None) -> list[str]:
+    rows = [(r["dtype"], p) for r in report["results"] for p in r["scaling"]]
+    if not rows:
+        return []
+    cuda = report["machine"]["device"].startswith("cuda")
+    key = "cuda_peak" if cuda else "rss_peak_above_start_of_process"
+    lines = ["## Scaling (Wanda, uniform)", "", "| dtype | nsamples | seqlen | tokens | seconds | tokens/s | "
+             "peak memory (MiB) |", "|---|---|---|---|---|---|---|"]
+    for d, p in rows:
+        lines.append(f"| {d} | {p['nsamples']} | {p['seqlen']} | {p['tokens']:,} | {p['seconds']:.1f} | "
+                     f"{p['tokens'] / p['seconds']:,.0f} | {_mib(p.get(key))} |")
+    if figure is not None:
+        draw_scaling(rows, key, figure, report["settings"])
+        lines += ["", f"![scaling]({figure.name})"]
+    return lines + [""]
+
+
+def draw_scaling(rows, key, figure: Path, settings: dict) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.5))
+    for label, pick in (("nsamples varies (seqlen %d)" % settings["seqlen"], lambda p: p["seqlen"] == settings["seqlen"]),
+                        ("seqlen varies (nsamples %d)" % settings["nsamples"], lambda p: p["nsamples"] == settings["nsamples"])):
+        pts = sorted((p for _d, p in rows if pick(p)), key=lambda p: p["tokens"])
+        a.plot([p["tokens"] for p in pts], [p["seconds"] for p in pts], "o-", label=label)
+        b.plot([p["tokens"] for p in pts], [p[key] / MIB for p in pts], "o-", label=label)
+    a.set_xlabel("calibration tokens"), a.set_ylabel("Wanda prune, seconds"), a.legend(fontsize=7)
+    b.set_xlabel("calibration tokens"), b.set_ylabel("peak memory above process start, MiB")
+    fig.tight_layout()
+    figure.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(figure, dpi=110)
+    plt.close(fig)
+
+
+def render(report: dict, figure: Path | None) -> str:
+    mach, s = report["machine"], report["settings"]
+    cuda = mach["device"].startswith("cuda")
+    where = (f"{mach.get('gpu')} ({mach.get('gpu_memory_gib')} GiB)" if cuda else
+             f"{mach['cpu']}, {mach['cpu_threads']} threads, {mach.get('memory_gib', '?')} GiB")
+    data = report["results"][0]["data"]
+    lines = [f"# Benchmark: {report['subject']}", "",
+             f"Machine: {where}; torch {mach['torch']}. Written by `python -m experiments.bench` "
+             f"(`make bench`) in {report['wall_s'] / 60:.1f} min; the JSON beside this file holds every figure.", "",
+             f"Calibration {s['nsamples']} x {s['seqlen']} tokens ({data['calibration']}), batch {s['batch_size']}; "
+             f"perplexity on {s['eval_windows']} x {s['eval_seqlen']} tokens ({data['evaluation']}), batch "
+             f"{s['eval_batch_size']}; pruning at {s['sparsity']:.0%} unstructured. GFLOP counted from the decoder's "
+             "matrix shapes (dlp/flops.py: Linears and causal attention, element-wise work not counted); share of "
+             "peak = GFLOP/s over the n x n matmul rate measured in the same process just before. Memory: "
+             + ("peak allocated on the GPU." if cuda else
+                "peak resident set above the process before the model was loaded (Python, torch and transformers "
+                "take about that much again), reset per phase."),
+             ""]
+    for r in report["results"]:
+        lines += [f"## {r['dtype']}: matmul peak {r['peak']['gflops']:,.0f} GFLOP/s "
+                  f"({r['peak']['n']} x {r['peak']['n']})", ""]
+        lines += phase_table(r, cuda) + [""] + method_tables(r, cuda) + [""]
+        f = next(iter(r["methods"].values()))["floor"]
+        lines += [f"Floor = weights {_mib(f['weights'])} MiB + one block's calibration activations in and out "
+                  f"{_mib(f['activations'])} MiB + one block's statistics (Wanda {_mib(r['methods'].get('uniform+wanda', {}).get('floor', {}).get('statistics'))} MiB, "
+                  f"SparseGPT {_mib(r['methods'].get('uniform+sparsegpt', {}).get('floor', {}).get('statistics'))} MiB).", ""]
+    ppl_lines, worst = ppl_across_dtypes(report["results"])
+    if ppl_lines:
+        lines += ["## Perplexity in each dtype", ""] + ppl_lines + [""]
+    lines += ["## Targets (issue 5)", ""] + targets(report, worst)
+    lines += scaling_section(report, figure)
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,63 @@
+"""The benchmark's arithmetic and its report, on a tiny random model (no timing is asserted)."""
+import json
+
+import pytest
+import torch
+
+from dlp.flops import forward_flops, shapes, sparsegpt_flops, statistics_flops
+from dlp.machine import phase
+from dlp.stats import HESSIAN, SQNORM
+from experiments import bench
+from tiny import tiny_model
+
+
+def test_flops_counted_from_shapes_by_hand():
+    model = tiny_model("llama")  # hidden 64, MLP 128 (tiny.py), 4 heads, 2 KV heads of 16, 3 blocks, vocab 128
+    cfg = model.config
+    s = shapes(model)
+    h, i, kv = cfg.hidden_size, cfg.intermediate_size, cfg.num_key_value_heads * (h_d := cfg.hidden_size // cfg.num_attention_heads)
+    assert s.linear_macs == h * h + 2 * h * kv + h * h + 2 * h * i + i * h
+    assert sorted(s.gram_inputs) == sorted([h, h, h, i])  # q/k/v share one input, gate/up one, o and down their own
+    assert sorted(s.matrices) == sorted([(h + 2 * kv, h), (h, h), (2 * i, h), (h, i)])
+    tokens, seqlen = 10, 5
+    per_token = 3 * (2 * s.linear_macs + 2 * seqlen * 4 * h_d)
+    assert forward_flops(s, tokens, seqlen) == tokens * per_token
+    assert forward_flops(s, tokens, seqlen, with_head=True) == tokens * (per_token + 2 * h * cfg.vocab_size)
+    assert statistics_flops(s, tokens, seqlen, frozenset({SQNORM})) == tokens * per_token
+    assert statistics_flops(s, tokens, seqlen, frozenset({HESSIAN})) == tokens * per_token + 3 * tokens * 2 * (3 * h * h + i * i)
+    assert sparsegpt_flops(s) == pytest.approx(3 * sum(4 / 3 * c ** 3 + r * c * c for r, c in s.matrices))
+
+
+def test_phase_reports_seconds_and_a_memory_peak_above_its_start():
+    with phase(torch.device("cpu")) as m:
+        block = torch.ones(64 * 2 ** 20 // 4)  # 64 MiB, touched
+        del block
+    assert m["seconds"] > 0
+    if m["rss_peak_is_phase"]:
+        assert m["rss_peak"] - m["rss_start"] >= 60 * 2 ** 20
+
+
+def test_bench_end_to_end_on_a_tiny_random_model(tmp_path, monkeypatch):
+    monkeypatch.setenv("DLP_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "bench"
+    code = bench.main(["--shape", "tiny", "--nsamples", "4", "--seqlen", "32", "--eval-windows", "2",
+                       "--eval-seqlen", "32", "--scale-nsamples", "2,4", "--scale-seqlens", "16,32",
+                       "--out", str(out), "--no-progress"])
+    assert code == 0
+    report = json.loads(out.with_suffix(".json").read_text())
+    assert [r["dtype"] for r in report["results"]] == ["float32", "bfloat16"]
+    fp32 = report["results"][0]
+    assert set(fp32["methods"]) == {"uniform+wanda", "dlp+wanda", "owl+wanda", "uniform+sparsegpt"}
+    for m in fp32["methods"].values():
+        assert m["allocation_plus_prune_s"] > 0 and m["ppl"] > 1
+        assert m["floor"]["total"] == m["floor"]["weights"] + m["floor"]["activations"] + m["floor"]["statistics"]
+    assert fp32["methods"]["dlp+wanda"]["phases"]["allocation"]["seconds"] > 0  # a cold profile cache, timed
+    assert fp32["scaling"] == [] and len(report["results"][1]["scaling"]) == 3  # (2,32), (4,16), (4,32)
+    md = out.with_suffix(".md").read_text()
+    assert "## Targets (issue 5)" in md and "## Perplexity in each dtype" in md
+    assert (tmp_path / "bench-scaling.png").stat().st_size > 0
+
+
+def test_bench_bad_input_is_one_line(capsys):
+    assert bench.main(["--dtypes", "float64"]) == 2
+    assert capsys.readouterr().err.strip() == "error: unknown dtype 'float64'; choose from float32, bfloat16, float16"
