@@ -59,15 +59,20 @@ def matmul_peak(dtype: torch.dtype, device: torch.device, n: int | None = None, 
     return {"dtype": str(dtype).replace("torch.", ""), "n": n, "gflops": 2 * n ** 3 / best / 1e9}
 
 
-def rss_bytes() -> int:
+def _status_bytes(field: str) -> int:
+    """A memory line of /proc/self/status (VmRSS: now, VmHWM: peak) in bytes; elsewhere the lifetime peak."""
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) * 1024
     except OSError:
         pass
     import resource
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def rss_bytes() -> int:
+    return _status_bytes("VmRSS")
 
 
 def _reset_rss_peak() -> bool:
@@ -76,17 +81,6 @@ def _reset_rss_peak() -> bool:
         return True
     except OSError:
         return False
-
-
-def _rss_peak() -> int:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    import resource
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def release_free_memory() -> None:
@@ -117,6 +111,6 @@ def phase(device: torch.device):
     finally:
         _sync(device)
         out["seconds"] = time.perf_counter() - t
-        out["rss_peak"] = _rss_peak()
+        out["rss_peak"] = _status_bytes("VmHWM")
         if device.type == "cuda":
             out["cuda_peak"] = torch.cuda.max_memory_allocated(device)

@@ -23,7 +23,7 @@ class LinearStats:
     gram: torch.Tensor | None = None  # Σ_tokens x xᵀ, float32 (in, in)
 
     def __post_init__(self):
-        if SQNORM in self.needs or HESSIAN in self.needs:
+        if SQNORM in self.needs:  # SparseGPT reads only H (its diagonal is the squared norm anyway)
             self.sqnorm = torch.zeros(self.in_features, dtype=torch.float64, device=self.device)
         if HESSIAN in self.needs:
             self.gram = torch.zeros(self.in_features, self.in_features, dtype=torch.float32, device=self.device)

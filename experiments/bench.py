@@ -94,7 +94,7 @@ def floor_bytes(model, s, nsamples: int, seqlen: int, needs: frozenset) -> dict:
     weights = sum(p.numel() * p.element_size() for p in model.parameters())
     activations = 2 * nsamples * seqlen * s.hidden * elt
     stats = 0
-    if SQNORM in needs or HESSIAN in needs:
+    if SQNORM in needs:
         stats += sum(8 * c for c in s.gram_inputs)
     if HESSIAN in needs:
         stats += sum(4 * c * c for c in s.gram_inputs)
@@ -165,8 +165,37 @@ def bench_dtype(args, dtype: str, device: torch.device) -> dict:
     del model
     gc.collect()
     scaling = bench_scaling(args, subject, device, base) if args.scaling else []
+    ablation = bench_ablation(args, subject, calib, eval_ids, device) if args.scaling else []
     return {"dtype": dtype, "peak": peak, "data": data, "tokens": tokens, "eval_tokens": eval_tokens,
-            "phases": rows, "dense_ppl": dense_ppl, "methods": methods, "scaling": scaling}
+            "phases": rows, "dense_ppl": dense_ppl, "methods": methods, "scaling": scaling, "ablation": ablation}
+
+
+# From the reference code's way to ours, one change at a time (Wanda, uniform), and the perplexity loop.
+ABLATION = [
+    ("reference way: one sequence at a time, statistics per Linear, full sort", dict(batch_size=1, share_stats=False, by_sort=True)),
+    ("+ 8 sequences per batch", dict(share_stats=False, by_sort=True)),
+    ("+ shared statistics for q/k/v and gate/up", dict(by_sort=True)),
+    ("+ kthvalue selection (= this suite)", dict()),
+]
+
+
+def bench_ablation(args, subject: Subject, calib, eval_ids, device) -> list[dict]:
+    out = []
+    for label, opts in ABLATION:
+        model = subject.load()
+        with phase(device) as m:
+            prune_model(model, calib, make_criterion("wanda", by_sort=opts.get("by_sort", False)),
+                        [args.sparsity] * len(find_blocks(model)), batch_size=opts.get("batch_size", args.batch_size),
+                        progress=False, share_stats=opts.get("share_stats", True))
+        out.append({"step": label, "what": "Wanda prune", "seconds": m["seconds"]})
+        last = model
+    for label, chunk, batch in (("perplexity, reference way: one window at a time, full logits", None, 1),
+                                ("perplexity, this suite: batches of 4, output layer in 512-token chunks", 512,
+                                 args.eval_batch_size)):
+        with phase(device) as m:
+            window_losses(last, eval_ids, args.eval_seqlen, args.eval_windows, batch, False, chunk)
+        out.append({"step": label, "what": "evaluation", "seconds": m["seconds"]})
+    return out
 
 
 def bench_method(args, model, calib, eval_ids, criterion_name, allocation_name, s, peak, base, device, dense_s):

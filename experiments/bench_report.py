@@ -17,8 +17,8 @@ def _f(x, digits=1, unit=""):
     return f"{x:,.{digits}f}{unit}"
 
 
-def _pct(x):
-    return "-" if x is None else f"{100 * x:.0f}%"
+def _pct(x, digits=0):
+    return "-" if x is None else f"{100 * x:.{digits}f}%"
 
 
 def _mib(x):
@@ -81,7 +81,7 @@ def ppl_across_dtypes(results: list[dict]) -> tuple[list[str], dict]:
             if v and ref:
                 worst[d] = max(worst[d], abs(v / ref - 1))
         lines.append(f"| {name} | " + " | ".join(_f(vals[d], 2) for d in dtypes) +
-                     f" | {_pct(max(changes)) if changes else '-'} |")
+                     f" | {_pct(max(changes), 2) if changes else '-'} |")
     return lines, worst
 
 
@@ -97,9 +97,9 @@ def targets(report: dict, worst: dict) -> list[str]:
             for key in ("statistics", "replay"):
                 share = w["phases"][key]["share_of_peak"] or 0
                 checks.append((f"Wanda's {key} pass at >= {SHARE_OF_PEAK:.0%} of the {d} peak",
-                               f"{share:.0%}", share >= SHARE_OF_PEAK))
+                               f"{share:.1%}", share >= SHARE_OF_PEAK))
         share = r["phases"]["evaluation"]["share_of_peak"] or 0
-        checks.append((f"perplexity evaluation at >= {SHARE_OF_PEAK:.0%} of peak", f"{share:.0%}",
+        checks.append((f"perplexity evaluation at >= {SHARE_OF_PEAK:.0%} of peak", f"{share:.1%}",
                        share >= SHARE_OF_PEAK))
         for name, limit in TIMES_DENSE.items():
             m = r["methods"].get(name)
@@ -124,10 +124,20 @@ def targets(report: dict, worst: dict) -> list[str]:
                                    f"{got:.1f} s ({got / ref:.2f} x)", got <= REFERENCE_FACTOR * ref))
             if d != "float32":
                 checks.append((f"{d} keeps every perplexity within {PPL_TOLERANCE:.0%} of float32",
-                               _pct(worst.get(d)) if d in worst else "not compared", keeps))
+                               _pct(worst.get(d), 2) if d in worst else "not compared", keeps))
         lines += [f"**{d}**", "", "| target | measured | |", "|---|---|---|"]
         lines += [f"| {t} | {v} | {_mark(ok)} |" for t, v, ok in checks] + [""]
     return lines
+
+
+def ablation_section(report: dict) -> list[str]:
+    rows = [(r["dtype"], a) for r in report["results"] for a in r.get("ablation", [])]
+    if not rows:
+        return []
+    lines = ["## One change at a time (Wanda, uniform; then perplexity)", "", "| dtype | step | seconds |",
+             "|---|---|---|"]
+    lines += [f"| {d} | {a['step']} | {a['seconds']:.1f} |" for d, a in rows]
+    return lines + [""]
 
 
 def scaling_section(report: dict, figure: Path | None) -> list[str]:
@@ -196,5 +206,5 @@ def render(report: dict, figure: Path | None) -> str:
     if ppl_lines:
         lines += ["## Perplexity in each dtype", ""] + ppl_lines + [""]
     lines += ["## Targets (issue 5)", ""] + targets(report, worst)
-    lines += scaling_section(report, figure)
+    lines += ablation_section(report) + scaling_section(report, figure)
     return "\n".join(lines) + "\n"

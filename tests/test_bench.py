@@ -53,6 +53,8 @@ def test_bench_end_to_end_on_a_tiny_random_model(tmp_path, monkeypatch):
         assert m["floor"]["total"] == m["floor"]["weights"] + m["floor"]["activations"] + m["floor"]["statistics"]
     assert fp32["methods"]["dlp+wanda"]["phases"]["allocation"]["seconds"] > 0  # a cold profile cache, timed
     assert fp32["scaling"] == [] and len(report["results"][1]["scaling"]) == 3  # (2,32), (4,16), (4,32)
+    assert [a["what"] for a in report["results"][1]["ablation"]] == ["Wanda prune"] * 4 + ["evaluation"] * 2
+    assert "## One change at a time" in out.with_suffix(".md").read_text()
     md = out.with_suffix(".md").read_text()
     assert "## Targets (issue 5)" in md and "## Perplexity in each dtype" in md
     assert (tmp_path / "bench-scaling.png").stat().st_size > 0
