@@ -1,18 +1,21 @@
 """Prune a model: the engine walks the blocks, the allocation's per-block sparsity drives the criterion."""
+import time
+
 import torch
+from tqdm.auto import tqdm
 
 from baselines.criteria.base import Criterion
 from baselines.criteria.pattern import NM
 
 from .engine import WalkResult, walk
-from .structure import find_blocks
+from .structure import find_blocks, find_linears
 
 
 def shared_input_groups(linears: dict, stats: dict) -> list[list[str]]:
     """Names of the Linears grouped by the statistics object they share (one group per distinct input)."""
     groups: dict[int, list[str]] = {}
     for name in linears:
-        groups.setdefault(id(stats[name]), []).append(name)
+        groups.setdefault(id(stats[name]) if stats[name] is not None else name, []).append(name)
     return list(groups.values())
 
 
@@ -33,5 +36,20 @@ def prune_model(model, calib_ids: torch.Tensor, criterion: Criterion, block_spar
                 linears[name].weight.data.copy_(new.to(linears[name].weight.dtype))
         return True
 
+    if not criterion.needs:
+        return weights_only(model, visit, desc=f"prune ({criterion.name})", progress=progress)
     return walk(model, calib_ids, visit, criterion.needs, batch_size=batch_size,
                 desc=f"prune ({criterion.name})", progress=progress, share_stats=share_stats)
+
+
+def weights_only(model, visit, desc: str, progress: bool) -> WalkResult:
+    """A criterion that reads no statistics (magnitude) decides from the weights alone: the calibration passes
+    could not change its masks, so they are skipped (the reference code does not run them either)."""
+    result = WalkResult()
+    t = time.perf_counter()
+    for index, block in enumerate(tqdm(find_blocks(model).blocks, desc=desc, disable=not progress)):
+        linears = find_linears(block)
+        visit(index, block, linears, {name: None for name in linears})
+    result.timings.update({"capture": 0.0, "statistics": 0.0, "visit": time.perf_counter() - t, "replay": 0.0})
+    result.blocks = index + 1
+    return result

@@ -7,7 +7,7 @@ from baselines.criteria.pattern import NM
 from dlp.engine import walk
 from dlp.prune import prune_model
 from dlp.sparsity import measure_sparsity
-from dlp.structure import find_blocks
+from dlp.structure import find_blocks, find_linears
 from tiny import FAMILIES, tiny_ids, tiny_model
 
 
@@ -125,3 +125,22 @@ def test_linears_sharing_an_input_share_statistics():
     for name, xs in seen.items():
         x = torch.cat(xs)
         assert torch.allclose(stats[name].gram, x.t() @ x, rtol=1e-4, atol=1e-4)
+
+
+def test_magnitude_needs_no_calibration_pass():
+    """Magnitude reads no statistics: no forward pass runs (calibration ids are not even looked at), and every
+    matrix loses exactly floor(numel·s) of its smallest weights."""
+    model = tiny_model("llama")
+    before = {n: l.weight.detach().clone() for n, l in find_linears(find_blocks(model).blocks[1]).items()}
+    calls = []
+    handle = find_blocks(model).blocks[0].register_forward_pre_hook(lambda *a: calls.append(1))
+    result = prune_model(model, None, make_criterion("magnitude"), [0.0, 0.5, 0.25], progress=False)
+    handle.remove()
+    assert calls == [] and result.blocks == 3 and result.timings["statistics"] == 0.0
+    for name, layer in find_linears(find_blocks(model).blocks[1]).items():
+        W = before[name]
+        k = int(W.numel() * 0.5)
+        pruned = layer.weight == 0
+        assert int(pruned.sum()) == k and torch.equal(layer.weight[~pruned], W[~pruned])
+        assert W[pruned].abs().max() <= W[~pruned].abs().min()
+    assert all(int((l.weight == 0).sum()) == 0 for l in find_linears(find_blocks(model).blocks[0]).values())
