@@ -6,9 +6,11 @@ earlier positions, d = heads × head_dim). Element-wise work (norms, activations
 """
 from dataclasses import dataclass
 
+import torch
 import torch.nn as nn
 
-from .stats import HESSIAN
+from .prune import shared_input_groups
+from .stats import HESSIAN, SQNORM, attach
 from .structure import find_blocks, find_linears
 
 
@@ -23,21 +25,26 @@ class Shapes:
     hidden: int
 
 
+@torch.no_grad()
 def shapes(model: nn.Module) -> Shapes:
+    """The decoder's shapes. Which Linears read the same tensor (one Gram matrix, one stacked SparseGPT matrix)
+    is found as the engine finds it: hooks on the first block during a two-token forward pass."""
     cfg = model.config
-    block = find_blocks(model).blocks[0]
-    linears = find_linears(block)
-    groups: dict[tuple, list] = {}
-    for name, layer in linears.items():
-        # Linears that read the same tensor: same input width and the same attention/MLP half of the block.
-        key = (layer.in_features, name.split(".")[0], name.split(".")[-1] in ("q_proj", "k_proj", "v_proj",
-                                                                                "gate_proj", "up_proj", "fc1"))
-        groups.setdefault(key if key[2] else (name,), []).append(layer)
-    matrices = [(sum(layer.out_features for layer in g), g[0].in_features) for g in groups.values()]
+    layout = find_blocks(model)
+    linears = find_linears(layout.blocks[0])
+    stats, handles = attach(linears, frozenset({SQNORM}))
+    try:
+        model(input_ids=torch.zeros(1, 2, dtype=torch.long, device=model.get_input_embeddings().weight.device),
+              use_cache=False)
+    finally:
+        for h in handles:
+            h.remove()
+    groups = [[linears[name] for name in group] for group in shared_input_groups(linears, stats)]
+    matrices = [(sum(layer.out_features for layer in g), g[0].in_features) for g in groups]
     heads = cfg.num_attention_heads
     head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
     head = model.get_output_embeddings()
-    return Shapes(blocks=len(find_blocks(model)), linear_macs=sum(m.in_features * m.out_features for m in linears.values()),
+    return Shapes(blocks=len(layout), linear_macs=sum(m.in_features * m.out_features for m in linears.values()),
                   attention_width=heads * head_dim, gram_inputs=[c for _, c in matrices], matrices=matrices,
                   head_macs=head.in_features * head.out_features, hidden=cfg.hidden_size)
 

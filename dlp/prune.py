@@ -47,9 +47,10 @@ def weights_only(model, visit, desc: str, progress: bool) -> WalkResult:
     could not change its masks, so they are skipped (the reference code does not run them either)."""
     result = WalkResult()
     t = time.perf_counter()
-    for index, block in enumerate(tqdm(find_blocks(model).blocks, desc=desc, disable=not progress)):
+    blocks = find_blocks(model).blocks
+    for index, block in enumerate(tqdm(blocks, desc=desc, disable=not progress)):
         linears = find_linears(block)
         visit(index, block, linears, {name: None for name in linears})
     result.timings.update({"capture": 0.0, "statistics": 0.0, "visit": time.perf_counter() - t, "replay": 0.0})
-    result.blocks = index + 1
+    result.blocks = len(blocks)
     return result

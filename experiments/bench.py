@@ -12,13 +12,13 @@ repeats Wanda at three calibration sizes and three sequence lengths. Writes <out
 """
 import argparse
 import gc
-import json
 import math
 import os
 import sys
 import tempfile
 import time
 from pathlib import Path
+from unittest import mock
 
 import torch
 
@@ -71,22 +71,27 @@ class Subject:
         return f"random weights, {self.shape} shape" if self.shape else self.model
 
 
-def calibration_and_eval(subject: Subject, model, nsamples: int, seqlen: int, eval_windows: int,
-                         eval_seqlen: int) -> tuple[torch.Tensor, torch.Tensor, dict]:
-    """Calibration windows (c4-exllamav2, as the cpu preset) and evaluation tokens (WikiText-2 test when a
-    local copy is configured, else the wiki-exllamav2 substitute, named so); random ids for a random model."""
+def calibration(subject: Subject, model, nsamples: int, seqlen: int) -> tuple[torch.Tensor, str]:
+    """Calibration windows (c4-exllamav2, as the cpu preset), or random ids for a random model."""
     if subject.shape:
         g = torch.Generator().manual_seed(subject.seed)
-        vocab = model.config.vocab_size
-        return (torch.randint(vocab, (nsamples, seqlen), generator=g),
-                torch.randint(vocab, (eval_windows * eval_seqlen,), generator=g),
-                {"calibration": "random token ids", "evaluation": "random token ids"})
+        return torch.randint(model.config.vocab_size, (nsamples, seqlen), generator=g), "random token ids"
     from dlp.data import corpora
     from dlp.data.calibration import calibration_windows
-    from dlp.perplexity import tokenize_corpus
     calib = calibration_windows(corpora.load("c4-exllamav2"), subject.tokenizer, nsamples, seqlen, subject.seed)
+    return calib, "c4-exllamav2"
+
+
+def evaluation_tokens(subject: Subject, model, eval_windows: int, eval_seqlen: int) -> tuple[torch.Tensor, str]:
+    """WikiText-2 test when a local copy is configured, else the wiki-exllamav2 substitute (named so); random
+    ids for a random model."""
+    if subject.shape:
+        g = torch.Generator().manual_seed(subject.seed + 1)
+        return torch.randint(model.config.vocab_size, (eval_windows * eval_seqlen,), generator=g), "random token ids"
+    from dlp.data import corpora
+    from dlp.perplexity import tokenize_corpus
     ev = corpora.load("wikitext2", allow_substitute=True)
-    return calib, tokenize_corpus(ev, subject.tokenizer), {"calibration": "c4-exllamav2", "evaluation": ev.name}
+    return tokenize_corpus(ev, subject.tokenizer), ev.name
 
 
 def floor_bytes(model, s, nsamples: int, seqlen: int, needs: frozenset) -> dict:
@@ -134,8 +139,9 @@ def bench_dtype(args, dtype: str, device: torch.device) -> dict:
     with phase(device) as m:
         model = subject.load()
     s = shapes(model)
-    calib, eval_ids, data = calibration_and_eval(subject, model, args.nsamples, args.seqlen, args.eval_windows,
-                                                 args.eval_seqlen)
+    calib, calib_name = calibration(subject, model, args.nsamples, args.seqlen)
+    eval_ids, eval_name = evaluation_tokens(subject, model, args.eval_windows, args.eval_seqlen)
+    data = {"calibration": calib_name, "evaluation": eval_name}
     tokens = calib.numel()
     eval_tokens = min(eval_ids.numel() // args.eval_seqlen, args.eval_windows) * args.eval_seqlen
     rows = {"load": _row("load", m["seconds"], None, None, peak["gflops"], _memory(m, base, device))}
@@ -164,6 +170,7 @@ def bench_dtype(args, dtype: str, device: torch.device) -> dict:
         methods[f"{allocation_name}+{criterion_name}"]["floor"] = floors[criterion_name]
     del model
     gc.collect()
+    # The scaling section and the one-change-at-a-time ablation run for one dtype only (--scaling-dtype).
     scaling = bench_scaling(args, subject, device, base) if args.scaling else []
     ablation = bench_ablation(args, subject, calib, eval_ids, device) if args.scaling else []
     return {"dtype": dtype, "peak": peak, "data": data, "tokens": tokens, "eval_tokens": eval_tokens,
@@ -203,18 +210,11 @@ def bench_method(args, model, calib, eval_ids, criterion_name, allocation_name, 
     criterion = make_criterion(criterion_name)
     out = {"criterion": criterion_name, "allocation": allocation_name, "sparsity": args.sparsity}
     rows = {}
-    with tempfile.TemporaryDirectory() as cache:  # an empty profile cache: the allocation pass is timed in full
-        previous = os.environ.get("DLP_CACHE")
-        os.environ["DLP_CACHE"] = cache
-        try:
-            with phase(device) as m:
-                allocation = make_allocator(allocation_name).allocate(model, calib, args.sparsity, args.batch_size,
-                                                                      progress=args.progress)
-        finally:
-            if previous is None:
-                os.environ.pop("DLP_CACHE", None)
-            else:
-                os.environ["DLP_CACHE"] = previous
+    # An empty profile cache, so that the allocation pass is timed in full.
+    with tempfile.TemporaryDirectory() as cache, mock.patch.dict(os.environ, {"DLP_CACHE": cache}):
+        with phase(device) as m:
+            allocation = make_allocator(allocation_name).allocate(model, calib, args.sparsity, args.batch_size,
+                                                                  progress=args.progress)
     allocation_s = m["seconds"] if allocation_name != "uniform" else 0.0
     if allocation_name != "uniform":
         rows["allocation"] = _row("allocation pass", m["seconds"], tokens,
@@ -246,7 +246,7 @@ def bench_scaling(args, subject: Subject, device, base) -> list[dict]:
     out = []
     for nsamples, seqlen in points:
         model = subject.load()
-        calib, _, _ = calibration_and_eval(subject, model, nsamples, seqlen, 1, 8)
+        calib, _ = calibration(subject, model, nsamples, seqlen)
         with phase(device) as m:
             prune_model(model, calib, make_criterion("wanda"), [args.sparsity] * len(find_blocks(model)),
                         batch_size=args.batch_size, progress=False)

@@ -63,3 +63,9 @@ def test_bench_end_to_end_on_a_tiny_random_model(tmp_path, monkeypatch):
 def test_bench_bad_input_is_one_line(capsys):
     assert bench.main(["--dtypes", "float64"]) == 2
     assert capsys.readouterr().err.strip() == "error: unknown dtype 'float64'; choose from float32, bfloat16, float16"
+
+
+def test_opt_groups_found_by_the_engines_own_sharing():
+    """OPT: q/k/v read one tensor; out_proj, fc1 and fc2 each their own (fc1 is not paired with anything)."""
+    s = shapes(tiny_model("opt"))
+    assert sorted(s.matrices) == sorted([(3 * 64, 64), (64, 64), (128, 64), (64, 128)])

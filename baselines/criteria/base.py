@@ -31,38 +31,29 @@ def lowest_per_row(score: torch.Tensor, sparsity: float, by_sort: bool = False) 
     The default selects with `kthvalue` (several times faster than sorting every row on a CPU); `by_sort=True`
     is the reference code's full stable sort, kept to show that both give the very same mask.
     """
-    k = int(score.shape[1] * sparsity)
-    if k == 0:
-        return torch.zeros_like(score, dtype=torch.bool)
-    if by_sort:
-        mask = torch.zeros_like(score, dtype=torch.bool)
-        mask.scatter_(1, torch.sort(score, dim=1, stable=True)[1][:, :k], True)
-        return mask
-    return _lowest_k(score, k, dim=1)
+    return _lowest_k_per_row(score, int(score.shape[1] * sparsity), by_sort)
 
 
 def lowest_overall(score: torch.Tensor, sparsity: float, by_sort: bool = False) -> torch.Tensor:
     """Mask of the floor(numel·s) lowest scores of the whole matrix: one threshold per matrix."""
-    k = int(score.numel() * sparsity)
+    return _lowest_k_per_row(score.reshape(1, -1), int(score.numel() * sparsity), by_sort).view_as(score)
+
+
+def _lowest_k_per_row(score: torch.Tensor, k: int, by_sort: bool) -> torch.Tensor:
+    """The k lowest of every row, exactly the first k of a stable ascending sort. Fast way: everything below
+    the k-th value, then the first (by position) of those equal to it until k are taken."""
     if k == 0:
         return torch.zeros_like(score, dtype=torch.bool)
     if by_sort:
-        mask = torch.zeros(score.numel(), dtype=torch.bool, device=score.device)
-        mask[torch.sort(score.flatten(), stable=True)[1][:k]] = True
-        return mask.view_as(score)
-    return _lowest_k(score.flatten().unsqueeze(0), k, dim=1).view_as(score)
-
-
-def _lowest_k(score: torch.Tensor, k: int, dim: int) -> torch.Tensor:
-    """The k lowest along `dim`: everything below the k-th value, then the first (by position) of those equal
-    to it until k are taken — exactly the first k of a stable ascending sort."""
-    kth = torch.kthvalue(score, k, dim=dim, keepdim=True).values
+        order = torch.sort(score, dim=1, stable=True)[1]
+        return torch.zeros_like(score, dtype=torch.bool).scatter_(1, order[:, :k], True)
+    kth = torch.kthvalue(score, k, dim=1, keepdim=True).values
     mask = score < kth
     ties = score == kth
-    still = k - mask.sum(dim, keepdim=True)
-    if bool((ties.sum(dim, keepdim=True) == still).all()):  # the usual case: no tie crosses the cut
+    still = k - mask.sum(1, keepdim=True)
+    if bool((ties.sum(1, keepdim=True) == still).all()):  # the usual case: no tie crosses the cut
         return mask | ties
-    return mask | (ties & (torch.cumsum(ties, dim) <= still))
+    return mask | (ties & (torch.cumsum(ties, 1) <= still))
 
 
 def lowest_nm(score: torch.Tensor, pattern: NM) -> torch.Tensor:

@@ -10,6 +10,8 @@ Every row is updated independently given H, so matrices fed the same input (q/k/
 stacked matrix: one factorisation of H, one column loop, longer vector operations. Masks are still chosen per
 matrix (each matrix's own rows), so the result is that of pruning them one by one.
 """
+import itertools
+
 import torch
 
 from dlp.stats import HESSIAN
@@ -43,7 +45,7 @@ class SparseGPT(Criterion):
 
     def prune_group(self, weights, stats, sparsity, pattern):
         rows = [w.shape[0] for w in weights]
-        W = torch.cat(weights, 0) if len(weights) > 1 else weights[0].clone()
+        W = torch.cat(weights, 0)  # a copy, also of a single matrix
         Hinv = self.inverse_hessian_factor(stats, W)
         self._prune_columns(W, Hinv, sparsity, pattern, rows)
         return list(torch.split(W, rows, 0))
@@ -51,7 +53,7 @@ class SparseGPT(Criterion):
     def _prune_columns(self, W, Hinv, sparsity, pattern, rows):
         # Work on transposed column blocks so that each column is a contiguous row of memory.
         cols = W.shape[1]
-        bounds = torch.tensor([0] + rows).cumsum(0).tolist()
+        bounds = [0, *itertools.accumulate(rows)]
         for i1 in range(0, cols, self.blocksize):
             i2 = min(i1 + self.blocksize, cols)
             Wt = W[:, i1:i2].t().contiguous()  # (block columns, all rows)
