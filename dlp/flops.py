@@ -10,7 +10,7 @@ import torch
 import torch.nn as nn
 
 from .prune import shared_input_groups
-from .stats import HESSIAN, SQNORM, attach
+from .stats import HESSIAN, SQNORM, attach, gram_flops_per_token
 from .structure import find_blocks, find_linears
 
 
@@ -55,7 +55,8 @@ def forward_flops(s: Shapes, tokens: int, seqlen: int, with_head: bool = False) 
 
 
 def statistics_flops(s: Shapes, tokens: int, seqlen: int, needs: frozenset) -> float:
-    extra = s.blocks * sum(2 * c * c for c in s.gram_inputs) * tokens if HESSIAN in needs else 0
+    # The Gram matrices' upper blocks, as dlp.stats multiplies them (products actually done, not c² per token).
+    extra = s.blocks * sum(gram_flops_per_token(c) for c in s.gram_inputs) * tokens if HESSIAN in needs else 0
     return forward_flops(s, tokens, seqlen) + extra
 
 

@@ -3,11 +3,17 @@
 Wanda needs the squared column norms of X; SparseGPT the Gram matrix H = (2/N) Σ x xᵀ (N = number of
 calibration sequences, as in the reference code; the scale does not change either method's choices).
 Only what the criterion asks for is accumulated, so magnitude pruning costs no statistics at all.
+
+The Gram matrix is symmetric, so only its upper column blocks are multiplied (block i by blocks i..k-1):
+(k+1)/2k of the products, 30-50% less time on a CPU for the embedded model's inputs; the lower triangle is
+filled by mirroring when H is read. Each entry is still a float32 sum over the same tokens.
 """
 from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
+
+from .precision import exact_reduced_precision_products
 
 SQNORM = "sqnorm"
 HESSIAN = "hessian"
@@ -20,7 +26,7 @@ class LinearStats:
     needs: frozenset
     nsamples: int = 0  # calibration sequences seen
     sqnorm: torch.Tensor | None = None  # Σ_tokens x_j², float64 (in_features,): see `add`
-    gram: torch.Tensor | None = None  # Σ_tokens x xᵀ, float32 (in, in)
+    gram: torch.Tensor | None = None  # Σ_tokens x xᵀ, float32 (in, in); upper column blocks only: see full_gram
 
     def __post_init__(self):
         if SQNORM in self.needs:  # SparseGPT reads only H (its diagonal is the squared norm anyway)
@@ -32,7 +38,10 @@ class LinearStats:
         x = x.reshape(-1, x.shape[-1])
         x32 = x.to(torch.float32)
         if self.gram is not None:
-            self.gram.addmm_(x32.t(), x32)
+            edges = gram_block_edges(self.in_features)
+            with exact_reduced_precision_products(x.dtype, x.device):  # bfloat16 activations: see dlp.precision
+                for a, b in zip(edges, edges[1:]):
+                    self.gram[a:b, a:].addmm_(x32[:, a:b].t(), x32[:, a:])
         if self.sqnorm is not None:
             # Squared in place only when `x32` is our own copy (a float32 input is the model's own tensor).
             # Each batch sums in float32 (pairwise); the running total is float64, so the order in which batches
@@ -44,8 +53,30 @@ class LinearStats:
         """‖X_j‖₂ scaled as Wanda's `scaler_row` (mean over sequences of the squared norm), then sqrt."""
         return torch.sqrt(self.sqnorm / max(self.nsamples, 1)).to(torch.float32)
 
+    def full_gram(self) -> torch.Tensor:
+        """Σ x xᵀ: the lower blocks, never multiplied, are filled (in place, once more is harmless) by mirroring
+        the upper ones. The diagonal blocks were computed whole."""
+        edges = gram_block_edges(self.in_features)
+        for a, b in zip(edges[1:], edges[2:]):
+            self.gram[a:b, :a] = self.gram[:a, a:b].t()
+        return self.gram
+
     def hessian(self) -> torch.Tensor:
-        return self.gram * (2.0 / max(self.nsamples, 1))
+        """(2/N) Σ x xᵀ, a new tensor (the caller may change it)."""
+        return self.full_gram() * (2.0 / max(self.nsamples, 1))
+
+
+def gram_block_edges(width: int) -> list[int]:
+    """Column blocks of the Gram matrix: up to 6, none narrower than 192 columns (narrower blocks make small,
+    slow products; on 576- and 1536-wide inputs 3 and 6 blocks did best here, in both float32 modes)."""
+    k = max(1, min(6, width // 192))
+    return [i * width // k for i in range(k + 1)]
+
+
+def gram_flops_per_token(width: int) -> int:
+    """Multiply-adds ×2 that `add` spends per token on a Gram matrix of this width (upper blocks only)."""
+    edges = gram_block_edges(width)
+    return sum(2 * (b - a) * (width - a) for a, b in zip(edges, edges[1:]))
 
 
 def attach(linears: dict[str, nn.Linear], needs: frozenset, share: bool = True) -> tuple[dict[str, LinearStats], list]:

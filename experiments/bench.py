@@ -108,7 +108,8 @@ def floor_bytes(model, s, nsamples: int, seqlen: int, needs: frozenset) -> dict:
 
 
 def _memory(m: dict, base: int, device: torch.device) -> dict:
-    out = {"rss_peak_above_start_of_process": m["rss_peak"] - base, "rss_peak_is_phase": m["rss_peak_is_phase"]}
+    out = {"rss_peak_above_base": m["rss_peak"] - base, "rss_peak": m["rss_peak"], "rss_base": base,
+           "rss_peak_is_phase": m["rss_peak_is_phase"]}
     if device.type == "cuda":
         out["cuda_peak"] = m["cuda_peak"]
     return out
@@ -133,9 +134,14 @@ def perplexity_of(model, eval_ids, eval_seqlen, eval_windows, batch_size, progre
 def bench_dtype(args, dtype: str, device: torch.device) -> dict:
     subject = Subject(args.model, args.shape, dtype, device, args.seed)
     peak = matmul_peak(DTYPES[dtype], device)
+    # The base is the process with every library the run uses in place (one load and release first: the model
+    # code, tokenizer and converters that a load imports take ~160 MiB here and stay). Memory below is counted
+    # above it, so the peak compares with the floor (data only); the JSON keeps the absolute peaks too.
+    del_me = subject.load()
+    del del_me
     gc.collect()
     release_free_memory()
-    base = rss_bytes()  # the process with its libraries, before any model: memory below is counted above it
+    base = rss_bytes()
     with phase(device) as m:
         model = subject.load()
     s = shapes(model)
@@ -173,7 +179,7 @@ def bench_dtype(args, dtype: str, device: torch.device) -> dict:
     # The scaling section and the one-change-at-a-time ablation run for one dtype only (--scaling-dtype).
     scaling = bench_scaling(args, subject, device, base) if args.scaling else []
     ablation = bench_ablation(args, subject, calib, eval_ids, device) if args.scaling else []
-    return {"dtype": dtype, "peak": peak, "data": data, "tokens": tokens, "eval_tokens": eval_tokens,
+    return {"dtype": dtype, "peak": peak, "rss_base": base, "data": data, "tokens": tokens, "eval_tokens": eval_tokens,
             "phases": rows, "dense_ppl": dense_ppl, "methods": methods, "scaling": scaling, "ablation": ablation}
 
 
@@ -241,17 +247,21 @@ def bench_method(args, model, calib, eval_ids, criterion_name, allocation_name, 
 
 
 def bench_scaling(args, subject: Subject, device, base) -> list[dict]:
-    """Wanda (uniform) at three calibration sizes and three sequence lengths: time and peak memory."""
-    points = sorted({(n, args.seqlen) for n in args.scale_nsamples} | {(args.nsamples, q) for q in args.scale_seqlens})
+    """Wanda (uniform) at three calibration sizes and three sequence lengths, then at other batch sizes (the
+    memory a batch's working tensors add against the speed of larger products): time and peak memory."""
+    points = sorted({(n, args.seqlen, args.batch_size) for n in args.scale_nsamples}
+                    | {(args.nsamples, q, args.batch_size) for q in args.scale_seqlens}
+                    | {(args.nsamples, args.seqlen, b) for b in args.scale_batch_sizes})
     out = []
-    for nsamples, seqlen in points:
+    for nsamples, seqlen, batch_size in points:
         model = subject.load()
         calib, _ = calibration(subject, model, nsamples, seqlen)
+        floor = floor_bytes(model, shapes(model), nsamples, seqlen, make_criterion("wanda").needs)
         with phase(device) as m:
             prune_model(model, calib, make_criterion("wanda"), [args.sparsity] * len(find_blocks(model)),
-                        batch_size=args.batch_size, progress=False)
-        out.append({"nsamples": nsamples, "seqlen": seqlen, "tokens": nsamples * seqlen, "seconds": m["seconds"],
-                    **_memory(m, base, device)})
+                        batch_size=batch_size, progress=False)
+        out.append({"nsamples": nsamples, "seqlen": seqlen, "batch_size": batch_size, "tokens": nsamples * seqlen,
+                    "seconds": m["seconds"], "floor": floor["total"], **_memory(m, base, device)})
         del model
         gc.collect()
     return out
@@ -273,6 +283,7 @@ def parse(argv):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--scale-nsamples", default=None, help="default: half, once and twice --nsamples")
     p.add_argument("--scale-seqlens", default=None, help="default: half, once and twice --seqlen")
+    p.add_argument("--scale-batch-sizes", default=None, help="default: 1, 2 and --batch-size")
     p.add_argument("--no-scaling", dest="scaling", action="store_false")
     p.add_argument("--scaling-dtype", default=None, help="dtype of the scaling section (default: the last one)")
     p.add_argument("--out", default="results/bench", help="writes OUT.json, OUT.md and OUT-scaling.png")
@@ -286,6 +297,8 @@ def parse(argv):
                            else [max(1, args.nsamples // 2), args.nsamples, 2 * args.nsamples])
     args.scale_seqlens = ([int(x) for x in args.scale_seqlens.split(",")] if args.scale_seqlens
                           else [max(2, args.seqlen // 2), args.seqlen, 2 * args.seqlen])
+    args.scale_batch_sizes = ([int(x) for x in args.scale_batch_sizes.split(",")] if args.scale_batch_sizes
+                              else sorted({1, 2, args.batch_size}))
     if not 0 <= args.sparsity < 1:
         raise UserError(f"sparsity must be in [0, 1) (got {args.sparsity})")
     return args

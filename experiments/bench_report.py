@@ -27,7 +27,7 @@ def _mib(x):
 
 def _peak_mem(row: dict | None, cuda: bool):
     mem = (row or {}).get("memory") or {}
-    return mem.get("cuda_peak") if cuda else mem.get("rss_peak_above_start_of_process")
+    return mem.get("cuda_peak") if cuda else mem.get("rss_peak_above_base")
 
 
 def _mark(ok: bool) -> str:
@@ -145,12 +145,14 @@ def scaling_section(report: dict, figure: Path | None) -> list[str]:
     if not rows:
         return []
     cuda = report["machine"]["device"].startswith("cuda")
-    key = "cuda_peak" if cuda else "rss_peak_above_start_of_process"
-    lines = ["## Scaling (Wanda, uniform)", "", "| dtype | nsamples | seqlen | tokens | seconds | tokens/s | "
-             "peak memory (MiB) |", "|---|---|---|---|---|---|---|"]
+    key = "cuda_peak" if cuda else "rss_peak_above_base"
+    lines = ["## Scaling (Wanda, uniform)", "", "| dtype | nsamples | seqlen | batch | tokens | seconds | tokens/s | "
+             "peak memory (MiB) | floor (MiB) | peak / floor |", "|---|---|---|---|---|---|---|---|---|---|"]
     for d, p in rows:
-        lines.append(f"| {d} | {p['nsamples']} | {p['seqlen']} | {p['tokens']:,} | {p['seconds']:.1f} | "
-                     f"{p['tokens'] / p['seconds']:,.0f} | {_mib(p.get(key))} |")
+        ratio = p[key] / p["floor"] if p.get(key) and p.get("floor") else None
+        lines.append(f"| {d} | {p['nsamples']} | {p['seqlen']} | {p.get('batch_size', '-')} | {p['tokens']:,} | "
+                     f"{p['seconds']:.1f} | {p['tokens'] / p['seconds']:,.0f} | {_mib(p.get(key))} | "
+                     f"{_mib(p.get('floor'))} | {_f(ratio, 2)} |")
     if figure is not None:
         draw_scaling(rows, key, figure, report["settings"])
         lines += ["", f"![scaling]({figure.name})"]
@@ -162,14 +164,26 @@ def draw_scaling(rows, key, figure: Path, settings: dict) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.5))
+    fig, (a, b, c) = plt.subplots(1, 3, figsize=(13, 3.5))
+    batch = settings["batch_size"]
+    at_batch = [p for _d, p in rows if p.get("batch_size", batch) == batch]
     for label, pick in (("nsamples varies (seqlen %d)" % settings["seqlen"], lambda p: p["seqlen"] == settings["seqlen"]),
                         ("seqlen varies (nsamples %d)" % settings["nsamples"], lambda p: p["nsamples"] == settings["nsamples"])):
-        pts = sorted((p for _d, p in rows if pick(p)), key=lambda p: p["tokens"])
+        pts = sorted((p for p in at_batch if pick(p)), key=lambda p: p["tokens"])
         a.plot([p["tokens"] for p in pts], [p["seconds"] for p in pts], "o-", label=label)
         b.plot([p["tokens"] for p in pts], [p[key] / MIB for p in pts], "o-", label=label)
     a.set_xlabel("calibration tokens"), a.set_ylabel("Wanda prune, seconds"), a.legend(fontsize=7)
-    b.set_xlabel("calibration tokens"), b.set_ylabel("peak memory above process start, MiB")
+    b.set_xlabel("calibration tokens"), b.set_ylabel("peak memory above base, MiB")
+    pts = sorted((p for _d, p in rows if p["nsamples"] == settings["nsamples"] and p["seqlen"] == settings["seqlen"]),
+                 key=lambda p: p.get("batch_size", batch))
+    c.plot([p.get("batch_size", batch) for p in pts], [p[key] / MIB for p in pts], "o-", label="peak memory")
+    if pts and pts[0].get("floor"):
+        c.axhline(pts[0]["floor"] / MIB, color="grey", ls="--", label="floor")
+    for p in pts:
+        c.annotate(f"{p['seconds']:.1f} s", (p.get("batch_size", batch), p[key] / MIB), fontsize=7,
+                   textcoords="offset points", xytext=(3, 4))
+    c.set_xscale("log", base=2)
+    c.set_xlabel(f"batch size ({settings['nsamples']} x {settings['seqlen']})"), c.set_ylabel("MiB"), c.legend(fontsize=7)
     fig.tight_layout()
     figure.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(figure, dpi=110)
@@ -191,8 +205,10 @@ def render(report: dict, figure: Path | None) -> str:
              "matrix shapes (dlp/flops.py: Linears and causal attention, element-wise work not counted); share of "
              "peak = GFLOP/s over the n x n matmul rate measured in the same process just before. Memory: "
              + ("peak allocated on the GPU." if cuda else
-                "peak resident set above the process before the model was loaded (Python, torch and transformers "
-                "take about that much again), reset per phase."),
+                "peak resident set, reset per phase, above a base taken after one load and release of the model "
+                "(Python, torch, transformers, the tokenizer and the model code in place: "
+                + _mib(report["results"][0].get("rss_base")) + " MiB), so that it compares with the floor, which "
+                "counts data only."),
              ""]
     for r in report["results"]:
         lines += [f"## {r['dtype']}: matmul peak {r['peak']['gflops']:,.0f} GFLOP/s "

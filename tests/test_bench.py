@@ -52,7 +52,11 @@ def test_bench_end_to_end_on_a_tiny_random_model(tmp_path, monkeypatch):
         assert m["allocation_plus_prune_s"] > 0 and m["ppl"] > 1
         assert m["floor"]["total"] == m["floor"]["weights"] + m["floor"]["activations"] + m["floor"]["statistics"]
     assert fp32["methods"]["dlp+wanda"]["phases"]["allocation"]["seconds"] > 0  # a cold profile cache, timed
-    assert fp32["scaling"] == [] and len(report["results"][1]["scaling"]) == 3  # (2,32), (4,16), (4,32)
+    scaling = report["results"][1]["scaling"]
+    assert fp32["scaling"] == [] and len(scaling) == 5  # (2,32), (4,16), (4,32) at batch 8; (4,32) at batch 1, 2
+    assert sorted(p["batch_size"] for p in scaling if (p["nsamples"], p["seqlen"]) == (4, 32)) == [1, 2, 8]
+    assert all(p["floor"] > 0 and "rss_peak_above_base" in p for p in scaling)
+    assert fp32["rss_base"] > 0
     assert [a["what"] for a in report["results"][1]["ablation"]] == ["Wanda prune"] * 4 + ["evaluation"] * 2
     assert "## One change at a time" in out.with_suffix(".md").read_text()
     md = out.with_suffix(".md").read_text()

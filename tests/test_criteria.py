@@ -142,3 +142,102 @@ def test_kthvalue_selection_equals_stable_sort_with_ties():
         assert torch.equal(lowest_overall(score, sparsity), lowest_overall(score, sparsity, by_sort=True))
     # by hand: row [1, 0, 1, 1], k = 2 -> the 0 and the first 1
     assert lowest_per_row(torch.tensor([[1.0, 0.0, 1.0, 1.0]]), 0.5).tolist() == [[True, True, False, False]]
+
+
+def test_numpy_selection_finds_torch_kthvalue_on_every_row():
+    """The CPU path (numpy's partition) and the other devices' path (torch.kthvalue) give the same k-th values,
+    with ties, in float32 and float64; bfloat16 scores take torch's path."""
+    from baselines.criteria.base import _kth_smallest
+    g = torch.Generator().manual_seed(1)
+    for dtype in (torch.float32, torch.float64, torch.bfloat16):
+        for _ in range(50):
+            rows, cols = torch.randint(1, 40, (2,), generator=g).tolist()
+            score = torch.randint(0, 7, (rows, cols), generator=g).to(dtype) * torch.rand(rows, 1, generator=g).to(dtype)
+            k = int(torch.randint(1, cols + 1, (1,), generator=g))
+            assert torch.equal(_kth_smallest(score, k), torch.kthvalue(score, k, dim=1, keepdim=True).values)
+    assert _kth_smallest(torch.tensor([[3.0, 1.0, 2.0, 1.0]]), 3).item() == 2.0
+
+
+@pytest.mark.parametrize("width", [400, 576, 1000])
+def test_gram_from_upper_blocks_is_the_full_product(width):
+    """Wide inputs are multiplied in upper column blocks only (dlp.stats); the mirrored result is X^T X, and the
+    FLOPs counted for it are those of the blocks done."""
+    from dlp.stats import LinearStats, gram_block_edges, gram_flops_per_token
+    torch.manual_seed(width)
+    st = LinearStats(width, torch.device("cpu"), frozenset({HESSIAN}))
+    xs = [torch.randn(3, 40, width) for _ in range(2)]
+    for x in xs:
+        st.add(x)
+    edges = gram_block_edges(width)
+    assert len(edges) > 2 and edges[0] == 0 and edges[-1] == width  # several blocks at these widths
+    assert st.gram[edges[-2]:, :edges[1]].abs().sum() == 0  # the lower-left block is never multiplied
+    flat = torch.cat(xs).reshape(-1, width).double()
+    full = st.full_gram()
+    assert torch.allclose(full.double(), flat.t() @ flat, rtol=1e-5, atol=1e-3)
+    a = edges[1]
+    assert torch.equal(full[a:, :a], full[:a, a:].t())  # mirrored, not recomputed
+    assert torch.equal(st.full_gram(), full)  # mirroring twice changes nothing
+    if width == 576:  # 3 blocks of 192: 2·192·(576 + 384 + 192) per token, not 2·576²
+        assert gram_flops_per_token(width) == 2 * 192 * 1152 < 2 * 576 ** 2
+
+
+@pytest.mark.parametrize("n", [5, 130, 576])
+def test_upper_factor_of_inverse_equals_the_reference_three_steps(n):
+    """One Cholesky + one triangular inverse gives the reference's factor (Cholesky, cholesky_inverse,
+    Cholesky upper): upper triangular, and as close to the float64 factor as the reference's own float32 result."""
+    from baselines.criteria.sparsegpt import upper_factor_of_inverse
+    torch.manual_seed(n)
+    X = torch.randn(3 * n, n) @ (torch.randn(n, n) / 8 + torch.eye(n))
+    H = X.t() @ X
+    H += 0.01 * H.diag().mean() * torch.eye(n)  # SparseGPT's damping
+    U = upper_factor_of_inverse(H)
+    reference = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(H)), upper=True)
+    exact = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(H.double())), upper=True)
+    assert torch.equal(U, U.triu())
+    scale = exact.abs().max()
+    ours, theirs = (U - exact).abs().max() / scale, (reference - exact).abs().max() / scale
+    assert ours < max(2 * theirs, 1e-6) and ours < 1e-3
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_gram_loses_nothing_in_either_activation_dtype(dtype):
+    """bfloat16 activations: the Gram may use the CPU's bf16 matmul mode, exact for them (dlp.precision);
+    float32 activations must not (their products would be rounded: ~3e-4 relative error, caught here). The
+    float32 mode is restored afterwards."""
+    from dlp.stats import LinearStats
+    before = torch.backends.mkldnn.matmul.fp32_precision
+    torch.manual_seed(0)
+    x = torch.randn(2, 512, 768).to(dtype)
+    st = LinearStats(768, torch.device("cpu"), frozenset({HESSIAN}))
+    st.add(x)
+    flat = x.reshape(-1, 768).double()
+    exact = flat.t() @ flat
+    err = (st.full_gram().double() - exact).abs().max() / exact.abs().max()
+    assert err < 1e-5
+    assert torch.backends.mkldnn.matmul.fp32_precision == before
+
+
+@pytest.mark.parametrize("pattern", [None, NM(2, 4), NM(4, 8)])
+def test_sparsegpt_lazy_slices_equal_the_plain_column_loop(pattern):
+    """Pushing errors slice by slice (inner=16, dlp's way) gives the reference's column-by-column result
+    (inner = the whole block): same masks, same updated weights and errors to float32 rounding."""
+    from baselines.criteria.sparsegpt import SparseGPT, upper_factor_of_inverse
+    torch.manual_seed(3)
+    cols, rows = 128, 40
+    X = torch.randn(4 * cols, cols) @ (torch.randn(cols, cols) / 8 + torch.eye(cols))
+    H = X.t() @ X
+    H += 0.01 * H.diag().mean() * torch.eye(cols)
+    U = upper_factor_of_inverse(H)
+    d = torch.diag(U)
+    Wt = torch.randn(cols, rows)
+    mask0 = (Wt ** 2 / d.unsqueeze(1) ** 2) < (Wt ** 2 / d.unsqueeze(1) ** 2).median() if pattern is None \
+        else torch.zeros(cols, rows, dtype=torch.bool)
+    out = {}
+    for inner in (16, 10 ** 9):
+        W, mask = Wt.clone(), mask0.clone()
+        Err = torch.empty_like(W)
+        SparseGPT._column_loop(W, Err, mask, mask.float(), U, d, pattern, inner=inner)
+        out[inner] = (W, Err, mask)
+    (W1, E1, M1), (W2, E2, M2) = out[16], out[10 ** 9]
+    assert torch.equal(M1, M2) and M1.any()
+    assert torch.allclose(W1, W2, rtol=1e-4, atol=1e-5) and torch.allclose(E1, E2, rtol=1e-4, atol=1e-5)
