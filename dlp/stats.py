@@ -28,11 +28,20 @@ class LinearStats:
     sqnorm: torch.Tensor | None = None  # Σ_tokens x_j², float64 (in_features,): see `add`
     gram: torch.Tensor | None = None  # Σ_tokens x xᵀ, float32 (in, in); upper column blocks only: see full_gram
 
+    SQNORM_DTYPE = torch.float64
+    GRAM_DTYPE = torch.float32
+
     def __post_init__(self):
         if SQNORM in self.needs:  # SparseGPT reads only H (its diagonal is the squared norm anyway)
-            self.sqnorm = torch.zeros(self.in_features, dtype=torch.float64, device=self.device)
+            self.sqnorm = torch.zeros(self.in_features, dtype=self.SQNORM_DTYPE, device=self.device)
         if HESSIAN in self.needs:
-            self.gram = torch.zeros(self.in_features, self.in_features, dtype=torch.float32, device=self.device)
+            self.gram = torch.zeros(self.in_features, self.in_features, dtype=self.GRAM_DTYPE, device=self.device)
+
+    @classmethod
+    def nbytes(cls, in_features: int, needs: frozenset) -> int:
+        """What the statistics of one input of this width hold (the benchmark's memory floor counts it)."""
+        return ((in_features * cls.SQNORM_DTYPE.itemsize if SQNORM in needs else 0)
+                + (in_features ** 2 * cls.GRAM_DTYPE.itemsize if HESSIAN in needs else 0))
 
     def add(self, x: torch.Tensor) -> None:
         x = x.reshape(-1, x.shape[-1])

@@ -32,7 +32,7 @@ from dlp.machine import describe, matmul_peak, phase, release_free_memory, rss_b
 from dlp.models import DTYPES, load_model, resolve_device
 from dlp.perplexity import window_losses
 from dlp.prune import prune_model
-from dlp.stats import HESSIAN, SQNORM
+from dlp.stats import SQNORM, LinearStats
 from dlp.structure import find_blocks
 
 from .bench_report import render
@@ -98,11 +98,7 @@ def floor_bytes(model, s, nsamples: int, seqlen: int, needs: frozenset) -> dict:
     elt = next(model.parameters()).element_size()
     weights = sum(p.numel() * p.element_size() for p in model.parameters())
     activations = 2 * nsamples * seqlen * s.hidden * elt
-    stats = 0
-    if SQNORM in needs:
-        stats += sum(8 * c for c in s.gram_inputs)
-    if HESSIAN in needs:
-        stats += sum(4 * c * c for c in s.gram_inputs)
+    stats = sum(LinearStats.nbytes(c, needs) for c in s.gram_inputs)
     return {"weights": weights, "activations": activations, "statistics": stats,
             "total": weights + activations + stats}
 

@@ -73,3 +73,20 @@ def test_opt_groups_found_by_the_engines_own_sharing():
     """OPT: q/k/v read one tensor; out_proj, fc1 and fc2 each their own (fc1 is not paired with anything)."""
     s = shapes(tiny_model("opt"))
     assert sorted(s.matrices) == sorted([(3 * 64, 64), (64, 64), (128, 64), (64, 128)])
+
+
+@pytest.mark.parametrize("needs", [frozenset({SQNORM}), frozenset({HESSIAN})])
+def test_floor_counts_the_statistics_one_block_really_holds(needs):
+    """The floor's statistics term equals the bytes of the distinct LinearStats one block accumulates."""
+    from dlp.stats import attach
+    from dlp.structure import find_blocks, find_linears
+    model = tiny_model("llama")
+    linears = find_linears(find_blocks(model).blocks[0])
+    stats, handles = attach(linears, needs)
+    with torch.no_grad():
+        model(input_ids=torch.zeros(1, 4, dtype=torch.long), use_cache=False)
+    for h in handles:
+        h.remove()
+    held = sum(t.numel() * t.element_size() for st in {id(v): v for v in stats.values()}.values()
+               for t in (st.sqnorm, st.gram) if t is not None)
+    assert bench.floor_bytes(model, shapes(model), 4, 8, needs)["statistics"] == held > 0
