@@ -50,6 +50,7 @@ def test_bench_end_to_end_on_a_tiny_random_model(tmp_path, monkeypatch):
     assert set(fp32["methods"]) == {"uniform+wanda", "dlp+wanda", "owl+wanda", "uniform+sparsegpt"}
     for m in fp32["methods"].values():
         assert m["allocation_plus_prune_s"] > 0 and m["ppl"] > 1
+        assert m["times_dense_forward"] == pytest.approx(m["allocation_plus_prune_s"] / m["dense_forward_s"])
         assert m["floor"]["total"] == m["floor"]["weights"] + m["floor"]["activations"] + m["floor"]["statistics"]
     assert fp32["methods"]["dlp+wanda"]["phases"]["allocation"]["seconds"] > 0  # a cold profile cache, timed
     scaling = report["results"][1]["scaling"]

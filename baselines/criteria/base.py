@@ -29,7 +29,7 @@ class Criterion:
 def lowest_per_row(score: torch.Tensor, sparsity: float, by_sort: bool = False) -> torch.Tensor:
     """Mask of the floor(C_in·s) lowest scores in every row; ties go by position (as a stable sort orders them).
 
-    The default selects with `kthvalue` (several times faster than sorting every row on a CPU); `by_sort=True`
+    The default selects the k-th value (`_kth_smallest`: several times faster than sorting every row); `by_sort=True`
     is the reference code's full stable sort, kept to show that both give the very same mask.
     """
     return _lowest_k_per_row(score, int(score.shape[1] * sparsity), by_sort)

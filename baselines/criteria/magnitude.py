@@ -8,7 +8,7 @@ class Magnitude(Criterion):
     name = "magnitude"
 
     def __init__(self, by_sort: bool = False):
-        self.by_sort = by_sort  # the reference's full sort instead of kthvalue: the same mask, slower
+        self.by_sort = by_sort  # the reference's full sort instead of a k-th value selection: the same mask, slower
 
     def prune(self, weight, stats, sparsity, pattern):
         score = weight.abs()

@@ -16,7 +16,7 @@ class Wanda(Criterion):
     needs = frozenset({SQNORM})
 
     def __init__(self, by_sort: bool = False):
-        self.by_sort = by_sort  # the reference's full sort instead of kthvalue: the same mask, slower
+        self.by_sort = by_sort  # the reference's full sort instead of a k-th value selection: the same mask, slower
 
     def prune(self, weight, stats, sparsity, pattern):
         score = wanda_scores(weight, stats)
