@@ -5,9 +5,9 @@ Rows joined with "\n\n" (the corpus's joiner), tokenized once, cut into non-over
 ppl = exp(mean window loss). `max_windows` caps the count for CPU presets (the first windows are kept).
 
 The output layer is applied `chunk_tokens` positions at a time: the full logits of a batch (batch × seqlen ×
-vocab, 400 MB in float32 for 4 × 512 × 49k) are never held at once (a chunk of 512 is 100 MB), and each
-chunk's loss is taken in float32 while it is still in cache. `chunk_tokens=None` is the plain path (the model's own logits), kept for the tests
-that show both agree.
+vocab, 400 MB in float32 for 4 × 512 × 49k) are never held at once (a chunk of 512 is 100 MB); each chunk's
+loss is taken in float32 from the model-dtype logits, as the plain path does. `chunk_tokens=None` is the plain
+path (the model's own logits), kept for the tests that show both agree.
 """
 import math
 

@@ -133,8 +133,8 @@ def bench_dtype(args, dtype: str, device: torch.device) -> dict:
     # The base is the process with every library the run uses in place (one load and release first: the model
     # code, tokenizer and converters that a load imports take ~160 MiB here and stay). Memory below is counted
     # above it, so the peak compares with the floor (data only); the JSON keeps the absolute peaks too.
-    del_me = subject.load()
-    del del_me
+    warm_up = subject.load()
+    del warm_up
     gc.collect()
     release_free_memory()
     base = rss_bytes()

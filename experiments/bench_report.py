@@ -168,8 +168,9 @@ def draw_scaling(rows, key, figure: Path, settings: dict) -> None:
     fig, (a, b, c) = plt.subplots(1, 3, figsize=(13, 3.5))
     batch = settings["batch_size"]
     at_batch = [p for _d, p in rows if p.get("batch_size", batch) == batch]
-    for label, pick in (("nsamples varies (seqlen %d)" % settings["seqlen"], lambda p: p["seqlen"] == settings["seqlen"]),
-                        ("seqlen varies (nsamples %d)" % settings["nsamples"], lambda p: p["nsamples"] == settings["nsamples"])):
+    seqlen, nsamples = settings["seqlen"], settings["nsamples"]
+    for label, pick in ((f"nsamples varies (seqlen {seqlen})", lambda p: p["seqlen"] == seqlen),
+                        (f"seqlen varies (nsamples {nsamples})", lambda p: p["nsamples"] == nsamples)):
         pts = sorted((p for p in at_batch if pick(p)), key=lambda p: p["tokens"])
         a.plot([p["tokens"] for p in pts], [p["seconds"] for p in pts], "o-", label=label)
         b.plot([p["tokens"] for p in pts], [p[key] / MIB for p in pts], "o-", label=label)

@@ -1,10 +1,10 @@
 """SparseGPT (Frantar & Alistarh, 2023): prune with second-order (OBS) updates of the remaining weights.
 
 H = (2/N) Σ x xᵀ; inputs that never fire ("dead", H_jj = 0) get H_jj = 1 and their weights zeroed; damping
-adds `percdamp`·mean(diag H); we take the upper Cholesky factor of H⁻¹ (see `upper_factor_of_inverse`). Columns are processed in blocks of
-`blocksize`: each block chooses its mask adaptively by w²/[H⁻¹]_jj² (exactly floor(rows·cols·s) weights,
-where the reference's `<= thresh` removes one more), then prunes column by column, pushing each column's
-error onto the columns to its right.
+adds `percdamp`·mean(diag H); we take the upper Cholesky factor of H⁻¹ (`upper_factor_of_inverse`). Columns
+are processed in blocks of `blocksize`: each block chooses its mask adaptively by w²/[H⁻¹]_jj² (exactly
+floor(rows·cols·s) weights, where the reference's `<= thresh` removes one more), then prunes column by column,
+pushing each column's error onto the columns to its right.
 
 Every row is updated independently given H, so matrices fed the same input (q/k/v, gate/up) are pruned as one
 stacked matrix: one factorisation of H, one column loop, longer vector operations. Masks are still chosen per
