@@ -31,7 +31,8 @@ def prune_model(model, calib_ids: torch.Tensor, criterion: Criterion, block_spar
         if sparsity <= 0:
             return False
         for group in shared_input_groups(linears, stats):
-            weights = [linears[name].weight.data.to(torch.float32).clone() for name in group]
+            # One float32 copy each (`.to(...).clone()` copied a bfloat16 weight twice).
+            weights = [linears[name].weight.data.to(torch.float32, copy=True) for name in group]
             for name, new in zip(group, criterion.prune_group(weights, stats[group[0]], sparsity, pattern)):
                 linears[name].weight.data.copy_(new.to(linears[name].weight.dtype))
         return True

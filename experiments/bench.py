@@ -122,6 +122,15 @@ def _row(name: str, seconds: float, tokens: int | None, flops: float | None, pea
     return row
 
 
+def dense_forward(args, model, calib, device) -> dict:
+    """The yardstick: one dense forward pass over the calibration set, through the engine (nothing changes, so
+    no replay). Returns the phase's measurements."""
+    with phase(device) as m:
+        walk(model, calib, lambda *a: False, frozenset(), batch_size=args.batch_size, desc="dense forward",
+             progress=args.progress)
+    return m
+
+
 def perplexity_of(model, eval_ids, eval_seqlen, eval_windows, batch_size, progress) -> float:
     losses = window_losses(model, eval_ids, eval_seqlen, eval_windows, batch_size, progress)
     return math.exp(losses.double().mean().item())
@@ -150,9 +159,7 @@ def bench_dtype(args, dtype: str, device: torch.device) -> dict:
     floors = {c: floor_bytes(model, s, args.nsamples, args.seqlen, make_criterion(c).needs)
               for c in ("wanda", "sparsegpt")}
 
-    with phase(device) as m:
-        walk(model, calib, lambda *a: False, frozenset(), batch_size=args.batch_size, desc="dense forward",
-             progress=args.progress)
+    m = dense_forward(args, model, calib, device)
     dense_s = m["seconds"]
     rows["dense_forward"] = _row("dense forward (calibration)", dense_s, tokens,
                                  forward_flops(s, tokens, args.seqlen), peak["gflops"], _memory(m, base, device))
@@ -173,7 +180,7 @@ def bench_dtype(args, dtype: str, device: torch.device) -> dict:
     del model
     gc.collect()
     # The scaling section and the one-change-at-a-time ablation run for one dtype only (--scaling-dtype).
-    scaling = bench_scaling(args, subject, device, base) if args.scaling else []
+    scaling = bench_scaling(args, subject, s, device, base) if args.scaling else []
     ablation = bench_ablation(args, subject, calib, eval_ids, device) if args.scaling else []
     return {"dtype": dtype, "peak": peak, "rss_base": base, "data": data, "tokens": tokens, "eval_tokens": eval_tokens,
             "phases": rows, "dense_ppl": dense_ppl, "methods": methods, "scaling": scaling, "ablation": ablation}
@@ -214,10 +221,7 @@ def bench_method(args, model, calib, eval_ids, criterion_name, allocation_name, 
     rows = {}
     # The yardstick again, just before this method: on a shared machine the speed drifts by 20% or more over
     # minutes, so each "x dense forward" divides by a dense pass measured under the same conditions.
-    with phase(device) as m:
-        walk(model, calib, lambda *a: False, frozenset(), batch_size=args.batch_size, desc="dense forward",
-             progress=args.progress)
-    dense_s = m["seconds"]
+    dense_s = dense_forward(args, model, calib, device)["seconds"]
     # An empty profile cache, so that the allocation pass is timed in full.
     with tempfile.TemporaryDirectory() as cache, mock.patch.dict(os.environ, {"DLP_CACHE": cache}):
         with phase(device) as m:
@@ -249,7 +253,7 @@ def bench_method(args, model, calib, eval_ids, criterion_name, allocation_name, 
     return out
 
 
-def bench_scaling(args, subject: Subject, device, base) -> list[dict]:
+def bench_scaling(args, subject: Subject, s, device, base) -> list[dict]:
     """Wanda (uniform) at three calibration sizes and three sequence lengths, then at other batch sizes (the
     memory a batch's working tensors add against the speed of larger products): time and peak memory."""
     points = sorted({(n, args.seqlen, args.batch_size) for n in args.scale_nsamples}
@@ -259,7 +263,7 @@ def bench_scaling(args, subject: Subject, device, base) -> list[dict]:
     for nsamples, seqlen, batch_size in points:
         model = subject.load()
         calib, _ = calibration(subject, model, nsamples, seqlen)
-        floor = floor_bytes(model, shapes(model), nsamples, seqlen, make_criterion("wanda").needs)
+        floor = floor_bytes(model, s, nsamples, seqlen, make_criterion("wanda").needs)  # shapes: same model
         with phase(device) as m:
             prune_model(model, calib, make_criterion("wanda"), [args.sparsity] * len(find_blocks(model)),
                         batch_size=batch_size, progress=False)

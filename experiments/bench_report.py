@@ -176,7 +176,7 @@ def draw_scaling(rows, key, figure: Path, settings: dict) -> None:
         b.plot([p["tokens"] for p in pts], [p[key] / MIB for p in pts], "o-", label=label)
     a.set_xlabel("calibration tokens"), a.set_ylabel("Wanda prune, seconds"), a.legend(fontsize=7)
     b.set_xlabel("calibration tokens"), b.set_ylabel("peak memory above base, MiB")
-    pts = sorted((p for _d, p in rows if p["nsamples"] == settings["nsamples"] and p["seqlen"] == settings["seqlen"]),
+    pts = sorted((p for _d, p in rows if p["nsamples"] == nsamples and p["seqlen"] == seqlen),
                  key=lambda p: p.get("batch_size", batch))
     c.plot([p.get("batch_size", batch) for p in pts], [p[key] / MIB for p in pts], "o-", label="peak memory")
     if pts and pts[0].get("floor"):
@@ -185,7 +185,7 @@ def draw_scaling(rows, key, figure: Path, settings: dict) -> None:
         c.annotate(f"{p['seconds']:.1f} s", (p.get("batch_size", batch), p[key] / MIB), fontsize=7,
                    textcoords="offset points", xytext=(3, 4))
     c.set_xscale("log", base=2)
-    c.set_xlabel(f"batch size ({settings['nsamples']} x {settings['seqlen']})"), c.set_ylabel("MiB"), c.legend(fontsize=7)
+    c.set_xlabel(f"batch size ({nsamples} x {seqlen})"), c.set_ylabel("MiB"), c.legend(fontsize=7)
     fig.tight_layout()
     figure.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(figure, dpi=110)
