@@ -12,7 +12,7 @@ class Allocation:
 class Allocator:
     name: str = ""
 
-    def allocate(self, model, calib_ids, target: float, batch_size: int, progress: bool = True,
+    def allocate(self, model, calib_ids, target: float, batch_size: int | str, progress: bool = True,
                  model_id: dict | None = None) -> Allocation:
         """`model_id` names the model for caches keyed by it (the dense profile)."""
         raise NotImplementedError

@@ -17,6 +17,7 @@ import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
+from .batching import AUTO, resolve_batch_size
 from .stats import LinearStats, attach
 from .structure import BlockLayout, find_blocks, find_linears
 
@@ -36,6 +37,7 @@ class Captured:
 class WalkResult:
     timings: dict = field(default_factory=dict)
     blocks: int = 0
+    batch_size: int = 0  # sequences per batch, as resolved ("auto": dlp.batching)
     outputs: torch.Tensor | None = None  # the last block's outputs, when asked for (tests compare them)
 
 
@@ -111,16 +113,18 @@ Visitor = Callable[[int, nn.Module, dict[str, nn.Linear], dict[str, LinearStats]
 
 
 @torch.no_grad()
-def walk(model: nn.Module, calib_ids: torch.Tensor, visit: Visitor, needs: frozenset, batch_size: int = 8,
+def walk(model: nn.Module, calib_ids: torch.Tensor, visit: Visitor, needs: frozenset, batch_size: int | str = AUTO,
          desc: str = "blocks", progress: bool = True, keep_outputs: bool = False,
          share_stats: bool = True) -> WalkResult:
     """Walk every block once: statistics pass, visit, replay (skipped when the visitor changed nothing).
 
     `batch_size=1, share_stats=False` is the reference code's way (one sequence at a time, statistics per
-    Linear); the defaults give the same statistics with fewer, larger products.
+    Linear); the defaults give the same statistics with fewer, larger products. `batch_size="auto"` picks the
+    batch from a memory budget (dlp.batching).
     """
     result = WalkResult()
     layout = find_blocks(model)
+    batch_size = result.batch_size = resolve_batch_size(batch_size, model, calib_ids)
     t0 = time.perf_counter()
     cap = capture_inputs(model, layout, calib_ids, batch_size)
     result.timings["capture"] = time.perf_counter() - t0
@@ -128,7 +132,7 @@ def walk(model: nn.Module, calib_ids: torch.Tensor, visit: Visitor, needs: froze
     times = {"statistics": 0.0, "visit": 0.0, "replay": 0.0}
     for index, block in enumerate(tqdm(layout.blocks, desc=desc, disable=not progress)):
         linears = find_linears(block)
-        stats, handles = attach(linears, needs, share=share_stats)
+        stats, handles = attach(linears, needs, share=share_stats, seqlen=inputs.shape[1])
         t = time.perf_counter()
         try:
             run_block(block, inputs, cap.kwargs, batch_size, out=outputs)

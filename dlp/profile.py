@@ -19,7 +19,7 @@ from .select import median
 from .stats import SQNORM
 
 log = logging.getLogger(__name__)
-FORMAT_VERSION = 2  # 2: column norms from float64 sums (dlp.stats)
+FORMAT_VERSION = 3  # 2: column norms from float64 sums; 3: summed one sequence at a time (dlp.stats)
 
 
 def block_profile(linears, stats, outlier_m: float) -> dict:
@@ -37,7 +37,7 @@ def block_profile(linears, stats, outlier_m: float) -> dict:
     return {"count": count, "mean": mean, "median": median(stream, count), "outlier_ratio": above / count}
 
 
-def compute_profile(model, calib_ids, outlier_m: float, batch_size: int, progress: bool = True) -> list[dict]:
+def compute_profile(model, calib_ids, outlier_m: float, batch_size: int | str, progress: bool = True) -> list[dict]:
     blocks = []
 
     def visit(index, block, linears, stats):
@@ -55,7 +55,7 @@ def profile_key(model_id: dict, calib_ids: torch.Tensor, outlier_m: float) -> st
     return sha256_bytes(blob.encode())[:16]
 
 
-def cached_profile(model, calib_ids, model_id: dict, outlier_m: float, batch_size: int,
+def cached_profile(model, calib_ids, model_id: dict, outlier_m: float, batch_size: int | str,
                    progress: bool = True) -> tuple[list[dict], bool]:
     """(profile, from_cache). A corrupt cache file is reported in one line and recomputed."""
     path = Path(cache_dir()) / "profiles" / f"{profile_key(model_id, calib_ids, outlier_m)}.json"

@@ -20,7 +20,7 @@ def shared_input_groups(linears: dict, stats: dict) -> list[list[str]]:
 
 
 def prune_model(model, calib_ids: torch.Tensor, criterion: Criterion, block_sparsities: list[float],
-                pattern: NM | None = None, batch_size: int = 8, progress: bool = True,
+                pattern: NM | None = None, batch_size: int | str = "auto", progress: bool = True,
                 share_stats: bool = True) -> WalkResult:
     n_blocks = len(find_blocks(model))
     if len(block_sparsities) != n_blocks:

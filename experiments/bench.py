@@ -24,6 +24,7 @@ import torch
 
 from baselines.allocations import make_allocator
 from baselines.criteria import make_criterion
+from dlp.batching import AUTO, check_batch_size, resolve_batch_size
 from dlp.errors import UserError
 from dlp.flops import forward_flops, shapes, sparsegpt_flops, statistics_flops
 from dlp.io import write_atomic, write_json_atomic
@@ -155,6 +156,7 @@ def bench_dtype(args, dtype: str, device: torch.device) -> dict:
     data = {"calibration": calib_name, "evaluation": eval_name}
     tokens = calib.numel()
     eval_tokens = min(eval_ids.numel() // args.eval_seqlen, args.eval_windows) * args.eval_seqlen
+    batch_size = resolve_batch_size(args.batch_size, model, calib)
     rows = {"load": _row("load", m["seconds"], None, None, peak["gflops"], _memory(m, base, device))}
     floors = {c: floor_bytes(model, s, args.nsamples, args.seqlen, make_criterion(c).needs)
               for c in ("wanda", "sparsegpt")}
@@ -182,16 +184,18 @@ def bench_dtype(args, dtype: str, device: torch.device) -> dict:
     # The scaling section and the one-change-at-a-time ablation run for one dtype only (--scaling-dtype).
     scaling = bench_scaling(args, subject, s, device, base) if args.scaling else []
     ablation = bench_ablation(args, subject, calib, eval_ids, device) if args.scaling else []
-    return {"dtype": dtype, "peak": peak, "rss_base": base, "data": data, "tokens": tokens, "eval_tokens": eval_tokens,
+    return {"dtype": dtype, "peak": peak, "rss_base": base, "data": data, "batch_size": batch_size,
+            "tokens": tokens, "eval_tokens": eval_tokens,
             "phases": rows, "dense_ppl": dense_ppl, "methods": methods, "scaling": scaling, "ablation": ablation}
 
 
 # From the reference code's way to ours, one change at a time (Wanda, uniform), and the perplexity loop.
 ABLATION = [
     ("reference way: one sequence at a time, statistics per Linear, full sort", dict(batch_size=1, share_stats=False, by_sort=True)),
-    ("+ 8 sequences per batch", dict(share_stats=False, by_sort=True)),
-    ("+ shared statistics for q/k/v and gate/up", dict(by_sort=True)),
-    ("+ k-th value selection instead of a full sort (= this suite)", dict()),
+    ("+ 8 sequences per batch", dict(batch_size=8, share_stats=False, by_sort=True)),
+    ("+ shared statistics for q/k/v and gate/up", dict(batch_size=8, by_sort=True)),
+    ("+ k-th value selection instead of a full sort", dict(batch_size=8)),
+    ("+ batch from the memory budget (--batch-size, auto by default: = this suite)", dict()),
 ]
 
 
@@ -258,20 +262,28 @@ def bench_scaling(args, subject: Subject, s, device, base) -> list[dict]:
     memory a batch's working tensors add against the speed of larger products): time and peak memory."""
     points = sorted({(n, args.seqlen, args.batch_size) for n in args.scale_nsamples}
                     | {(args.nsamples, q, args.batch_size) for q in args.scale_seqlens}
-                    | {(args.nsamples, args.seqlen, b) for b in args.scale_batch_sizes})
+                    | {(args.nsamples, args.seqlen, b) for b in args.scale_batch_sizes}, key=str)
     out = []
     for nsamples, seqlen, batch_size in points:
         model = subject.load()
         calib, _ = calibration(subject, model, nsamples, seqlen)
         floor = floor_bytes(model, s, nsamples, seqlen, make_criterion("wanda").needs)  # shapes: same model
         with phase(device) as m:
-            prune_model(model, calib, make_criterion("wanda"), [args.sparsity] * len(find_blocks(model)),
-                        batch_size=batch_size, progress=False)
-        out.append({"nsamples": nsamples, "seqlen": seqlen, "batch_size": batch_size, "tokens": nsamples * seqlen,
+            walked = prune_model(model, calib, make_criterion("wanda"), [args.sparsity] * len(find_blocks(model)),
+                                 batch_size=batch_size, progress=False)
+        out.append({"nsamples": nsamples, "seqlen": seqlen, "batch_setting": batch_size,
+                    "batch_size": walked.batch_size, "tokens": nsamples * seqlen,
                     "seconds": m["seconds"], "floor": floor["total"], **_memory(m, base, device)})
         del model
         gc.collect()
     return out
+
+
+def batch_arg(text: str):
+    """--batch-size: a positive int or "auto"."""
+    value = text if text == AUTO else int(text) if text.strip().isdigit() else text
+    check_batch_size(value)
+    return value
 
 
 def parse(argv):
@@ -282,7 +294,8 @@ def parse(argv):
     p.add_argument("--device", default="auto")
     p.add_argument("--nsamples", type=int, default=32)
     p.add_argument("--seqlen", type=int, default=512)
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--batch-size", type=batch_arg, default="auto", help="sequences per block pass, or auto "
+                   "(from a memory budget: dlp/batching.py)")
     p.add_argument("--eval-windows", type=int, default=64)
     p.add_argument("--eval-seqlen", type=int, default=512)
     p.add_argument("--eval-batch-size", type=int, default=4)
@@ -290,7 +303,7 @@ def parse(argv):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--scale-nsamples", default=None, help="default: half, once and twice --nsamples")
     p.add_argument("--scale-seqlens", default=None, help="default: half, once and twice --seqlen")
-    p.add_argument("--scale-batch-sizes", default=None, help="default: 1, 2 and --batch-size")
+    p.add_argument("--scale-batch-sizes", default=None, help="default: 1, 2, 8 and --batch-size")
     p.add_argument("--no-scaling", dest="scaling", action="store_false")
     p.add_argument("--scaling-dtype", default=None, help="dtype of the scaling section (default: the last one)")
     p.add_argument("--out", default="results/bench", help="writes OUT.json, OUT.md and OUT-scaling.png")
@@ -304,8 +317,8 @@ def parse(argv):
                            else [max(1, args.nsamples // 2), args.nsamples, 2 * args.nsamples])
     args.scale_seqlens = ([int(x) for x in args.scale_seqlens.split(",")] if args.scale_seqlens
                           else [max(2, args.seqlen // 2), args.seqlen, 2 * args.seqlen])
-    args.scale_batch_sizes = ([int(x) for x in args.scale_batch_sizes.split(",")] if args.scale_batch_sizes
-                              else sorted({1, 2, args.batch_size}))
+    args.scale_batch_sizes = ([batch_arg(x) for x in args.scale_batch_sizes.split(",")] if args.scale_batch_sizes
+                              else [1, 2, 8] + ([args.batch_size] if args.batch_size not in (1, 2, 8) else []))
     if not 0 <= args.sparsity < 1:
         raise UserError(f"sparsity must be in [0, 1) (got {args.sparsity})")
     return args

@@ -151,13 +151,22 @@ def scaling_section(report: dict, figure: Path | None) -> list[str]:
              "peak memory (MiB) | floor (MiB) | peak / floor |", "|---|---|---|---|---|---|---|---|---|---|"]
     for d, p in rows:
         ratio = p[key] / p["floor"] if p.get(key) and p.get("floor") else None
-        lines.append(f"| {d} | {p['nsamples']} | {p['seqlen']} | {p.get('batch_size', '-')} | {p['tokens']:,} | "
+        lines.append(f"| {d} | {p['nsamples']} | {p['seqlen']} | {_batch_label(p)} | {p['tokens']:,} | "
                      f"{p['seconds']:.1f} | {p['tokens'] / p['seconds']:,.0f} | {_mib(p.get(key))} | "
                      f"{_mib(p.get('floor'))} | {_f(ratio, 2)} |")
     if figure is not None:
         draw_scaling(rows, key, figure, report["settings"])
         lines += ["", f"![scaling]({figure.name})"]
     return lines + [""]
+
+
+def _setting(point: dict, default):
+    """The batch a scaling point was asked for (an int or "auto"; older reports recorded only the int)."""
+    return point.get("batch_setting", point.get("batch_size", default))
+
+
+def _batch_label(point: dict) -> str:
+    return f"{point['batch_size']} (auto)" if point.get("batch_setting") == "auto" else str(point.get("batch_size", "-"))
 
 
 def draw_scaling(rows, key, figure: Path, settings: dict) -> None:
@@ -167,7 +176,7 @@ def draw_scaling(rows, key, figure: Path, settings: dict) -> None:
 
     fig, (a, b, c) = plt.subplots(1, 3, figsize=(13, 3.5))
     batch = settings["batch_size"]
-    at_batch = [p for _d, p in rows if p.get("batch_size", batch) == batch]
+    at_batch = [p for _d, p in rows if _setting(p, batch) == batch]
     seqlen, nsamples = settings["seqlen"], settings["nsamples"]
     for label, pick in ((f"nsamples varies (seqlen {seqlen})", lambda p: p["seqlen"] == seqlen),
                         (f"seqlen varies (nsamples {nsamples})", lambda p: p["nsamples"] == nsamples)):
@@ -176,8 +185,8 @@ def draw_scaling(rows, key, figure: Path, settings: dict) -> None:
         b.plot([p["tokens"] for p in pts], [p[key] / MIB for p in pts], "o-", label=label)
     a.set_xlabel("calibration tokens"), a.set_ylabel("Wanda prune, seconds"), a.legend(fontsize=7)
     b.set_xlabel("calibration tokens"), b.set_ylabel("peak memory above base, MiB")
-    pts = sorted((p for _d, p in rows if p["nsamples"] == nsamples and p["seqlen"] == seqlen),
-                 key=lambda p: p.get("batch_size", batch))
+    pts = sorted({p.get("batch_size", batch): p for _d, p in rows  # an "auto" point equal to a fixed one: once
+                  if p["nsamples"] == nsamples and p["seqlen"] == seqlen}.values(), key=lambda p: p.get("batch_size", batch))
     c.plot([p.get("batch_size", batch) for p in pts], [p[key] / MIB for p in pts], "o-", label="peak memory")
     if pts and pts[0].get("floor"):
         c.axhline(pts[0]["floor"] / MIB, color="grey", ls="--", label="floor")
@@ -201,7 +210,9 @@ def render(report: dict, figure: Path | None) -> str:
     lines = [f"# Benchmark: {report['subject']}", "",
              f"Machine: {where}; torch {mach['torch']}. Written by `python -m experiments.bench` "
              f"(`make bench`) in {report['wall_s'] / 60:.1f} min; the JSON beside this file holds every figure.", "",
-             f"Calibration {s['nsamples']} x {s['seqlen']} tokens ({data['calibration']}), batch {s['batch_size']}; "
+             f"Calibration {s['nsamples']} x {s['seqlen']} tokens ({data['calibration']}), batch {s['batch_size']}"
+             + (" (" + ", ".join(f"{r['batch_size']} in {r['dtype']}" for r in report["results"] if "batch_size" in r)
+                + "; dlp/batching.py)" if s["batch_size"] == "auto" else "") + "; "
              f"perplexity on {s['eval_windows']} x {s['eval_seqlen']} tokens ({data['evaluation']}), batch "
              f"{s['eval_batch_size']}; pruning at {s['sparsity']:.0%} unstructured. GFLOP counted from the decoder's "
              "matrix shapes (dlp/flops.py: Linears and causal attention, element-wise work not counted); share of "

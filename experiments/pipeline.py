@@ -8,6 +8,7 @@ import torch
 from baselines.allocations import make_allocator
 from baselines.criteria import make_criterion
 from baselines.criteria.pattern import check_sparsity, parse_pattern
+from dlp.batching import check_batch_size, resolve_batch_size
 from dlp.data import corpora
 from dlp.data.calibration import calibration_windows
 from dlp.errors import UserError
@@ -32,6 +33,7 @@ def validate(cfg: dict) -> None:
     if cfg.get("preset") not in PRESETS:
         raise UserError(f"unknown preset '{cfg.get('preset')}'; choose one of {', '.join(PRESETS)}")
     if not records.is_dense(cfg):
+        check_batch_size(cfg["data"]["batch_size"])
         make_criterion(cfg["criterion"]["name"], **params(cfg["criterion"]))
         make_allocator(cfg["allocation"]["name"], **params(cfg["allocation"]))
         parse_pattern(cfg["pattern"], cfg["sparsity"])
@@ -66,7 +68,8 @@ def execute(cfg: dict) -> dict:
         calib_corpus = corpora.load(d["corpus"], path=d.get("path"), per_line=d.get("mode") == "documents")
         calib = calibration_windows(calib_corpus, tokenizer, d["nsamples"], d["seqlen"], cfg["seed"], d["mode"])
         record["data"]["calibration"] = {**calib_corpus.provenance(), "nsamples": d["nsamples"],
-                                         "seqlen": d["seqlen"], "tokens": int(calib.numel()), "mode": d["mode"]}
+                                         "seqlen": d["seqlen"], "tokens": int(calib.numel()), "mode": d["mode"],
+                                         "batch_size": resolve_batch_size(d["batch_size"], model, calib)}
         timings["calibration_data"] = time.perf_counter() - t
 
         t = time.perf_counter()

@@ -4,6 +4,7 @@ import json
 import pytest
 import torch
 
+from dlp.batching import auto_batch_size
 from dlp.flops import forward_flops, shapes, sparsegpt_flops, statistics_flops
 from dlp.machine import phase
 from dlp.stats import HESSIAN, SQNORM
@@ -54,11 +55,13 @@ def test_bench_end_to_end_on_a_tiny_random_model(tmp_path, monkeypatch):
         assert m["floor"]["total"] == m["floor"]["weights"] + m["floor"]["activations"] + m["floor"]["statistics"]
     assert fp32["methods"]["dlp+wanda"]["phases"]["allocation"]["seconds"] > 0  # a cold profile cache, timed
     scaling = report["results"][1]["scaling"]
-    assert fp32["scaling"] == [] and len(scaling) == 5  # (2,32), (4,16), (4,32) at batch 8; (4,32) at batch 1, 2
-    assert sorted(p["batch_size"] for p in scaling if (p["nsamples"], p["seqlen"]) == (4, 32)) == [1, 2, 8]
+    assert fp32["scaling"] == [] and len(scaling) == 6  # (2,32), (4,16), (4,32) at batch auto; (4,32) at 1, 2, 8
+    at = {p["batch_setting"]: p["batch_size"] for p in scaling if (p["nsamples"], p["seqlen"]) == (4, 32)}
+    assert at == {1: 1, 2: 2, 8: 8, "auto": report["results"][1]["batch_size"]}  # the walk's own resolved batch
+    assert fp32["batch_size"] == auto_batch_size(tiny_model("llama").to(torch.float32), 4, 32)
     assert all(p["floor"] > 0 and "rss_peak_above_base" in p for p in scaling)
     assert fp32["rss_base"] > 0
-    assert [a["what"] for a in report["results"][1]["ablation"]] == ["Wanda prune"] * 4 + ["evaluation"] * 2
+    assert [a["what"] for a in report["results"][1]["ablation"]] == ["Wanda prune"] * 5 + ["evaluation"] * 2
     assert "## One change at a time" in out.with_suffix(".md").read_text()
     md = out.with_suffix(".md").read_text()
     assert "## Targets (issue 5)" in md and "## Perplexity in each dtype" in md

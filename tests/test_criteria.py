@@ -241,3 +241,14 @@ def test_sparsegpt_lazy_slices_equal_the_plain_column_loop(pattern):
     (W1, E1, M1), (W2, E2, M2) = out[16], out[10 ** 9]
     assert torch.equal(M1, M2) and M1.any()
     assert torch.allclose(W1, W2, rtol=1e-4, atol=1e-5) and torch.allclose(E1, E2, rtol=1e-4, atol=1e-5)
+
+
+def test_in_place_factor_gives_the_same_bits_as_out_of_place():
+    """`upper_factor_from_reversed` factorises and inverts in place (memory); the result must not change."""
+    from baselines.criteria.sparsegpt import upper_factor_from_reversed
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(400, 96, generator=g)
+    H = x.t() @ x + 0.1 * torch.eye(96)
+    L = torch.linalg.cholesky(H.flip(0, 1))
+    expected = torch.linalg.solve_triangular(L, torch.eye(96), upper=False).flip(0, 1)
+    assert torch.equal(upper_factor_from_reversed(H.flip(0, 1)), expected)

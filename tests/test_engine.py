@@ -73,13 +73,9 @@ def test_batched_and_one_at_a_time_agree(criterion):
     a, b = tiny_model("llama"), tiny_model("llama")
     prune_model(a, ids, make_criterion(criterion), [0.5] * 3, batch_size=1, progress=False)
     prune_model(b, ids, make_criterion(criterion), [0.5] * 3, batch_size=4, progress=False)
-    agree = [torch.equal(x, y) for x, y in zip(masks(a), masks(b))]
-    if criterion == "sparsegpt":  # float sums in another order can flip a near-tie; almost all must agree
-        same = sum(int((x == y).sum()) for x, y in zip(masks(a), masks(b)))
-        total = sum(x.numel() for x in masks(a))
-        assert same / total > 0.999
-    else:
-        assert all(agree)
+    # Statistics are summed per sequence (dlp.stats), so in float32 even SparseGPT's weights agree to the bit.
+    assert all(torch.equal(x, y) for x, y in zip(a.parameters(), b.parameters()))
+    assert any(bool(m.any()) for m in masks(a))
 
 
 @pytest.mark.parametrize("criterion", ["wanda", "sparsegpt"])

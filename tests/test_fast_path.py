@@ -52,8 +52,6 @@ def test_grouped_sparsegpt_matches_one_matrix_at_a_time(family):
     prune_model(slow, calib, SparseGPT(), [0.6] * 3, progress=False, **SLOW)
     prune_model(fast, calib, SparseGPT(), [0.6] * 3, progress=False, **FAST)
     slow_masks, fast_masks = masks(slow), masks(fast)
-    agree = sum(int((slow_masks[k] == fast_masks[k]).sum()) for k in slow_masks)
-    total = sum(m.numel() for m in slow_masks.values())
-    assert agree / total > 0.999  # float rounding of batched sums may flip a rare near-tie, nothing more
+    assert all(torch.equal(slow_masks[k], fast_masks[k]) for k in slow_masks)  # per-sequence sums: same bits
     evalset = tiny_ids(n=6, seed=2).flatten()
     assert ppl(fast, evalset, 7, 4) == pytest.approx(ppl(slow, evalset, None, 1), rel=1e-3)

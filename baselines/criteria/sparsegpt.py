@@ -36,7 +36,9 @@ class SparseGPT(Criterion):
         damp = self.percdamp * torch.mean(torch.diag(H))
         idx = torch.arange(H.shape[0], device=H.device)
         H[idx, idx] += damp
-        return upper_factor_of_inverse(H)
+        reversed_h = H.flip(0, 1)  # a copy: H is no longer needed (on a 1536-wide input each n x n is 9 MiB)
+        del H
+        return upper_factor_from_reversed(reversed_h)
 
     def prune(self, weight, stats, sparsity, pattern):
         return self.prune_group([weight], stats, sparsity, pattern)[0]
@@ -101,6 +103,15 @@ def upper_factor_of_inverse(H: torch.Tensor) -> torch.Tensor:
     reversal permutation, J H J = L Lᵀ gives H = (J L J)(J L J)ᵀ with J L J upper triangular, so
     H⁻¹ = (J L⁻¹ J)ᵀ (J L⁻¹ J) and U = J L⁻¹ J: the same factor (it is unique) in about half the work
     (40% less time on the embedded model's 1536-wide input); tests compare both to float32 rounding."""
-    L = torch.linalg.cholesky(H.flip(0, 1))
-    eye = torch.eye(H.shape[0], dtype=H.dtype, device=H.device)
-    return torch.linalg.solve_triangular(L, eye, upper=False).flip(0, 1)
+    return upper_factor_from_reversed(H.flip(0, 1))
+
+
+def upper_factor_from_reversed(reversed_h: torch.Tensor) -> torch.Tensor:
+    """`upper_factor_of_inverse` given J H J, which it overwrites: the Cholesky factor and the triangular
+    inverse are computed in place (LAPACK works in place; same bits as the out-of-place calls), so no more than
+    two n x n matrices are alive at once instead of five (the memory peak of pruning a 1536-wide input here)."""
+    L = torch.linalg.cholesky(reversed_h, out=reversed_h)
+    inverse = torch.eye(L.shape[0], dtype=L.dtype, device=L.device)
+    torch.linalg.solve_triangular(L, inverse, upper=False, out=inverse)
+    del L, reversed_h
+    return inverse.flip(0, 1)
