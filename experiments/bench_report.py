@@ -221,7 +221,8 @@ def render(report: dict, figure: Path | None) -> str:
                 "peak resident set, reset per phase, above a base taken after one load and release of the model "
                 "(Python, torch, transformers, the tokenizer and the model code in place: "
                 + _mib(report["results"][0].get("rss_base")) + " MiB), so that it compares with the floor, which "
-                "counts data only."),
+                "counts data only. Each method runs in a process of its own, as a user's run does (dense "
+                "yardstick, allocation, prune, perplexity), so that no earlier phase's heap is counted in it."),
              ""]
     for r in report["results"]:
         lines += [f"## {r['dtype']}: matmul peak {r['peak']['gflops']:,.0f} GFLOP/s "

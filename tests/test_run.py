@@ -28,6 +28,7 @@ def test_run_writes_a_complete_record_and_reuses_it(workspace):
     assert record["sparsity"]["per_block_target"] == [0.5, 0.5, 0.5]
     assert record["metrics"]["eval"]["windows"] == 3
     assert record["data"]["calibration"]["name"] == "file:docs.txt" and record["data"]["calibration"]["tokens"] == 256
+    assert record["data"]["calibration"]["batch_size"] == 4  # as configured; "auto" records the batch it chose
     assert len(record["data"]["evaluation"]["sha256"]) == 64 and record["data"]["evaluation"]["tokens"] > 0
     for key in ("load", "prune", "evaluation"):
         assert record["timings_s"][key] >= 0
@@ -55,6 +56,8 @@ def test_dense_is_one_record_however_asked(workspace):
     (["model.path=/nonexistent/model"], "model path not found"),
     (["preset=fast"], "preset"),
     (["criterion=bogus"], "criterion"),
+    (["data.batch_size=0"], "batch_size must be a positive integer or 'auto', got 0"),
+    (["data.batch_size=lots"], "batch_size must be a positive integer or 'auto', got 'lots'"),
 ])
 def test_bad_input_is_one_clear_line(workspace, overrides, message):
     result = cli(workspace, *overrides)
