@@ -138,17 +138,23 @@ def perplexity_of(model, eval_ids, eval_seqlen, eval_windows, batch_size, progre
     return math.exp(losses.double().mean().item())
 
 
+def base_after_warm_up(subject: Subject) -> int:
+    """Resident bytes once one load and release have put every library a run uses in place (the parent's and
+    each method process's base)."""
+    warm_up = subject.load()
+    del warm_up
+    gc.collect()
+    release_free_memory()
+    return rss_bytes()
+
+
 def bench_dtype(args, dtype: str, device: torch.device) -> dict:
     subject = Subject(args.model, args.shape, dtype, device, args.seed)
     peak = matmul_peak(DTYPES[dtype], device)
     # The base is the process with every library the run uses in place (one load and release first: the model
     # code, tokenizer and converters that a load imports take ~160 MiB here and stay). Memory below is counted
     # above it, so the peak compares with the floor (data only); the JSON keeps the absolute peaks too.
-    warm_up = subject.load()
-    del warm_up
-    gc.collect()
-    release_free_memory()
-    base = rss_bytes()
+    base = base_after_warm_up(subject)
     with phase(device) as m:
         model = subject.load()
     s = shapes(model)
@@ -176,8 +182,9 @@ def bench_dtype(args, dtype: str, device: torch.device) -> dict:
     gc.collect()
     methods = {}
     for criterion_name, allocation_name in METHODS:
+        fresh = Subject(args.model, args.shape, dtype, device, args.seed)  # no tokenizer to send along
         methods[f"{allocation_name}+{criterion_name}"] = in_fresh_process(
-            method_from_scratch, args, Subject(args.model, args.shape, dtype, device, args.seed), calib, eval_ids, criterion_name, allocation_name, s, peak["gflops"],
+            method_from_scratch, args, fresh, calib, eval_ids, criterion_name, allocation_name, s, peak["gflops"],
             device)
         methods[f"{allocation_name}+{criterion_name}"]["floor"] = floors[criterion_name]
     # The scaling section and the one-change-at-a-time ablation run for one dtype only (--scaling-dtype).
@@ -230,11 +237,7 @@ def in_fresh_process(fn, *args):
 def method_from_scratch(args, subject: Subject, calib, eval_ids, criterion_name, allocation_name, s, peak, device):
     """One method in a process of its own: the same base as the parent's (one load and release first), then a
     fresh model, its dense yardstick, allocation, prune and perplexity."""
-    warm_up = subject.load()
-    del warm_up
-    gc.collect()
-    release_free_memory()
-    base = rss_bytes()
+    base = base_after_warm_up(subject)
     model = subject.load()
     out = bench_method(args, model, calib, eval_ids, criterion_name, allocation_name, s, peak, base, device)
     out["rss_base"] = base
