@@ -32,7 +32,7 @@ from dlp.io import write_atomic, write_json_atomic
 from dlp.engine import walk
 from dlp.machine import describe, matmul_peak, phase, release_free_memory, rss_bytes
 from dlp.models import DTYPES, load_model, resolve_device
-from dlp.perplexity import window_losses
+from dlp.perplexity import CHUNK_TOKENS, window_losses
 from dlp.prune import prune_model
 from dlp.stats import SQNORM, LinearStats
 from dlp.structure import find_blocks
@@ -216,7 +216,8 @@ def bench_ablation(args, subject: Subject, calib, eval_ids, device) -> list[dict
         out.append({"step": label, "what": "Wanda prune", "seconds": m["seconds"]})
         last = model
     for label, chunk, batch in (("perplexity, reference way: one window at a time, full logits", None, 1),
-                                ("perplexity, this suite: batches of 4, output layer in 512-token chunks", 512,
+                                (f"perplexity, this suite: batches of {args.eval_batch_size}, output layer in "
+                                 f"{CHUNK_TOKENS}-token chunks", CHUNK_TOKENS,
                                  args.eval_batch_size)):
         with phase(device) as m:
             window_losses(last, eval_ids, args.eval_seqlen, args.eval_windows, batch, False, chunk)
