@@ -53,13 +53,17 @@ def method_tables(result: dict, cuda: bool) -> list[str]:
                 continue
             lines.append(f"| {name} | {r['phase']} | {_f(r['seconds'], 2)} | {_f(r['tokens_per_s'], 0)} | "
                          f"{_f(r['gflop_per_s'], 0)} | {_pct(r['share_of_peak'])} |")
-    lines += ["", "| method | allocation + prune (s) | dense forward just before (s) | × dense forward | perplexity | "
-                  "peak memory, prune (MiB) | floor (MiB) | peak / floor |", "|---|---|---|---|---|---|---|---|"]
+    repeated = any(len(m.get("repeats", [])) > 1 for m in result["methods"].values())
+    lines += ["", "| method | allocation + prune (s) | dense forward just before (s) | × dense forward | "
+                  + ("× dense forward, every repeat | " if repeated else "") + "perplexity | "
+                  "peak memory, prune (MiB) | floor (MiB) | peak / floor |",
+              "|---|---|---|---|" + ("---|" if repeated else "") + "---|---|---|---|"]
     for name, m in result["methods"].items():
         peak = _peak_mem(m["phases"]["prune"], cuda)
         floor = m["floor"]["total"]
+        every = " / ".join(_f(r["times_dense_forward"], 2) for r in m.get("repeats", [])) or "-"
         lines.append(f"| {name} | {_f(m['allocation_plus_prune_s'], 1)} | {_f(m.get('dense_forward_s'), 1)} | "
-                     f"{_f(m['times_dense_forward'], 2)} | "
+                     f"{_f(m['times_dense_forward'], 2)} | " + (f"{every} | " if repeated else "") +
                      f"{_f(m['ppl'], 2)} | {_mib(peak)} | {_mib(floor)} | {_f(peak / floor if peak else None, 2)} |")
     return lines
 

@@ -73,6 +73,27 @@ def test_bench_bad_input_is_one_line(capsys):
     assert capsys.readouterr().err.strip() == "error: unknown dtype 'float64'; choose from float32, bfloat16, float16"
 
 
+def test_bench_repeats_below_one_is_one_line(capsys):
+    assert bench.main(["--repeats", "0"]) == 2
+    assert capsys.readouterr().err.strip() == "error: --repeats must be at least 1 (got 0)"
+
+
+def test_median_repeat_keeps_the_middle_run_whole_and_lists_every_repeat():
+    def run(alloc_prune, dense, peak):
+        return {"allocation_plus_prune_s": alloc_prune, "dense_forward_s": dense,
+                "times_dense_forward": alloc_prune / dense, "ppl": peak / 10,
+                "phases": {"prune": {"memory": {"rss_peak_above_base": peak}}}}
+    runs = [run(30.0, 10.0, 300), run(40.0, 10.0, 400), run(24.0, 12.0, 200)]  # 3.0, 4.0, 2.0 x dense
+    chosen = bench.median_repeat(runs)
+    assert chosen["times_dense_forward"] == 3.0 and chosen["ppl"] == 30.0  # the 3.0 run, all of its figures
+    assert [r["times_dense_forward"] for r in chosen["repeats"]] == [3.0, 4.0, 2.0]  # in the order they ran
+    assert [r["prune_memory"]["rss_peak_above_base"] for r in chosen["repeats"]] == [300, 400, 200]
+    assert bench.median_repeat(runs[:2])["times_dense_forward"] == 3.0  # even count: the lower middle
+    assert bench.median_repeat(runs[:1])["repeats"] == [{k: runs[0][k] for k in (
+        "allocation_plus_prune_s", "dense_forward_s", "times_dense_forward")} | {"prune_memory": runs[0]["phases"][
+            "prune"]["memory"]}]
+
+
 def test_opt_groups_found_by_the_engines_own_sharing():
     """OPT: q/k/v read one tensor; out_proj, fc1 and fc2 each their own (fc1 is not paired with anything)."""
     s = shapes(tiny_model("opt"))
