@@ -36,6 +36,7 @@ from dlp.perplexity import CHUNK_TOKENS, window_losses
 from dlp.prune import prune_model
 from dlp.stats import SQNORM, LinearStats
 from dlp.structure import find_blocks
+from experiments.bench_profile import time_shares
 
 from .bench_report import render
 
@@ -172,6 +173,7 @@ def bench_dtype(args, dtype: str, device: torch.device) -> dict:
     dense_s = m["seconds"]
     rows["dense_forward"] = _row("dense forward (calibration)", dense_s, tokens,
                                  forward_flops(s, tokens, args.seqlen), peak["gflops"], _memory(m, base, device))
+    shares = time_shares(model, calib[:batch_size].to(device))
     with phase(device) as m:
         dense_ppl = perplexity_of(model, eval_ids, args.eval_seqlen, args.eval_windows, args.eval_batch_size,
                                   args.progress)
@@ -192,7 +194,7 @@ def bench_dtype(args, dtype: str, device: torch.device) -> dict:
     ablation = bench_ablation(args, subject, calib, eval_ids, device) if args.scaling else []
     return {"dtype": dtype, "peak": peak, "rss_base": base, "data": data, "batch_size": batch_size,
             "tokens": tokens, "eval_tokens": eval_tokens,
-            "phases": rows, "dense_ppl": dense_ppl, "methods": methods, "scaling": scaling, "ablation": ablation}
+            "phases": rows, "forward_time_shares": shares, "dense_ppl": dense_ppl, "methods": methods, "scaling": scaling, "ablation": ablation}
 
 
 # From the reference code's way to ours, one change at a time (Wanda, uniform), and the perplexity loop.

@@ -44,6 +44,17 @@ def phase_table(result: dict, cuda: bool) -> list[str]:
     return lines
 
 
+def time_share_line(result: dict) -> list[str]:
+    """Why a pass can sit well below the peak: how much of a dense forward the products take at all."""
+    t = result.get("forward_time_shares")
+    if not t:
+        return []
+    return [f"Where one batch's dense forward pass spends its time ({result.get('batch_size')} sequences, "
+            f"torch.profiler, self CPU time; experiments/bench_profile.py): matrix products {_pct(t['products'])}, "
+            f"attention kernel {_pct(t['attention'])}, element-wise and other {_pct(t['other'])}. A pass's share of "
+            "peak cannot exceed the products' share of its time times their own rate.", ""]
+
+
 def method_tables(result: dict, cuda: bool) -> list[str]:
     lines = ["| method | phase | seconds | tokens/s | GFLOP/s | share of peak |", "|---|---|---|---|---|---|"]
     for name, m in result["methods"].items():
@@ -231,7 +242,7 @@ def render(report: dict, figure: Path | None) -> str:
     for r in report["results"]:
         lines += [f"## {r['dtype']}: matmul peak {r['peak']['gflops']:,.0f} GFLOP/s "
                   f"({r['peak']['n']} x {r['peak']['n']})", ""]
-        lines += phase_table(r, cuda) + [""] + method_tables(r, cuda) + [""]
+        lines += phase_table(r, cuda) + [""] + time_share_line(r) + method_tables(r, cuda) + [""]
         f = next(iter(r["methods"].values()))["floor"]
         lines += [f"Floor = weights {_mib(f['weights'])} MiB + one block's calibration activations in and out "
                   f"{_mib(f['activations'])} MiB + one block's statistics (Wanda {_mib(r['methods'].get('uniform+wanda', {}).get('floor', {}).get('statistics'))} MiB, "

@@ -61,10 +61,12 @@ def test_bench_end_to_end_on_a_tiny_random_model(tmp_path, monkeypatch):
     assert fp32["batch_size"] == auto_batch_size(tiny_model("llama").to(torch.float32), 4, 32)
     assert all(p["floor"] > 0 and "rss_peak_above_base" in p for p in scaling)
     assert fp32["rss_base"] > 0
+    assert sum(fp32["forward_time_shares"][k] for k in ("products", "attention", "other")) == pytest.approx(1)
     assert [a["what"] for a in report["results"][1]["ablation"]] == ["Wanda prune"] * 5 + ["evaluation"] * 2
     assert "## One change at a time" in out.with_suffix(".md").read_text()
     md = out.with_suffix(".md").read_text()
     assert "## Targets (issue 5)" in md and "## Perplexity in each dtype" in md
+    assert "Where one batch's dense forward pass spends its time" in md
     assert (tmp_path / "bench-scaling.png").stat().st_size > 0
 
 
@@ -92,6 +94,29 @@ def test_median_repeat_keeps_the_middle_run_whole_and_lists_every_repeat():
     assert bench.median_repeat(runs[:1])["repeats"] == [{k: runs[0][k] for k in (
         "allocation_plus_prune_s", "dense_forward_s", "times_dense_forward")} | {"prune_memory": runs[0]["phases"][
             "prune"]["memory"]}]
+
+
+@pytest.mark.parametrize("family", ["llama", "opt"])
+def test_forward_time_shares_split_the_whole_pass(family):
+    """Products, attention and the rest partition the profiled time; a model made only of products (no
+    attention) puts nothing in attention, and a forward pass with Linears spends time in products."""
+    from experiments.bench_profile import time_shares
+    shares = time_shares(tiny_model(family), torch.randint(0, 100, (2, 16)))
+    assert shares["products"] + shares["attention"] + shares["other"] == pytest.approx(1.0)
+    assert shares["products"] > 0 and shares["seconds"] > 0
+
+    class OnlyLinears(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb = torch.nn.Embedding(10, 64)
+            self.lin = torch.nn.Linear(64, 64)
+
+        def get_input_embeddings(self):
+            return self.emb
+
+        def forward(self, input_ids, use_cache=False):
+            return self.lin(self.emb(input_ids))
+    assert time_shares(OnlyLinears(), torch.randint(0, 10, (2, 8)))["attention"] == 0
 
 
 def test_opt_groups_found_by_the_engines_own_sharing():
