@@ -186,7 +186,7 @@ def bench_dtype(args, dtype: str, device: torch.device) -> dict:
     for criterion_name, allocation_name in METHODS:
         fresh = Subject(args.model, args.shape, dtype, device, args.seed)  # no tokenizer to send along
         runs = [in_fresh_process(method_from_scratch, args, fresh, calib, eval_ids, criterion_name, allocation_name,
-                                 s, peak["gflops"], device) for _ in range(args.repeats)]
+                                 s, device) for _ in range(args.repeats)]
         methods[f"{allocation_name}+{criterion_name}"] = median_repeat(runs)
         methods[f"{allocation_name}+{criterion_name}"]["floor"] = floors[criterion_name]
     # The scaling section and the one-change-at-a-time ablation run for one dtype only (--scaling-dtype).
@@ -234,7 +234,12 @@ def in_fresh_process(fn, *args):
     (float32 Wanda: 1.40 x the floor measured after the other phases, 1.09 x in a process of its own)."""
     import multiprocessing
     with multiprocessing.get_context("spawn").Pool(1) as pool:
-        return pool.apply(fn, args)
+        result = pool.apply(fn, args)
+        # Let the worker exit on its own: leaving the `with` terminates it, and a killed worker leaves its
+        # semaphores (tqdm's lock) to the resource tracker, which warned of them at shutdown.
+        pool.close()
+        pool.join()
+    return result
 
 
 def median_repeat(runs: list[dict]) -> dict:
@@ -249,13 +254,18 @@ def median_repeat(runs: list[dict]) -> dict:
     return chosen
 
 
-def method_from_scratch(args, subject: Subject, calib, eval_ids, criterion_name, allocation_name, s, peak, device):
-    """One method in a process of its own: the same base as the parent's (one load and release first), then a
-    fresh model, its dense yardstick, allocation, prune and perplexity."""
+def method_from_scratch(args, subject: Subject, calib, eval_ids, criterion_name, allocation_name, s, device):
+    """One method in a process of its own: its own matmul peak (the machine's speed drifts between processes:
+    against the parent's peak, one run's passes reached 79% in a fast spell that began after it), the same base
+    as the parent's (one load and release first), then a fresh model, its dense yardstick, allocation, prune
+    and perplexity."""
+    peak = matmul_peak(DTYPES[subject.dtype], device)
     base = base_after_warm_up(subject)
     model = subject.load()
-    out = bench_method(args, model, calib, eval_ids, criterion_name, allocation_name, s, peak, base, device)
+    out = bench_method(args, model, calib, eval_ids, criterion_name, allocation_name, s, peak["gflops"], base,
+                       device)
     out["rss_base"] = base
+    out["peak"] = peak
     return out
 
 

@@ -61,6 +61,9 @@ def test_bench_end_to_end_on_a_tiny_random_model(tmp_path, monkeypatch):
     assert fp32["batch_size"] == auto_batch_size(tiny_model("llama").to(torch.float32), 4, 32)
     assert all(p["floor"] > 0 and "rss_peak_above_base" in p for p in scaling)
     assert fp32["rss_base"] > 0
+    assert all(m["peak"]["gflops"] > 0 for m in fp32["methods"].values())  # each process measured its own
+    w = fp32["methods"]["uniform+wanda"]["phases"]["replay"]
+    assert w["share_of_peak"] == pytest.approx(w["gflop_per_s"] / fp32["methods"]["uniform+wanda"]["peak"]["gflops"])
     assert sum(fp32["forward_time_shares"][k] for k in ("products", "attention", "other")) == pytest.approx(1)
     assert [a["what"] for a in report["results"][1]["ablation"]] == ["Wanda prune"] * 5 + ["evaluation"] * 2
     assert "## One change at a time" in out.with_suffix(".md").read_text()

@@ -103,6 +103,26 @@ def test_sparsegpt_dead_inputs_zeroed():
     assert (new[:, 5] == 0).all()
 
 
+def test_sparsegpt_reversed_hessian_is_the_reference_fix_then_reversal_bit_for_bit():
+    """J H J built straight from the Gram matrix (H never held beside it) equals the reference's order of steps:
+    dead inputs set to 1, damping by the mean diagonal, then the reversal; the same weights zeroed."""
+    layer, st, _ = layer_and_stats()
+    for dead in (0, 5, COLS - 2):  # asymmetric positions, so a mirrored index would be caught
+        st.gram[:, dead] = 0
+        st.gram[dead, :] = 0
+    W_ref, W_new = layer.weight.data.clone(), layer.weight.data.clone()
+    H = st.hessian()
+    dead = torch.diag(H) == 0
+    H[dead, dead] = 1
+    W_ref[:, dead] = 0
+    idx = torch.arange(COLS)
+    H[idx, idx] += 0.01 * torch.mean(torch.diag(H))
+    got = make_criterion("sparsegpt").damped_reversed_hessian(st, W_new)
+    assert dead.sum() == 3
+    assert torch.equal(got, H.flip(0, 1))
+    assert torch.equal(W_new, W_ref)
+
+
 @pytest.mark.parametrize("name", ["magnitude", "wanda", "sparsegpt"])
 @pytest.mark.parametrize("n,m", [(2, 4), (4, 8)])
 def test_nm_groups(name, n, m):
