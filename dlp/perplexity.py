@@ -12,7 +12,7 @@ path (the model's own logits), kept for the tests that show both agree.
 Why 128 and not 512: the logits chunk and its log-softmax were the largest thing alive in a whole run
 (evaluation peaked ~1 GB above the process base in float32 against ~0.6 GB for pruning). On the embedded model,
 64 windows of 512 WikiText-2 tokens, float32 losses were bit-identical for 128 and 512 (ppl 29.1059 both), and
-in bfloat16 they moved by at most 2.4e-4 per window (ppl 29.1143 either way); 128 was not slower
+in bfloat16 they moved by at most 2.4e-4 per window (ppl 29.114 either way); 128 was not slower
 (51 vs 61 s float32, 16.6 vs 19.0 s bfloat16, 2 cores, 2026-11-29).
 """
 import math

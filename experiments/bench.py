@@ -5,8 +5,10 @@ the calibration set (the yardstick), and for Wanda, DLP + Wanda, OWL + Wanda and
 pass, capture, statistics, criterion and replay; then perplexity. Each phase gets seconds, tokens/s, GFLOP/s
 counted from the decoder's shapes (dlp.flops), its share of the peak, and its peak memory beside the floor
 (weights + one block's calibration activations in and out + one block's statistics); each method runs in a
-fresh process, as a user's run would. A scaling section
-repeats Wanda at three calibration sizes and three sequence lengths. Writes <out>.json, <out>.md and a plot.
+fresh process, as a user's run would, which measures its own matmul peak and dense yardstick (`--repeats N`:
+the median of N such processes). The parent also profiles where one batch's dense forward spends its time
+(bench_profile). A scaling section repeats Wanda at three calibration sizes, three sequence lengths and
+several batch sizes. Writes <out>.json, <out>.md and a plot.
 
   python -m experiments.bench                                   # embedded model on this machine, fp32 and bf16
   python -m experiments.bench --shape llama2-7b --dtypes bfloat16 --nsamples 128 --seqlen 2048 --out results/bench-llama2-7b
@@ -36,8 +38,8 @@ from dlp.perplexity import CHUNK_TOKENS, window_losses
 from dlp.prune import prune_model
 from dlp.stats import SQNORM, LinearStats
 from dlp.structure import find_blocks
-from experiments.bench_profile import time_shares
 
+from .bench_profile import time_shares
 from .bench_report import render
 
 METHODS = [("wanda", "uniform"), ("wanda", "dlp"), ("wanda", "owl"), ("sparsegpt", "uniform")]
