@@ -85,12 +85,15 @@ class LinearStats:
 
     def hessian(self) -> torch.Tensor:
         """(2/N) Σ x xᵀ, a new tensor (the caller may change it)."""
-        return self.full_gram() * (2.0 / max(self.nsamples, 1))
+        return self.full_gram() * self._hessian_scale()
 
     def reversed_hessian(self) -> torch.Tensor:
         """J H J (rows and columns in reverse order), a new tensor with the same entries as `hessian()`:
         SparseGPT's factor starts from it, and building it straight from the Gram matrix saves holding H too."""
-        return self.full_gram().flip(0, 1).mul_(2.0 / max(self.nsamples, 1))
+        return self.full_gram().flip(0, 1).mul_(self._hessian_scale())
+
+    def _hessian_scale(self) -> float:
+        return 2.0 / max(self.nsamples, 1)
 
 
 def gram_block_edges(width: int) -> list[int]:

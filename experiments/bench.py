@@ -196,7 +196,8 @@ def bench_dtype(args, dtype: str, device: torch.device) -> dict:
     ablation = bench_ablation(args, subject, calib, eval_ids, device) if args.scaling else []
     return {"dtype": dtype, "peak": peak, "rss_base": base, "data": data, "batch_size": batch_size,
             "tokens": tokens, "eval_tokens": eval_tokens,
-            "phases": rows, "forward_time_shares": shares, "dense_ppl": dense_ppl, "methods": methods, "scaling": scaling, "ablation": ablation}
+            "phases": rows, "forward_time_shares": shares, "dense_ppl": dense_ppl, "methods": methods,
+            "scaling": scaling, "ablation": ablation}
 
 
 # From the reference code's way to ours, one change at a time (Wanda, uniform), and the perplexity loop.

@@ -7,7 +7,8 @@ On the embedded model here (2 cores, 2026-11-29), one block's Linears alone, at 
 91-93% of the 2048 x 2048 rate in float32 and 75-100% in bfloat16, yet they took only 62-65% of a forward
 pass (batch 3 float32, 2 bfloat16); the attention kernel took 15% and SiLU and the element-wise multiplies
 and adds of RMSNorm, RoPE and the residuals 20-23%: work the model defines, which an engine that replays the
-model's own layers does not change. So on this model a pass tops out near 60% of the peak.
+model's own layers does not change. So on this model a pass tops out near 60-65% of the peak (the full bench
+runs later put products at 53-70% of the time).
 """
 import torch
 from torch.profiler import ProfilerActivity, profile

@@ -236,8 +236,8 @@ def render(report: dict, figure: Path | None) -> str:
              f"perplexity on {s['eval_windows']} x {s['eval_seqlen']} tokens ({data['evaluation']}), batch "
              f"{s['eval_batch_size']}; pruning at {s['sparsity']:.0%} unstructured. GFLOP counted from the decoder's "
              "matrix shapes (dlp/flops.py: Linears and causal attention, element-wise work not counted); share of "
-             "peak = GFLOP/s over the n x n matmul rate measured in the same process just before (each method's process "
-             "measures its own). Memory: "
+             "peak = GFLOP/s over the n x n matmul rate measured in the same process just before (each method's "
+             "process measures its own). Memory: "
              + ("peak allocated on the GPU." if cuda else
                 "peak resident set, reset per phase, above a base taken after one load and release of the model "
                 "(Python, torch, transformers, the tokenizer and the model code in place: "

@@ -122,6 +122,23 @@ def test_forward_time_shares_split_the_whole_pass(family):
     assert time_shares(OnlyLinears(), torch.randint(0, 10, (2, 8)))["attention"] == 0
 
 
+def test_dtype_agreement_has_no_verdict_without_a_float32_run():
+    """--dtypes bfloat16 alone: "keeps perplexity within 1% of float32" cannot be judged, so it is neither met nor
+    missed; with a float32 run to compare with, the verdict follows the measured change."""
+    from experiments.bench_report import targets
+    report = {"settings": {"model": "smollm2-135m", "nsamples": 32, "seqlen": 512, "eval_windows": 64,
+                           "eval_seqlen": 512}, "machine": {"device": "cpu"},
+              "results": [{"dtype": "bfloat16", "methods": {},
+                           "phases": {"evaluation": {"share_of_peak": 0.5, "seconds": 20.0}}}]}
+
+    def verdict(worst):
+        line = next(t for t in targets(report, worst) if "keeps every perplexity" in t)
+        return line.rsplit("|", 2)[1].strip()
+    assert verdict({}) == "not checked"
+    assert verdict({"float32": 0.0, "bfloat16": 0.0141}) == "**missed**"
+    assert verdict({"float32": 0.0, "bfloat16": 0.004}) == "met"
+
+
 def test_opt_groups_found_by_the_engines_own_sharing():
     """OPT: q/k/v read one tensor; out_proj, fc1 and fc2 each their own (fc1 is not paired with anything)."""
     s = shapes(tiny_model("opt"))
