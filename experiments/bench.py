@@ -151,7 +151,9 @@ def base_after_warm_up(subject: Subject) -> int:
     return rss_bytes()
 
 
-def bench_dtype(args, dtype: str, device: torch.device) -> dict:
+def bench_dtype(args, dtype: str, device: torch.device, checkpoint=lambda partial: None) -> dict:
+    """Every phase and method in one dtype. `checkpoint` gets what is measured so far after the dense phases and
+    after each method (main writes it to disk, so a run cut short, a time-limited GPU lease say, keeps it)."""
     subject = Subject(args.model, args.shape, dtype, device, args.seed)
     peak = matmul_peak(DTYPES[dtype], device)
     # The base is the process with every library the run uses in place (one load and release first: the model
@@ -185,19 +187,22 @@ def bench_dtype(args, dtype: str, device: torch.device) -> dict:
     del model
     gc.collect()
     methods = {}
-    for criterion_name, allocation_name in METHODS:
+    partial = {"dtype": dtype, "peak": peak, "rss_base": base, "data": data, "batch_size": batch_size,
+               "tokens": tokens, "eval_tokens": eval_tokens, "phases": rows, "forward_time_shares": shares,
+               "dense_ppl": dense_ppl, "methods": methods, "scaling": [], "ablation": []}
+    checkpoint(partial)
+    for criterion_name, allocation_name in args.methods:
         fresh = Subject(args.model, args.shape, dtype, device, args.seed)  # no tokenizer to send along
         runs = [in_fresh_process(method_from_scratch, args, fresh, calib, eval_ids, criterion_name, allocation_name,
                                  s, device) for _ in range(args.repeats)]
         methods[f"{allocation_name}+{criterion_name}"] = median_repeat(runs)
         methods[f"{allocation_name}+{criterion_name}"]["floor"] = floors[criterion_name]
+        checkpoint(partial)
     # The scaling section and the one-change-at-a-time ablation run for one dtype only (--scaling-dtype).
-    scaling = bench_scaling(args, subject, s, device, base) if args.scaling else []
-    ablation = bench_ablation(args, subject, calib, eval_ids, device) if args.scaling else []
-    return {"dtype": dtype, "peak": peak, "rss_base": base, "data": data, "batch_size": batch_size,
-            "tokens": tokens, "eval_tokens": eval_tokens,
-            "phases": rows, "forward_time_shares": shares, "dense_ppl": dense_ppl, "methods": methods,
-            "scaling": scaling, "ablation": ablation}
+    if args.scaling:
+        partial["scaling"] = bench_scaling(args, subject, s, device, base)
+        partial["ablation"] = bench_ablation(args, subject, calib, eval_ids, device)
+    return partial
 
 
 # From the reference code's way to ours, one change at a time (Wanda, uniform), and the perplexity loop.
@@ -340,6 +345,21 @@ def batch_arg(text: str):
     return value
 
 
+def method_names() -> list[str]:
+    """METHODS as the report names them: allocation+criterion."""
+    return [f"{allocation}+{criterion}" for criterion, allocation in METHODS]
+
+
+def parse_methods(text: str) -> list[tuple[str, str]]:
+    """--methods: names from `method_names()`, in METHODS' order; an unknown one is a one-line error."""
+    asked = [m.strip() for m in text.split(",") if m.strip()]
+    unknown = [m for m in asked if m not in method_names()]
+    if unknown or not asked:
+        raise UserError(f"unknown method '{unknown[0] if unknown else text}'; choose from "
+                        f"{', '.join(method_names())}")
+    return [pair for pair, name in zip(METHODS, method_names()) if name in asked]
+
+
 def parse(argv):
     p = argparse.ArgumentParser(prog="python -m experiments.bench", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="smollm2-135m", help="alias, hub id or folder (default: the embedded model)")
@@ -354,6 +374,8 @@ def parse(argv):
     p.add_argument("--eval-seqlen", type=int, default=512)
     p.add_argument("--eval-batch-size", type=int, default=4)
     p.add_argument("--sparsity", type=float, default=0.5)
+    p.add_argument("--methods", default=",".join(method_names()), help="allocation+criterion pairs to run, "
+                   "comma-separated (default: all of them; a short GPU lease may skip some)")
     p.add_argument("--repeats", type=int, default=1, help="runs of each method, each in a fresh process; the "
                    "report keeps the one with the median x dense forward and lists the others' figures")
     p.add_argument("--seed", type=int, default=0)
@@ -377,6 +399,7 @@ def parse(argv):
                               else [1, 2, 8] + ([args.batch_size] if args.batch_size not in (1, 2, 8) else []))
     if not 0 <= args.sparsity < 1:
         raise UserError(f"sparsity must be in [0, 1) (got {args.sparsity})")
+    args.methods = parse_methods(args.methods)
     if args.repeats < 1:
         raise UserError(f"--repeats must be at least 1 (got {args.repeats})")
     return args
@@ -390,21 +413,28 @@ def main(argv=None) -> int:
         results = []
         scaling_dtype = args.scaling_dtype or args.dtypes[-1]
         scaling = args.scaling
-        for dtype in args.dtypes:
-            args.scaling = scaling and dtype == scaling_dtype
-            results.append(bench_dtype(args, dtype, device))
-        args.scaling = scaling
         from experiments.records import environment
+        out = Path(args.out)
+        partial_path = out.with_name(out.name + ".partial.json")
         report = {"machine": describe(device), "environment": environment(),
                   "settings": {k: v for k, v in vars(args).items() if k != "progress"},
-                  "subject": Subject(args.model, args.shape, "", device).describe(), "results": results,
-                  "wall_s": time.time() - started}
-        out = Path(args.out)
+                  "subject": Subject(args.model, args.shape, "", device).describe(), "results": results}
+
+        def checkpoint(current: dict) -> None:
+            write_json_atomic(partial_path, report | {"results": results + [current],
+                                                      "wall_s": time.time() - started, "complete": False})
+
+        for dtype in args.dtypes:
+            args.scaling = scaling and dtype == scaling_dtype
+            results.append(bench_dtype(args, dtype, device, checkpoint))
+        args.scaling = scaling
+        report["wall_s"] = time.time() - started
         write_json_atomic(out.with_suffix(".json"), report)
         figure = out.with_name(out.name + "-scaling.png")
         md = render(report, figure if any(r["scaling"] for r in results) else None)
         write_atomic(out.with_suffix(".md"), md.encode())
         print(md)
+        partial_path.unlink(missing_ok=True)  # the whole report is written: the checkpoint has done its job
         print(f"wrote {out.with_suffix('.json')} and {out.with_suffix('.md')}")
         return 0
     except UserError as exc:

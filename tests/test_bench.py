@@ -139,6 +139,82 @@ def test_dtype_agreement_has_no_verdict_without_a_float32_run():
     assert verdict({"float32": 0.0, "bfloat16": 0.004}) == "met"
 
 
+def test_gpu_targets_judge_seconds_and_peak_memory_over_the_weights():
+    """On a GPU report of the LLaMA-2-7B shape at 128 x 2048 in bf16, the issue's GPU targets are checked: seconds
+    of allocation + prune (Wanda 20, DLP 30, SparseGPT 90), and the larger peak of allocation and prune against
+    weights + 6 GiB. The same figures from a CPU run, or another shape, are not judged by them."""
+    from experiments.bench_report import targets
+    gib, weights = 2 ** 30, 13 * 2 ** 30
+
+    def method(seconds, prune_peak, allocation_peak=None):
+        phases = {"statistics": {"share_of_peak": 0.7}, "replay": {"share_of_peak": 0.7},
+                  "prune": {"memory": {"cuda_peak": prune_peak}}}
+        if allocation_peak:
+            phases["allocation"] = {"memory": {"cuda_peak": allocation_peak}}
+        return {"allocation_plus_prune_s": seconds, "times_dense_forward": 2.0, "phases": phases,
+                "floor": {"weights": weights, "total": weights + 5 * gib}}
+
+    def report(device, shape):
+        return {"settings": {"model": "smollm2-135m", "shape": shape, "nsamples": 128, "seqlen": 2048,
+                             "eval_windows": 32, "eval_seqlen": 2048}, "machine": {"device": device},
+                "results": [{"dtype": "bfloat16", "phases": {"evaluation": {"share_of_peak": 0.7, "seconds": 3.0}},
+                             "methods": {"uniform+wanda": method(18.0, weights + 5.5 * gib),
+                                         "dlp+wanda": method(31.0, weights + 5 * gib, weights + 6.5 * gib),
+                                         "uniform+sparsegpt": method(60.0, weights + 7 * gib)}}]}
+
+    rows = {t.split("|")[1].strip(): (t.split("|")[2].strip(), t.split("|")[3].strip())
+            for t in targets(report("cuda:0", "llama2-7b"), {}) if t.startswith("| ") and "<=" in t}
+    assert rows["uniform+wanda (allocation included, load excluded) <= 20 s"] == ("18.0 s", "met")
+    assert rows["dlp+wanda (allocation included, load excluded) <= 30 s"] == ("31.0 s", "**missed**")
+    assert rows["uniform+sparsegpt (allocation included, load excluded) <= 90 s"] == ("60.0 s", "met")
+    assert rows["uniform+wanda: peak GPU memory <= weights + 6 GiB"] == ("weights + 5.50 GiB", "met")
+    assert rows["dlp+wanda: peak GPU memory <= weights + 6 GiB"] == ("weights + 6.50 GiB", "**missed**")  # allocation's
+    assert rows["uniform+sparsegpt: peak GPU memory <= weights + 6 GiB"] == ("weights + 7.00 GiB", "**missed**")
+    for device, shape in (("cpu", "llama2-7b"), ("cuda:0", "tiny")):
+        assert not any("GPU memory" in t or "load excluded" in t for t in targets(report(device, shape), {}))
+
+
+def test_methods_option_picks_a_subset_in_the_benchs_order(capsys):
+    args = bench.parse(["--methods", "uniform+sparsegpt, uniform+wanda"])
+    assert args.methods == [("wanda", "uniform"), ("sparsegpt", "uniform")]
+    assert bench.parse([]).methods == bench.METHODS
+    assert bench.main(["--methods", "uniform+wanda,alpha+wanda"]) == 2
+    assert capsys.readouterr().err.strip() == ("error: unknown method 'alpha+wanda'; choose from uniform+wanda, "
+                                               "dlp+wanda, owl+wanda, uniform+sparsegpt")
+
+
+def test_a_run_cut_short_leaves_a_partial_report_with_what_it_measured(tmp_path, monkeypatch, capsys):
+    """A time-limited GPU lease may end mid-run: after the dense phases and after each method the bench writes
+    OUT.partial.json, which `python -m experiments.bench_report` renders; a finished run removes it."""
+    from experiments import bench_report
+    monkeypatch.setenv("DLP_CACHE", str(tmp_path / "cache"))
+
+    def in_this_process(fn, *args):  # no fresh process, and SparseGPT "fails" (as a run killed there would stop)
+        if args[4] == "sparsegpt":
+            raise RuntimeError("cut short")
+        return fn(*args)
+    monkeypatch.setattr(bench, "in_fresh_process", in_this_process)
+    out = tmp_path / "bench"
+    argv = ["--shape", "tiny", "--dtypes", "float32", "--nsamples", "2", "--seqlen", "16", "--eval-windows", "1",
+            "--eval-seqlen", "16", "--no-scaling", "--no-progress", "--out", str(out),
+            "--methods", "uniform+wanda,uniform+sparsegpt"]
+    with pytest.raises(RuntimeError, match="cut short"):
+        bench.main(argv)
+    partial = tmp_path / "bench.partial.json"
+    report = json.loads(partial.read_text())
+    assert report["complete"] is False and not out.with_suffix(".json").exists()
+    assert list(report["results"][0]["methods"]) == ["uniform+wanda"]  # the method that finished, whole
+    assert report["results"][0]["methods"]["uniform+wanda"]["ppl"] > 1
+    assert bench_report.main([str(partial), str(tmp_path / "partial.md")]) == 0
+    md = (tmp_path / "partial.md").read_text()
+    assert "**Partial**" in md and "| uniform+wanda | prune (all blocks) |" in md and "uniform+sparsegpt" not in md
+
+    monkeypatch.setattr(bench, "in_fresh_process", lambda fn, *args: fn(*args))
+    assert bench.main(argv) == 0
+    assert not partial.exists() and "**Partial**" not in out.with_suffix(".md").read_text()
+    capsys.readouterr()
+
+
 def test_opt_groups_found_by_the_engines_own_sharing():
     """OPT: q/k/v read one tensor; out_proj, fc1 and fc2 each their own (fc1 is not paired with anything)."""
     s = shapes(tiny_model("opt"))
