@@ -301,7 +301,11 @@ def main(argv=None) -> int:
     if not 1 <= len(args) <= 2:
         print("usage: python -m experiments.bench_report RUN.json [OUT.md]", file=sys.stderr)
         return 2
-    md = render(json.loads(Path(args[0]).read_text()), None)
+    try:
+        md = render(json.loads(Path(args[0]).read_text()), None)
+    except (OSError, ValueError, KeyError, TypeError) as exc:  # missing, truncated or not a bench report
+        print(f"error: cannot render {args[0]}: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 2
     if len(args) == 2:
         from dlp.io import write_atomic
         write_atomic(Path(args[1]), md.encode())

@@ -208,6 +208,10 @@ def test_a_run_cut_short_leaves_a_partial_report_with_what_it_measured(tmp_path,
     assert bench_report.main([str(partial), str(tmp_path / "partial.md")]) == 0
     md = (tmp_path / "partial.md").read_text()
     assert "**Partial**" in md and "| uniform+wanda | prune (all blocks) |" in md and "uniform+sparsegpt" not in md
+    (tmp_path / "cut.json").write_text(partial.read_text()[:100])  # a file cut mid-write elsewhere
+    capsys.readouterr()
+    assert bench_report.main([str(tmp_path / "cut.json")]) == 2
+    assert capsys.readouterr().err.startswith(f"error: cannot render {tmp_path / 'cut.json'}: JSONDecodeError")
 
     monkeypatch.setattr(bench, "in_fresh_process", lambda fn, *args: fn(*args))
     assert bench.main(argv) == 0
