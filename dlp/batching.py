@@ -32,11 +32,17 @@ def working_set_per_token(config, dtype: torch.dtype, seqlen: int) -> int:
     return per_token
 
 
-def floor_bytes(model: nn.Module, nsamples: int, seqlen: int) -> int:
-    """Weights plus one block's calibration activations in and out: what a walk must hold whatever the batch."""
+def floor_parts(model: nn.Module, nsamples: int, seqlen: int) -> dict[str, int]:
+    """Bytes of the weights and of one block's calibration activations in and out (the benchmark reports
+    them apart, beside the statistics)."""
     weights = sum(p.numel() * p.element_size() for p in model.parameters())
     elt = next(model.parameters()).element_size()
-    return weights + 2 * nsamples * seqlen * model.config.hidden_size * elt
+    return {"weights": weights, "activations": 2 * nsamples * seqlen * model.config.hidden_size * elt}
+
+
+def floor_bytes(model: nn.Module, nsamples: int, seqlen: int) -> int:
+    """Weights plus one block's calibration activations in and out: what a walk must hold whatever the batch."""
+    return sum(floor_parts(model, nsamples, seqlen).values())
 
 
 def auto_batch_size(model: nn.Module, nsamples: int, seqlen: int) -> int:

@@ -27,7 +27,7 @@ import torch
 
 from baselines.allocations import make_allocator
 from baselines.criteria import make_criterion
-from dlp.batching import AUTO, check_batch_size, resolve_batch_size
+from dlp.batching import AUTO, check_batch_size, floor_parts, resolve_batch_size
 from dlp.errors import UserError
 from dlp.flops import forward_flops, shapes, sparsegpt_flops, statistics_flops
 from dlp.io import write_atomic, write_json_atomic
@@ -100,12 +100,10 @@ def evaluation_tokens(subject: Subject, model, eval_windows: int, eval_seqlen: i
 
 
 def floor_bytes(model, s, nsamples: int, seqlen: int, needs: frozenset) -> dict:
-    elt = next(model.parameters()).element_size()
-    weights = sum(p.numel() * p.element_size() for p in model.parameters())
-    activations = 2 * nsamples * seqlen * s.hidden * elt
+    """The memory floor of a walk, by part: dlp.batching's weights and activations, plus one block's statistics."""
+    parts = floor_parts(model, nsamples, seqlen)
     stats = sum(LinearStats.nbytes(c, needs) for c in s.gram_inputs)
-    return {"weights": weights, "activations": activations, "statistics": stats,
-            "total": weights + activations + stats}
+    return {**parts, "statistics": stats, "total": sum(parts.values()) + stats}
 
 
 def _memory(m: dict, base: int, device: torch.device) -> dict:
@@ -352,12 +350,12 @@ def method_names() -> list[str]:
 
 def parse_methods(text: str) -> list[tuple[str, str]]:
     """--methods: names from `method_names()`, in METHODS' order; an unknown one is a one-line error."""
+    names = method_names()
     asked = [m.strip() for m in text.split(",") if m.strip()]
-    unknown = [m for m in asked if m not in method_names()]
+    unknown = [m for m in asked if m not in names]
     if unknown or not asked:
-        raise UserError(f"unknown method '{unknown[0] if unknown else text}'; choose from "
-                        f"{', '.join(method_names())}")
-    return [pair for pair, name in zip(METHODS, method_names()) if name in asked]
+        raise UserError(f"unknown method '{unknown[0] if unknown else text}'; choose from {', '.join(names)}")
+    return [pair for pair, name in zip(METHODS, names) if name in asked]
 
 
 def parse(argv):
