@@ -8,6 +8,10 @@ next inputs and the second pass is skipped.
 
 Transformers 5 calls decoder layers with keyword arguments (`position_embeddings`, masks, cache flags) and
 they return a tensor. We capture those kwargs at the first block, per batch, and replay them unchanged.
+
+A float32 model with a compute dtype (dlp.compute_dtype) runs each block pass under autocast; the context is
+opened per pass, never across a visit, because autocast keeps the lower-precision copies of the weights it
+has cast until it exits (the replay must see the pruned weights).
 """
 import time
 from dataclasses import dataclass, field
@@ -18,6 +22,7 @@ import torch.nn as nn
 from tqdm.auto import tqdm
 
 from .batching import AUTO, resolve_batch_size
+from .compute_dtype import compute_dtype_of, computing
 from .stats import LinearStats, attach
 from .structure import BlockLayout, find_blocks, find_linears
 
@@ -97,15 +102,17 @@ def capture_inputs(model: nn.Module, layout: BlockLayout, calib_ids: torch.Tenso
 
 
 def run_block(block: nn.Module, inputs: torch.Tensor, kwargs_per_batch: list[dict], batch_size: int,
-              out: torch.Tensor | None) -> None:
-    """Forward every batch through one block; write the outputs into `out` when given."""
+              out: torch.Tensor | None, compute_dtype: torch.dtype | None = None) -> None:
+    """Forward every batch through one block (under autocast to `compute_dtype` when given); write the outputs
+    into `out` when given."""
     device = _device_of(block)
-    for b, start in enumerate(range(0, inputs.shape[0], batch_size)):
-        x = inputs[start:start + batch_size].to(device)
-        y = block(x, **_move(kwargs_per_batch[b], device))
-        y = y[0] if isinstance(y, tuple) else y  # transformers < 5 returned a tuple
-        if out is not None:
-            out[start:start + batch_size] = y.to(out.device)
+    with computing(compute_dtype, device):  # one context per pass: the block's weights cast once
+        for b, start in enumerate(range(0, inputs.shape[0], batch_size)):
+            x = inputs[start:start + batch_size].to(device)
+            y = block(x, **_move(kwargs_per_batch[b], device))
+            y = y[0] if isinstance(y, tuple) else y  # transformers < 5 returned a tuple
+            if out is not None:
+                out[start:start + batch_size] = y.to(out.device)
 
 
 # A visitor gets (block index, block, its Linears, their statistics) and returns True if it changed the block.
@@ -129,13 +136,14 @@ def walk(model: nn.Module, calib_ids: torch.Tensor, visit: Visitor, needs: froze
     cap = capture_inputs(model, layout, calib_ids, batch_size)
     result.timings["capture"] = time.perf_counter() - t0
     inputs, outputs = cap.inputs, torch.empty_like(cap.inputs)
+    compute = compute_dtype_of(model)
     times = {"statistics": 0.0, "visit": 0.0, "replay": 0.0}
     for index, block in enumerate(tqdm(layout.blocks, desc=desc, disable=not progress)):
         linears = find_linears(block)
         stats, handles = attach(linears, needs, share=share_stats, seqlen=inputs.shape[1])
         t = time.perf_counter()
         try:
-            run_block(block, inputs, cap.kwargs, batch_size, out=outputs)
+            run_block(block, inputs, cap.kwargs, batch_size, out=outputs, compute_dtype=compute)
         finally:
             for h in handles:
                 h.remove()
@@ -148,7 +156,7 @@ def walk(model: nn.Module, calib_ids: torch.Tensor, visit: Visitor, needs: froze
         del stats
         if changed:
             t = time.perf_counter()
-            run_block(block, inputs, cap.kwargs, batch_size, out=outputs)
+            run_block(block, inputs, cap.kwargs, batch_size, out=outputs, compute_dtype=compute)
             times["replay"] += time.perf_counter() - t
         inputs, outputs = outputs, inputs  # this block's outputs are the next block's inputs
     result.timings.update(times)

@@ -5,6 +5,7 @@ from pathlib import Path
 import torch
 
 from . import embedded
+from .compute_dtype import check_compute_dtype, set_compute_dtype
 from .errors import UserError
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -30,12 +31,15 @@ def resolve_source(path: str) -> tuple[str, dict]:
     return path, {"source": "huggingface-hub", "id": path}  # a hub id such as meta-llama/Llama-2-7b-hf
 
 
-def load_model(path: str, dtype: str = "float32", device: str = "auto", device_map=None):
-    """Returns (model, tokenizer, provenance). `device_map` (e.g. "auto") spreads a large model on GPUs."""
+def load_model(path: str, dtype: str = "float32", device: str = "auto", device_map=None,
+               compute_dtype: str | None = None):
+    """Returns (model, tokenizer, provenance). `device_map` (e.g. "auto") spreads a large model on GPUs;
+    `compute_dtype` (float32 weights only) runs its forward passes under autocast (dlp.compute_dtype)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if dtype not in DTYPES:
         raise UserError(f"unknown dtype '{dtype}'; choose one of {', '.join(DTYPES)}")
+    check_compute_dtype(compute_dtype, dtype)
     source, prov = resolve_source(path)
     kwargs = {"dtype": DTYPES[dtype]}
     if device_map:
@@ -56,4 +60,5 @@ def load_model(path: str, dtype: str = "float32", device: str = "auto", device_m
         model.to(resolve_device(device))
     model.eval()
     model.config.use_cache = False
+    set_compute_dtype(model, compute_dtype)
     return model, tokenizer, prov

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from .compute_dtype import compute_dtype_of, computing
 from .data.corpora import Corpus
 from .errors import UserError
 
@@ -42,15 +43,17 @@ def window_losses(model, ids: torch.Tensor, seqlen: int, max_windows: int | None
     windows = ids[: n * seqlen].view(n, seqlen)
     device = model.get_input_embeddings().weight.device
     losses = []
-    for start in tqdm(range(0, n, batch_size), desc="perplexity", disable=not progress):
-        batch = windows[start:start + batch_size].to(device)
-        if chunk_tokens is None:
-            logits = model(input_ids=batch, use_cache=False).logits
-            token_losses = F.cross_entropy(logits[:, :-1].float().reshape(-1, logits.shape[-1]),
-                                           batch[:, 1:].reshape(-1), reduction="none")
-        else:
-            token_losses = _chunked_losses(model, batch, chunk_tokens)
-        losses.append(token_losses.view(batch.shape[0], -1).mean(1).cpu())
+    # A compute dtype (dlp.compute_dtype) runs the forward passes under autocast; the losses stay float32.
+    with computing(compute_dtype_of(model), device):
+        for start in tqdm(range(0, n, batch_size), desc="perplexity", disable=not progress):
+            batch = windows[start:start + batch_size].to(device)
+            if chunk_tokens is None:
+                logits = model(input_ids=batch, use_cache=False).logits
+                token_losses = F.cross_entropy(logits[:, :-1].float().reshape(-1, logits.shape[-1]),
+                                               batch[:, 1:].reshape(-1), reduction="none")
+            else:
+                token_losses = _chunked_losses(model, batch, chunk_tokens)
+            losses.append(token_losses.view(batch.shape[0], -1).mean(1).cpu())
     return torch.cat(losses)
 
 

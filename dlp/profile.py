@@ -12,6 +12,7 @@ import torch
 
 from baselines.criteria.wanda import wanda_scores
 
+from .compute_dtype import compute_dtype_of
 from .engine import walk
 from .io import sha256_bytes, write_json_atomic
 from .paths import cache_dir
@@ -58,6 +59,9 @@ def profile_key(model_id: dict, calib_ids: torch.Tensor, outlier_m: float) -> st
 def cached_profile(model, calib_ids, model_id: dict, outlier_m: float, batch_size: int | str,
                    progress: bool = True) -> tuple[list[dict], bool]:
     """(profile, from_cache). A corrupt cache file is reported in one line and recomputed."""
+    compute = compute_dtype_of(model)
+    if compute is not None:  # passes under autocast give other scores; named only when set, so that the
+        model_id = {**model_id, "compute_dtype": str(compute).removeprefix("torch.")}  # old keys stay valid
     path = Path(cache_dir()) / "profiles" / f"{profile_key(model_id, calib_ids, outlier_m)}.json"
     if path.exists():
         try:

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
+from .compute_dtype import full_precision
 from .precision import exact_reduced_precision_products
 
 SQNORM = "sqnorm"
@@ -132,7 +133,8 @@ def attach(linears: dict[str, nn.Linear], needs: frozenset, share: bool = True,
         if name in shared:
             return
         last["x"], last["stats"] = x, stats[name]
-        stats[name].add(x.detach())
+        with full_precision(x.device):  # under a compute dtype's autocast, addmm would round to it
+            stats[name].add(x.detach())
 
     for name, layer in linears.items():
         stats[name] = LinearStats(layer.in_features, layer.weight.device, needs, seqlen=seqlen)

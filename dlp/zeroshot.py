@@ -9,6 +9,7 @@ The mean over tasks uses `acc`, as the Wanda paper does; acc_norm is recorded be
 import functools
 import math
 
+from .compute_dtype import compute_dtype_of, computing
 from .errors import UserError
 from .hub import hub_reachable
 
@@ -60,8 +61,10 @@ def evaluate_zeroshot(model, tokenizer, tasks: list[str], limit: int | None = No
 
     task_objects, data = _load_tasks(list(tasks), source)
     lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, add_bos_token=add_bos_token)
-    out = simple_evaluate(model=lm, tasks=list(task_objects.values()), num_fewshot=0, limit=limit,
-                          bootstrap_iters=1000, log_samples=False)
+    # A compute dtype (dlp.compute_dtype) runs the harness's forward passes under autocast, as perplexity does.
+    with computing(compute_dtype_of(model), next(model.parameters()).device):
+        out = simple_evaluate(model=lm, tasks=list(task_objects.values()), num_fewshot=0, limit=limit,
+                              bootstrap_iters=1000, log_samples=False)
     per_task = {}
     for name in tasks:
         r = out["results"][name]

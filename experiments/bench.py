@@ -10,7 +10,7 @@ the median of N such processes). The parent also profiles where one batch's dens
 (bench_profile). A scaling section repeats Wanda at three calibration sizes, three sequence lengths and
 several batch sizes. Writes <out>.json, <out>.md and a plot.
 
-  python -m experiments.bench                                   # embedded model on this machine, fp32 and bf16
+  python -m experiments.bench                                   # embedded model on this machine: fp32, bf16, mixed
   python -m experiments.bench --shape llama2-7b --dtypes bfloat16 --nsamples 128 --seqlen 2048 --out results/bench-llama2-7b
 """
 import argparse
@@ -28,6 +28,7 @@ import torch
 from baselines.allocations import make_allocator
 from baselines.criteria import make_criterion
 from dlp.batching import AUTO, check_batch_size, floor_parts, resolve_batch_size
+from dlp.compute_dtype import set_compute_dtype
 from dlp.errors import UserError
 from dlp.flops import forward_flops, shapes, sparsegpt_flops, statistics_flops
 from dlp.io import write_atomic, write_json_atomic
@@ -52,6 +53,18 @@ SHAPES = {
 }
 
 
+# A bench "dtype" is the weights' dtype, or MIXED: float32 weights whose forward passes run under bfloat16
+# autocast (model.compute_dtype=bfloat16, dlp/compute_dtype.py); statistics, criteria and weights stay float32.
+MIXED = "mixed"
+PRECISIONS = {**{name: (name, None) for name in DTYPES}, MIXED: ("float32", "bfloat16")}
+
+
+def products_dtype(name: str) -> torch.dtype:
+    """The dtype the passes multiply in, whose matmul peak their share is measured against."""
+    weights, compute = PRECISIONS[name]
+    return DTYPES[compute or weights]
+
+
 class Subject:
     """The model under test: a named model (loaded afresh for each method) or a random one of a given shape."""
 
@@ -60,16 +73,18 @@ class Subject:
         self.tokenizer = None
 
     def load(self):
+        weights, compute = PRECISIONS[self.dtype]
         if self.shape:
             from transformers import AutoConfig, AutoModelForCausalLM
             cfg = AutoConfig.for_model(**SHAPES[self.shape])
             torch.manual_seed(self.seed)
             with torch.device(self.device):
-                model = AutoModelForCausalLM.from_config(cfg, dtype=DTYPES[self.dtype])
+                model = AutoModelForCausalLM.from_config(cfg, dtype=DTYPES[weights])
             model.eval()
             model.config.use_cache = False
+            set_compute_dtype(model, compute)
             return model
-        model, self.tokenizer, _ = load_model(self.model, self.dtype, str(self.device))
+        model, self.tokenizer, _ = load_model(self.model, weights, str(self.device), compute_dtype=compute)
         return model
 
     def describe(self) -> str:
@@ -153,7 +168,7 @@ def bench_dtype(args, dtype: str, device: torch.device, checkpoint=lambda partia
     """Every phase and method in one dtype. `checkpoint` gets what is measured so far after the dense phases and
     after each method (main writes it to disk, so a run cut short, a time-limited GPU lease say, keeps it)."""
     subject = Subject(args.model, args.shape, dtype, device, args.seed)
-    peak = matmul_peak(DTYPES[dtype], device)
+    peak = matmul_peak(products_dtype(dtype), device)
     # The base is the process with every library the run uses in place (one load and release first: the model
     # code, tokenizer and converters that a load imports take ~160 MiB here and stay). Memory below is counted
     # above it, so the peak compares with the floor (data only); the JSON keeps the absolute peaks too.
@@ -265,7 +280,7 @@ def method_from_scratch(args, subject: Subject, calib, eval_ids, criterion_name,
     against the parent's peak, one run's passes reached 79% in a fast spell that began after it), the same base
     as the parent's (one load and release first), then a fresh model, its dense yardstick, allocation, prune
     and perplexity."""
-    peak = matmul_peak(DTYPES[subject.dtype], device)
+    peak = matmul_peak(products_dtype(subject.dtype), device)
     base = base_after_warm_up(subject)
     model = subject.load()
     out = bench_method(args, model, calib, eval_ids, criterion_name, allocation_name, s, peak["gflops"], base,
@@ -362,7 +377,8 @@ def parse(argv):
     p = argparse.ArgumentParser(prog="python -m experiments.bench", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="smollm2-135m", help="alias, hub id or folder (default: the embedded model)")
     p.add_argument("--shape", choices=sorted(SHAPES), help="a random-weight model of this shape instead of --model")
-    p.add_argument("--dtypes", default="float32,bfloat16")
+    p.add_argument("--dtypes", default="float32,bfloat16,mixed", help="weights' dtypes, and mixed: float32 "
+                   "weights with passes under bfloat16 autocast (model.compute_dtype=bfloat16)")
     p.add_argument("--device", default="auto")
     p.add_argument("--nsamples", type=int, default=32)
     p.add_argument("--seqlen", type=int, default=512)
@@ -387,8 +403,8 @@ def parse(argv):
     args = p.parse_args(argv)
     args.dtypes = [d.strip() for d in args.dtypes.split(",") if d.strip()]
     for d in args.dtypes:
-        if d not in DTYPES:
-            raise UserError(f"unknown dtype '{d}'; choose from {', '.join(DTYPES)}")
+        if d not in PRECISIONS:
+            raise UserError(f"unknown dtype '{d}'; choose from {', '.join(PRECISIONS)}")
     args.scale_nsamples = ([int(x) for x in args.scale_nsamples.split(",")] if args.scale_nsamples
                            else [max(1, args.nsamples // 2), args.nsamples, 2 * args.nsamples])
     args.scale_seqlens = ([int(x) for x in args.scale_seqlens.split(",")] if args.scale_seqlens

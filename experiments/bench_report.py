@@ -276,7 +276,11 @@ def render(report: dict, figure: Path | None) -> str:
              ""]
     for r in report["results"]:
         lines += [f"## {r['dtype']}: matmul peak {r['peak']['gflops']:,.0f} GFLOP/s "
-                  f"({r['peak']['n']} x {r['peak']['n']})", ""]
+                  f"({r['peak']['n']} x {r['peak']['n']}{', bfloat16' if r['dtype'] == 'mixed' else ''})", ""]
+        if r["dtype"] == "mixed":
+            lines += ["Mixed: float32 weights whose forward passes (allocation, statistics, replay, perplexity) run "
+                      "under bfloat16 autocast (`model.compute_dtype=bfloat16`, dlp/compute_dtype.py); the "
+                      "residual stream, statistics, criteria and the pruned weights stay float32.", ""]
         lines += phase_table(r, cuda) + [""] + time_share_line(r) + method_tables(r, cuda) + [""]
         if not r["methods"]:
             continue

@@ -9,6 +9,7 @@ from baselines.allocations import make_allocator
 from baselines.criteria import make_criterion
 from baselines.criteria.pattern import check_sparsity, parse_pattern
 from dlp.batching import check_batch_size, resolve_batch_size
+from dlp.compute_dtype import check_compute_dtype
 from dlp.data import corpora
 from dlp.data.calibration import calibration_windows
 from dlp.errors import UserError
@@ -30,6 +31,7 @@ def params(section: dict) -> dict:
 def validate(cfg: dict) -> None:
     """Cheap checks first, so bad input fails before minutes of loading."""
     check_sparsity(cfg["sparsity"])
+    check_compute_dtype(cfg["model"].get("compute_dtype"), cfg["model"].get("dtype", "float32"))
     if cfg.get("preset") not in PRESETS:
         raise UserError(f"unknown preset '{cfg.get('preset')}'; choose one of {', '.join(PRESETS)}")
     if not records.is_dense(cfg):
@@ -57,7 +59,7 @@ def execute(cfg: dict) -> dict:
     torch.manual_seed(cfg["seed"])
     m = cfg["model"]
     model, tokenizer, model_prov = load_model(m["path"], m.get("dtype", "float32"), m.get("device", "auto"),
-                                              m.get("device_map"))
+                                              m.get("device_map"), m.get("compute_dtype"))
     timings["load"] = time.perf_counter() - t
     record = {"model_provenance": model_prov, "data": {}}
 

@@ -24,6 +24,9 @@ def is_dense(cfg: dict) -> bool:
 
 def key_payload(cfg: dict) -> dict:
     payload = {k: v for k, v in cfg.items() if k not in NOT_IN_KEY}
+    if isinstance(payload.get("model"), dict) and payload["model"].get("compute_dtype") is None:
+        # compute_dtype: null is how every run was made before the option existed: their keys stay the same
+        payload["model"] = {k: v for k, v in payload["model"].items() if k != "compute_dtype"}
     if not (payload.get("zeroshot") or {}).get("enabled"):
         payload.pop("zeroshot", None)  # perplexity-only runs keep the keys they had before zero-shot existed
     if is_dense(payload):  # every way of asking for the dense model shares one record

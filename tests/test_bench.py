@@ -43,10 +43,14 @@ def test_bench_end_to_end_on_a_tiny_random_model(tmp_path, monkeypatch):
     out = tmp_path / "bench"
     code = bench.main(["--shape", "tiny", "--nsamples", "4", "--seqlen", "32", "--eval-windows", "2",
                        "--eval-seqlen", "32", "--scale-nsamples", "2,4", "--scale-seqlens", "16,32",
-                       "--out", str(out), "--no-progress"])
+                       "--dtypes", "float32,mixed", "--out", str(out), "--no-progress"])
     assert code == 0
     report = json.loads(out.with_suffix(".json").read_text())
-    assert [r["dtype"] for r in report["results"]] == ["float32", "bfloat16"]
+    assert [r["dtype"] for r in report["results"]] == ["float32", "mixed"]
+    mixed = report["results"][1]
+    # Mixed runs float32 weights under bfloat16 autocast: float32's batch (same activations), bfloat16's products.
+    assert mixed["batch_size"] == report["results"][0]["batch_size"]
+    assert all(mixed["methods"][n]["ppl"] != m["ppl"] for n, m in report["results"][0]["methods"].items())
     fp32 = report["results"][0]
     assert set(fp32["methods"]) == {"uniform+wanda", "dlp+wanda", "owl+wanda", "uniform+sparsegpt"}
     for m in fp32["methods"].values():
@@ -68,14 +72,14 @@ def test_bench_end_to_end_on_a_tiny_random_model(tmp_path, monkeypatch):
     assert [a["what"] for a in report["results"][1]["ablation"]] == ["Wanda prune"] * 5 + ["evaluation"] * 2
     assert "## One change at a time" in out.with_suffix(".md").read_text()
     md = out.with_suffix(".md").read_text()
-    assert "## Targets (issue 5)" in md and "## Perplexity in each dtype" in md
+    assert "## Targets (issue 5)" in md and "## Perplexity in each dtype" in md and "Mixed: float32 weights" in md
     assert "Where one batch's dense forward pass spends its time" in md
     assert (tmp_path / "bench-scaling.png").stat().st_size > 0
 
 
 def test_bench_bad_input_is_one_line(capsys):
     assert bench.main(["--dtypes", "float64"]) == 2
-    assert capsys.readouterr().err.strip() == "error: unknown dtype 'float64'; choose from float32, bfloat16, float16"
+    assert capsys.readouterr().err.strip() == "error: unknown dtype 'float64'; choose from float32, bfloat16, float16, mixed"
 
 
 def test_bench_repeats_below_one_is_one_line(capsys):

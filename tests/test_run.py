@@ -58,6 +58,8 @@ def test_dense_is_one_record_however_asked(workspace):
     (["criterion=bogus"], "criterion"),
     (["data.batch_size=0"], "batch_size must be a positive integer or 'auto', got 0"),
     (["data.batch_size=lots"], "batch_size must be a positive integer or 'auto', got 'lots'"),
+    (["model.compute_dtype=int8"], "unknown compute_dtype 'int8'"),
+    (["model.dtype=bfloat16", "model.compute_dtype=bfloat16"], "compute_dtype=bfloat16 needs dtype=float32"),
 ])
 def test_bad_input_is_one_clear_line(workspace, overrides, message):
     result = cli(workspace, *overrides)
@@ -121,3 +123,19 @@ def test_forced_rerun_that_fails_keeps_the_finished_record(workspace, tmp_path):
     with pytest.raises(UserError, match="not found"):
         pipeline.run({**cfg, "force": True})
     assert path.read_bytes() == before
+
+
+def test_compute_dtype_is_its_own_run(workspace):
+    """model.compute_dtype=bfloat16 runs the passes under autocast (dlp.compute_dtype): a record of its own,
+    float32 weights pruned to the target, perplexity near float32's but not equal to it."""
+    from experiments import pipeline
+    from experiments.config import compose_config
+
+    base = tiny_overrides(workspace) + ["criterion=sparsegpt", "allocation=dlp", "sparsity=0.5"]
+    path32, rec32, _ = pipeline.run(compose_config(base))
+    path16, rec16, _ = pipeline.run(compose_config(base + ["model.compute_dtype=bfloat16"]))
+    assert path16 != path32 and rec16["status"] == "ok"
+    assert rec16["config"]["model"]["compute_dtype"] == "bfloat16"
+    assert rec16["sparsity"]["target_met"]
+    assert rec16["metrics"]["ppl"] != rec32["metrics"]["ppl"]
+    assert abs(rec16["metrics"]["ppl"] / rec32["metrics"]["ppl"] - 1) < 0.05
