@@ -9,7 +9,9 @@ The mean over tasks uses `acc`, as the Wanda paper does; acc_norm is recorded be
 import functools
 import math
 
-from .compute_dtype import compute_dtype_of, computing
+import torch
+
+from .compute_dtype import compute_dtype_of
 from .errors import UserError
 from .hub import hub_reachable
 
@@ -60,11 +62,15 @@ def evaluate_zeroshot(model, tokenizer, tasks: list[str], limit: int | None = No
     from lm_eval.models.huggingface import HFLM
 
     task_objects, data = _load_tasks(list(tasks), source)
-    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, add_bos_token=add_bos_token)
+    compute = compute_dtype_of(model)
     # A compute dtype (dlp.compute_dtype) runs the harness's forward passes under autocast, as perplexity does.
-    with computing(compute_dtype_of(model), next(model.parameters()).device):
-        out = simple_evaluate(model=lm, tasks=list(task_objects.values()), num_fewshot=0, limit=limit,
-                              bootstrap_iters=1000, log_samples=False)
+    # The harness opens its own autocast context around each forward (switched off unless told), so it is told;
+    # autocast leaves log_softmax in bfloat16 (3 significant digits), so log-likelihoods are taken in float32.
+    precision = {"mixed_precision_dtype": compute, "softmax_dtype": torch.float32} if compute is not None else {}
+    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, add_bos_token=add_bos_token,
+              **precision)
+    out = simple_evaluate(model=lm, tasks=list(task_objects.values()), num_fewshot=0, limit=limit,
+                          bootstrap_iters=1000, log_samples=False)
     per_task = {}
     for name in tasks:
         r = out["results"][name]

@@ -42,3 +42,28 @@ def test_unknown_task():
     from dlp.errors import UserError
     with pytest.raises(UserError, match="unknown zero-shot task"):
         evaluate_zeroshot(tiny_model(), char_tokenizer(), ["mmlu_pro_x"], limit=1, source="local")
+
+
+def test_compute_dtype_runs_the_harness_under_autocast_with_float32_log_likelihoods(monkeypatch):
+    """With model.compute_dtype the harness's forward passes run in bfloat16 (the output layer's logits are
+    bfloat16), while its log-softmax, which autocast would leave in bfloat16, is taken in float32."""
+    import torch
+    import torch.nn.functional as F
+
+    from dlp.compute_dtype import set_compute_dtype
+    model = tiny_model("llama")
+    model.config.max_position_embeddings = 4096
+    set_compute_dtype(model, "bfloat16")
+    logits, log_probs = set(), set()
+    model.lm_head.register_forward_hook(lambda _m, _i, out: logits.add(out.dtype))
+    plain = F.log_softmax
+
+    def spy(*args, **kwargs):
+        out = plain(*args, **kwargs)
+        log_probs.add(out.dtype)
+        return out
+
+    monkeypatch.setattr(F, "log_softmax", spy)
+    result = evaluate_zeroshot(model, char_tokenizer(), ["rte"], limit=8, batch_size=8, source="local")
+    assert result["tasks"]["rte"]["n"] == 8
+    assert logits == {torch.bfloat16} and log_probs == {torch.float32}
