@@ -74,6 +74,12 @@ def commits(records) -> str:
     return ", ".join(seen)
 
 
+def precision(model_cfg: dict) -> str:
+    """The weights' dtype, and the compute dtype their passes ran under when one was set (dlp.compute_dtype)."""
+    compute = model_cfg.get("compute_dtype")
+    return model_cfg["dtype"] + (f" (forward passes under {compute} autocast)" if compute else "")
+
+
 def provenance_lines(cells, models, preset) -> list[str]:
     """What each column was measured on: data, sizes, dtype, machine and commit, from its records."""
     lines = []
@@ -88,7 +94,7 @@ def provenance_lines(cells, models, preset) -> list[str]:
         lines.append(
             f"- {model}: preset `{preset}`, eval on `{r['metrics']['eval_corpus']}` ({ev['windows']} windows x "
             f"{ev['seqlen']} tokens), calibration `{calib.get('name', '-')}` ({calib.get('nsamples', '-')} x "
-            f"{calib.get('seqlen', '-')}), dtype {r['config']['model']['dtype']}; machine: {env['platform']}, "
+            f"{calib.get('seqlen', '-')}), dtype {precision(r['config']['model'])}; machine: {env['platform']}, "
             f"{env['cpu_count']} CPUs, GPU {env['cuda'] or 'none'}, torch {env['torch']}, transformers "
             f"{env['transformers']}, commits {commits(ok)}")
     return lines

@@ -112,3 +112,11 @@ def test_table2_mean_and_per_task_from_records(workspace, tmp_path):
         assert f"{100 * zs['mean_acc']:.2f}" in row
     assert "accuracy per task" in md and "| arc_easy | rte | Mean |" in md.replace("Method | Layerwise | ", "")
     assert (tmp_path / "table2.csv").exists() and (tmp_path / "table2.tex").exists()
+
+
+def test_provenance_names_the_compute_dtype():
+    """A table made with model.compute_dtype says so beside the weights' dtype; a plain one reads as before."""
+    from experiments.tables import precision
+    assert precision({"dtype": "float32", "compute_dtype": None}) == "float32"
+    assert precision({"dtype": "float16"}) == "float16"
+    assert precision({"dtype": "float32", "compute_dtype": "bfloat16"}) == "float32 (forward passes under bfloat16 autocast)"
