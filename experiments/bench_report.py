@@ -247,6 +247,13 @@ def draw_scaling(rows, key, figure: Path, settings: dict) -> None:
     plt.close(fig)
 
 
+def precision_of(name: str) -> tuple[str, str | None]:
+    """(weights' dtype, compute dtype or None) of a bench precision, as experiments.bench defines them; imported
+    here, not at the top, because experiments.bench imports this module."""
+    from .bench import PRECISIONS
+    return PRECISIONS.get(name, (name, None))
+
+
 def render(report: dict, figure: Path | None) -> str:
     mach, s = report["machine"], report["settings"]
     cuda = mach["device"].startswith("cuda")
@@ -275,12 +282,14 @@ def render(report: dict, figure: Path | None) -> str:
                 "yardstick, allocation, prune, perplexity), so that no earlier phase's heap is counted in it."),
              ""]
     for r in report["results"]:
+        weights, compute = precision_of(r["dtype"])
         lines += [f"## {r['dtype']}: matmul peak {r['peak']['gflops']:,.0f} GFLOP/s "
-                  f"({r['peak']['n']} x {r['peak']['n']}{', bfloat16' if r['dtype'] == 'mixed' else ''})", ""]
-        if r["dtype"] == "mixed":
-            lines += ["Mixed: float32 weights whose forward passes (allocation, statistics, replay, perplexity) run "
-                      "under bfloat16 autocast (`model.compute_dtype=bfloat16`, dlp/compute_dtype.py); the "
-                      "residual stream, statistics, criteria and the pruned weights stay float32.", ""]
+                  f"({r['peak']['n']} x {r['peak']['n']}{f', {compute}' if compute else ''})", ""]
+        if compute:
+            lines += [f"{r['dtype'].capitalize()}: {weights} weights whose forward passes (allocation, "
+                      f"statistics, replay, perplexity) run under {compute} autocast (`model.compute_dtype={compute}`, "
+                      f"dlp/compute_dtype.py); the residual stream, statistics, criteria and the pruned weights stay "
+                      f"{weights}.", ""]
         lines += phase_table(r, cuda) + [""] + time_share_line(r) + method_tables(r, cuda) + [""]
         if not r["methods"]:
             continue

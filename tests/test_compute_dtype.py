@@ -17,7 +17,7 @@ from dlp.prune import prune_model
 from dlp.stats import HESSIAN, SQNORM, attach
 from dlp.structure import find_blocks, find_linears
 from experiments.records import run_key
-from tiny import FAMILIES, tiny_ids, tiny_model
+from tiny import FAMILIES, last_block_output, tiny_ids, tiny_model
 
 BF16 = torch.bfloat16
 
@@ -28,22 +28,12 @@ def mixed(family="llama"):
     return model
 
 
-def last_block_output(model, ids, autocast: bool):
-    seen = {}
-    block = find_blocks(model).blocks[-1]
-    handle = block.register_forward_hook(lambda _m, _i, out: seen.setdefault("y", out[0] if isinstance(out, tuple) else out))
-    with torch.no_grad(), computing(BF16 if autocast else None, torch.device("cpu")):
-        model(input_ids=ids, use_cache=False)
-    handle.remove()
-    return seen["y"].float()
-
-
 @pytest.mark.parametrize("family", FAMILIES)
 def test_walk_under_a_compute_dtype_is_the_models_autocast_forward(family):
     model, ids = mixed(family), tiny_ids(n=4)
     out = walk(model, ids, lambda *a: False, frozenset(), batch_size=4, progress=False, keep_outputs=True).outputs
-    own = last_block_output(model, ids, autocast=True)
-    plain = last_block_output(model, ids, autocast=False)
+    own = last_block_output(model, ids, BF16)
+    plain = last_block_output(model, ids, None)
     assert out.dtype == torch.float32  # the residual stream stays float32
     assert torch.allclose(out, own, rtol=1e-3, atol=1e-3)
     # Control: bfloat16 products are visibly not the float32 ones, so the check above is not vacuous.
@@ -62,7 +52,7 @@ def test_replay_sees_the_pruned_weights():
         return index == 0
 
     out = walk(model, ids, prune_first, frozenset(), batch_size=4, progress=False, keep_outputs=True).outputs
-    assert torch.allclose(out, last_block_output(model, ids, autocast=True), rtol=1e-3, atol=1e-3)
+    assert torch.allclose(out, last_block_output(model, ids, BF16), rtol=1e-3, atol=1e-3)
 
 
 def test_statistics_stay_float32_sums_under_autocast():

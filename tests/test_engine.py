@@ -8,18 +8,7 @@ from dlp.engine import walk
 from dlp.prune import prune_model
 from dlp.sparsity import measure_sparsity
 from dlp.structure import find_blocks, find_linears
-from tiny import FAMILIES, tiny_ids, tiny_model
-
-
-def last_block_output(model, ids):
-    """The last decoder block's output in the model's own forward pass."""
-    seen = {}
-    block = find_blocks(model).blocks[-1]
-    handle = block.register_forward_hook(lambda _m, _i, out: seen.setdefault("y", out[0] if isinstance(out, tuple) else out))
-    with torch.no_grad():
-        model(input_ids=ids, use_cache=False)
-    handle.remove()
-    return seen["y"]
+from tiny import FAMILIES, last_block_output, tiny_ids, tiny_model
 
 
 @pytest.mark.parametrize("family", FAMILIES)
