@@ -5,7 +5,8 @@ the calibration set (the yardstick), and for Wanda, DLP + Wanda, OWL + Wanda and
 pass, capture, statistics, criterion and replay; then perplexity. Each phase gets seconds, tokens/s, GFLOP/s
 counted from the decoder's shapes (dlp.flops), its share of the peak, and its peak memory beside the floor
 (weights + one block's calibration activations in and out + one block's statistics); each method runs in a
-fresh process, as a user's run would, which measures its own matmul peak and dense yardstick (`--repeats N`:
+fresh process, as a user's run would, which measures its own matmul peak and dense yardstick (timed just
+before the method and again just after its prune; "x dense forward" divides by their mean) (`--repeats N`:
 the median of N such processes). The parent also profiles where one batch's dense forward spends its time
 (bench_profile). A scaling section repeats Wanda at three calibration sizes, three sequence lengths and
 several batch sizes. Writes <out>.json, <out>.md and a plot.
@@ -295,9 +296,11 @@ def bench_method(args, model, calib, eval_ids, criterion_name, allocation_name, 
     criterion = make_criterion(criterion_name)
     out = {"criterion": criterion_name, "allocation": allocation_name, "sparsity": args.sparsity}
     rows = {}
-    # The yardstick again, just before this method: on a shared machine the speed drifts by 20% or more over
-    # minutes, so each "x dense forward" divides by a dense pass measured under the same conditions.
-    dense_s = dense_forward(args, model, calib, device)["seconds"]
+    # The yardstick again, just before this method and once more just after its prune: on a shared machine the
+    # speed drifts by 20% or more over minutes (the pass just before and the prune's own replay, the same
+    # products, differed by up to 16% in one run here), so each "x dense forward" divides by the mean of two
+    # passes that bracket the work. The pass after runs on the pruned weights: the same products, as costly.
+    dense_before_s = dense_forward(args, model, calib, device)["seconds"]
     # An empty profile cache, so that the allocation pass is timed in full.
     with tempfile.TemporaryDirectory() as cache, mock.patch.dict(os.environ, {"DLP_CACHE": cache}):
         with phase(device) as m:
@@ -319,11 +322,14 @@ def bench_method(args, model, calib, eval_ids, criterion_name, allocation_name, 
                              sparsegpt_flops(s) if criterion_name == "sparsegpt" else None, peak)
     rows["replay"] = _row("replay", t["replay"], tokens, forward_flops(s, tokens, args.seqlen), peak)
     rows["prune"] = _row("prune (all blocks)", m["seconds"], tokens, None, peak, _memory(m, base, device))
+    dense_after_s = dense_forward(args, model, calib, device)["seconds"]
+    dense_s = (dense_before_s + dense_after_s) / 2
     with phase(device) as m:
         ppl = perplexity_of(model, eval_ids, args.eval_seqlen, args.eval_windows, args.eval_batch_size, args.progress)
     rows["evaluation"] = _row("evaluation (perplexity)", m["seconds"], None, None, peak, _memory(m, base, device))
     total = allocation_s + rows["prune"]["seconds"]
     out.update({"phases": rows, "allocation_plus_prune_s": total, "dense_forward_s": dense_s,
+                "dense_forward_before_s": dense_before_s, "dense_forward_after_s": dense_after_s,
                 "times_dense_forward": total / dense_s,
                 "ppl": ppl})
     return out

@@ -56,6 +56,9 @@ def test_bench_end_to_end_on_a_tiny_random_model(tmp_path, monkeypatch):
     for m in fp32["methods"].values():
         assert m["allocation_plus_prune_s"] > 0 and m["ppl"] > 1
         assert m["times_dense_forward"] == pytest.approx(m["allocation_plus_prune_s"] / m["dense_forward_s"])
+        # The yardstick brackets the prune: the mean of a pass before and one after, both timed.
+        assert m["dense_forward_before_s"] > 0 and m["dense_forward_after_s"] > 0
+        assert m["dense_forward_s"] == pytest.approx((m["dense_forward_before_s"] + m["dense_forward_after_s"]) / 2)
         assert m["floor"]["total"] == m["floor"]["weights"] + m["floor"]["activations"] + m["floor"]["statistics"]
     assert fp32["methods"]["dlp+wanda"]["phases"]["allocation"]["seconds"] > 0  # a cold profile cache, timed
     scaling = report["results"][1]["scaling"]
@@ -74,6 +77,9 @@ def test_bench_end_to_end_on_a_tiny_random_model(tmp_path, monkeypatch):
     md = out.with_suffix(".md").read_text()
     assert "## Targets (issue 5)" in md and "## Perplexity in each dtype" in md and "Mixed: float32 weights" in md
     assert "Where one batch's dense forward pass spends its time" in md
+    sgpt = fp32["methods"]["uniform+sparsegpt"]
+    assert (f"| uniform+sparsegpt | {sgpt['allocation_plus_prune_s']:.1f} | {sgpt['dense_forward_before_s']:.1f} / "
+            f"{sgpt['dense_forward_after_s']:.1f} | {sgpt['times_dense_forward']:.2f} |") in md
     assert (tmp_path / "bench-scaling.png").stat().st_size > 0
 
 
