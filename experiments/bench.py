@@ -5,9 +5,9 @@ the calibration set (the yardstick), and for Wanda, DLP + Wanda, OWL + Wanda and
 pass, capture, statistics, criterion and replay; then perplexity. Each phase gets seconds, tokens/s, GFLOP/s
 counted from the decoder's shapes (dlp.flops), its share of the peak, and its peak memory beside the floor
 (weights + one block's calibration activations in and out + one block's statistics); each method runs in a
-fresh process, as a user's run would, which measures its own matmul peak and dense yardstick (timed just
-before the method and again just after its prune; "x dense forward" divides by their mean) (`--repeats N`:
-the median of N such processes). The parent also profiles where one batch's dense forward spends its time
+fresh process, as a user's run would, which measures its own matmul peak and dense yardstick: a forward pass
+over the calibration set just before the method and one just after its prune, "x dense forward" dividing by
+their mean (`--repeats N`: the median of N such processes). The parent also profiles where one batch's dense forward spends its time
 (bench_profile). A scaling section repeats Wanda at three calibration sizes, three sequence lengths and
 several batch sizes. Writes <out>.json, <out>.md and a plot.
 
@@ -297,9 +297,10 @@ def bench_method(args, model, calib, eval_ids, criterion_name, allocation_name, 
     out = {"criterion": criterion_name, "allocation": allocation_name, "sparsity": args.sparsity}
     rows = {}
     # The yardstick again, just before this method and once more just after its prune: on a shared machine the
-    # speed drifts by 20% or more over minutes (the pass just before and the prune's own replay, the same
-    # products, differed by up to 16% in one run here), so each "x dense forward" divides by the mean of two
-    # passes that bracket the work. The pass after runs on the pruned weights: the same products, as costly.
+    # speed drifts over minutes (the two passes of one process differed by up to 1.75 x in the run of 44fac3e;
+    # the pass before and the prune's own replay by up to 16% in the run before), so each "x dense forward"
+    # divides by the mean of two passes that bracket the work. The pass after runs on the pruned weights: the
+    # same products, as costly.
     dense_before_s = dense_forward(args, model, calib, device)["seconds"]
     # An empty profile cache, so that the allocation pass is timed in full.
     with tempfile.TemporaryDirectory() as cache, mock.patch.dict(os.environ, {"DLP_CACHE": cache}):
