@@ -13,25 +13,49 @@ Stream = Callable[[], Iterable[torch.Tensor]]  # called once per pass; yields ch
 
 
 def _bits(chunk: torch.Tensor) -> torch.Tensor:
-    return chunk.detach().to(torch.float32).contiguous().flatten().view(torch.int32).to(torch.int64)
+    # int32 is enough: the sign bit of a non-negative float is 0, so the shifts below never see a negative.
+    return chunk.detach().to(torch.float32).contiguous().flatten().view(torch.int32)
+
+
+class RadixSelect:
+    """The k-th smallest of a stream seen twice, for callers that take other figures in the same passes
+    (dlp.profile: count, sum and outlier count): `first(chunk)` for every chunk, `choose(k)`, `second(chunk)`
+    for every chunk again, in any order, then `value()`."""
+
+    def __init__(self):
+        self.high = None  # histogram of the high 16 bits (first pass)
+        self.low = None  # histogram of the low 16 bits within the chosen high bucket (second pass)
+
+    def first(self, chunk: torch.Tensor) -> None:
+        counts = torch.bincount((_bits(chunk) >> 16).cpu(), minlength=1 << 15)
+        self.high = counts if self.high is None else self.high + counts
+
+    def choose(self, k: int) -> None:
+        cum = torch.cumsum(self.high if self.high is not None else torch.zeros(1, dtype=torch.int64), 0)
+        if k < 0 or k >= int(cum[-1]):
+            raise ValueError(f"k={k} outside a stream of {int(cum[-1])} values")
+        self.bucket = int(torch.searchsorted(cum, torch.tensor(k), right=True))
+        self.rank = k - (int(cum[self.bucket - 1]) if self.bucket > 0 else 0)  # rank within the bucket
+        self.low = torch.zeros(1 << 16, dtype=torch.int64)
+
+    def second(self, chunk: torch.Tensor) -> None:
+        b = _bits(chunk)
+        self.low += torch.bincount((b[(b >> 16) == self.bucket] & 0xFFFF).cpu(), minlength=1 << 16)
+
+    def value(self) -> float:
+        offset = int(torch.searchsorted(torch.cumsum(self.low, 0), torch.tensor(self.rank), right=True))
+        return torch.tensor([(self.bucket << 16) | offset], dtype=torch.int32).view(torch.float32).item()
 
 
 def kth_smallest(stream: Stream, k: int) -> float:
     """The k-th smallest value (0-based) of everything the stream yields."""
-    high = torch.zeros(1 << 15, dtype=torch.int64)  # sign bit is 0 for non-negative floats
+    select = RadixSelect()
     for chunk in stream():
-        high += torch.bincount((_bits(chunk) >> 16).cpu(), minlength=1 << 15)
-    cum = torch.cumsum(high, 0)
-    if k < 0 or k >= int(cum[-1]):
-        raise ValueError(f"k={k} outside a stream of {int(cum[-1])} values")
-    bucket = int(torch.searchsorted(cum, torch.tensor(k), right=True))
-    below = int(cum[bucket - 1]) if bucket > 0 else 0
-    low = torch.zeros(1 << 16, dtype=torch.int64)
+        select.first(chunk)
+    select.choose(k)
     for chunk in stream():
-        b = _bits(chunk)
-        low += torch.bincount((b[(b >> 16) == bucket] & 0xFFFF).cpu(), minlength=1 << 16)
-    offset = int(torch.searchsorted(torch.cumsum(low, 0), torch.tensor(k - below), right=True))
-    return torch.tensor([(bucket << 16) | offset], dtype=torch.int32).view(torch.float32).item()
+        select.second(chunk)
+    return select.value()
 
 
 def median(stream: Stream, count: int) -> float:

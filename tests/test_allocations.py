@@ -31,6 +31,8 @@ def test_streamed_median_is_exact(n):
     assert median(lambda: iter(chunks), n) == torch.median(values).item()
     for k in {0, n - 1, n // 2}:
         assert kth_smallest(lambda: iter(chunks), k) == torch.sort(values).values[k].item()
+    with pytest.raises(ValueError, match="outside a stream"):
+        kth_smallest(lambda: iter(chunks), n)
 
 
 def test_dlp_hand_computed():
