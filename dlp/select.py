@@ -23,20 +23,19 @@ class RadixSelect:
     for every chunk again, in any order, then `value()`."""
 
     def __init__(self):
-        self.high = None  # histogram of the high 16 bits (first pass)
-        self.low = None  # histogram of the low 16 bits within the chosen high bucket (second pass)
+        self.high = torch.zeros(1 << 15, dtype=torch.int64)  # histogram of the high 16 bits (first pass)
+        self.low = torch.zeros(1 << 16, dtype=torch.int64)  # of the low 16 bits in the chosen bucket (second)
+        self.bucket = self.rank = None  # set by `choose`
 
     def first(self, chunk: torch.Tensor) -> None:
-        counts = torch.bincount((_bits(chunk) >> 16).cpu(), minlength=1 << 15)
-        self.high = counts if self.high is None else self.high + counts
+        self.high += torch.bincount((_bits(chunk) >> 16).cpu(), minlength=1 << 15)
 
     def choose(self, k: int) -> None:
-        cum = torch.cumsum(self.high if self.high is not None else torch.zeros(1, dtype=torch.int64), 0)
+        cum = torch.cumsum(self.high, 0)
         if k < 0 or k >= int(cum[-1]):
             raise ValueError(f"k={k} outside a stream of {int(cum[-1])} values")
         self.bucket = int(torch.searchsorted(cum, torch.tensor(k), right=True))
         self.rank = k - (int(cum[self.bucket - 1]) if self.bucket > 0 else 0)  # rank within the bucket
-        self.low = torch.zeros(1 << 16, dtype=torch.int64)
 
     def second(self, chunk: torch.Tensor) -> None:
         b = _bits(chunk)

@@ -7,8 +7,8 @@ counted from the decoder's shapes (dlp.flops), its share of the peak, and its pe
 (weights + one block's calibration activations in and out + one block's statistics); each method runs in a
 fresh process, as a user's run would, which measures its own matmul peak and dense yardstick: a forward pass
 over the calibration set just before the method and one just after its prune, "x dense forward" dividing by
-their mean (`--repeats N`: the median of N such processes). The parent also profiles where one batch's dense forward spends its time
-(bench_profile). A scaling section repeats Wanda at three calibration sizes, three sequence lengths and
+their mean (`--repeats N`: the median of N such processes). The parent also profiles where one batch's dense
+forward spends its time (bench_profile). A scaling section repeats Wanda at three calibration sizes, three sequence lengths and
 several batch sizes. Writes <out>.json, <out>.md and a plot.
 
   python -m experiments.bench                                   # embedded model on this machine: fp32, bf16, mixed
