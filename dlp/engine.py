@@ -6,6 +6,12 @@ block's inputs. When the visitor changes the block the replay runs on the pruned
 (the next block is calibrated on the pruned prefix); when it does not, the statistics pass's outputs are the
 next inputs and the second pass is skipped.
 
+Work whose result nobody reads is not done: when the replay will produce a block's outputs (a prune walk), or
+nobody reads them (the last block, unless asked), the statistics pass stops each batch as soon as every Linear
+has taken its input (StopAfterLastInput): the last Linear's product and what follows it cannot change a
+statistic. On a LLaMA block that is the down projection, a fifth of the block's products. The last block is
+not replayed unless its outputs are asked for.
+
 Transformers 5 calls decoder layers with keyword arguments (`position_embeddings`, masks, cache flags) and
 they return a tensor. We capture those kwargs at the first block, per batch, and replay them unchanged.
 
@@ -31,6 +37,40 @@ class _Captured(Exception):
     pass
 
 
+class _InputsTaken(Exception):
+    """Raised inside a statistics pass once every Linear of the block has taken this batch's input."""
+
+
+class StopAfterLastInput:
+    """Ends each batch of a block's pass at the pre-hook of its last Linear call, after the statistics hooks
+    (registered before, so they run first) have taken that input.
+
+    How many Linear calls a batch makes is learnt from the first batch, which runs whole: a Linear called twice,
+    or one never called, is then counted right and the cut still comes after the last input a statistic needs.
+    """
+
+    def __init__(self, linears: dict[str, nn.Linear]):
+        self.calls, self.per_batch = 0, None
+        self.skipped_flops = 0.0  # the products not done (the benchmark counts only work done)
+        self.handles = [layer.register_forward_pre_hook(self._count) for layer in linears.values()]
+
+    def _count(self, module, args):
+        self.calls += 1
+        if self.calls == self.per_batch:
+            x = args[0]
+            self.skipped_flops += 2.0 * module.in_features * module.out_features * (x.numel() // x.shape[-1])
+            raise _InputsTaken
+
+    def batch_done(self, whole: bool) -> None:
+        if whole and self.per_batch is None:
+            self.per_batch = self.calls
+        self.calls = 0
+
+    def remove(self) -> None:
+        for h in self.handles:
+            h.remove()
+
+
 @dataclass
 class Captured:
     inputs: torch.Tensor  # (nsamples, seqlen, hidden) in the model's dtype, on `store`
@@ -44,6 +84,8 @@ class WalkResult:
     blocks: int = 0
     batch_size: int = 0  # sequences per batch, as resolved ("auto": dlp.batching)
     outputs: torch.Tensor | None = None  # the last block's outputs, when asked for (tests compare them)
+    replayed_blocks: int = 0
+    skipped_flops: float = 0.0  # Linear products the statistics passes cut short did not do
 
 
 def _move(obj, device):
@@ -102,17 +144,28 @@ def capture_inputs(model: nn.Module, layout: BlockLayout, calib_ids: torch.Tenso
 
 
 def run_block(block: nn.Module, inputs: torch.Tensor, kwargs_per_batch: list[dict], batch_size: int,
-              out: torch.Tensor | None, compute_dtype: torch.dtype | None = None) -> None:
+              out: torch.Tensor | None, compute_dtype: torch.dtype | None = None,
+              stop: StopAfterLastInput | None = None) -> bool:
     """Forward every batch through one block (under autocast to `compute_dtype` when given); write the outputs
-    into `out` when given."""
+    into `out` when given. With `stop`, batches may end at their last Linear input: returns False if any did
+    (then `out` is incomplete)."""
     device = _device_of(block)
+    whole = True
     with computing(compute_dtype, device):  # one context per pass: the block's weights cast once
         for b, start in enumerate(range(0, inputs.shape[0], batch_size)):
             x = inputs[start:start + batch_size].to(device)
-            y = block(x, **_move(kwargs_per_batch[b], device))
+            try:
+                y = block(x, **_move(kwargs_per_batch[b], device))
+            except _InputsTaken:
+                whole = False
+                continue
+            finally:
+                if stop is not None:
+                    stop.batch_done(whole)
             y = y[0] if isinstance(y, tuple) else y  # transformers < 5 returned a tuple
             if out is not None:
                 out[start:start + batch_size] = y.to(out.device)
+    return whole
 
 
 # A visitor gets (block index, block, its Linears, their statistics) and returns True if it changed the block.
@@ -122,12 +175,15 @@ Visitor = Callable[[int, nn.Module, dict[str, nn.Linear], dict[str, LinearStats]
 @torch.no_grad()
 def walk(model: nn.Module, calib_ids: torch.Tensor, visit: Visitor, needs: frozenset, batch_size: int | str = AUTO,
          desc: str = "blocks", progress: bool = True, keep_outputs: bool = False,
-         share_stats: bool = True) -> WalkResult:
-    """Walk every block once: statistics pass, visit, replay (skipped when the visitor changed nothing).
+         share_stats: bool = True, replays: bool = False, stop_early: bool = True) -> WalkResult:
+    """Walk every block once: statistics pass, visit, replay (when the visitor changed the block, or the
+    statistics pass stopped early and its outputs are needed).
 
-    `batch_size=1, share_stats=False` is the reference code's way (one sequence at a time, statistics per
-    Linear); the defaults give the same statistics with fewer, larger products. `batch_size="auto"` picks the
-    batch from a memory budget (dlp.batching).
+    `replays=True` says the visitor changes (nearly) every block, so the statistics pass's outputs would be
+    thrown away: it stops each batch at the last Linear input. `stop_early=False` runs every pass whole.
+    `batch_size=1, share_stats=False, stop_early=False` is the reference code's way (one sequence at a time,
+    statistics per Linear, whole passes); the defaults give the same statistics with fewer, smaller-in-all
+    products. `batch_size="auto"` picks the batch from a memory budget (dlp.batching).
     """
     result = WalkResult()
     layout = find_blocks(model)
@@ -140,13 +196,20 @@ def walk(model: nn.Module, calib_ids: torch.Tensor, visit: Visitor, needs: froze
     times = {"statistics": 0.0, "visit": 0.0, "replay": 0.0}
     for index, block in enumerate(tqdm(layout.blocks, desc=desc, disable=not progress)):
         linears = find_linears(block)
+        wanted = keep_outputs or index < len(layout) - 1  # does anything read this block's outputs?
         stats, handles = attach(linears, needs, share=share_stats, seqlen=inputs.shape[1])
+        # Only a pass that takes statistics may stop early (a pass with no hooks is the dense yardstick).
+        stop = StopAfterLastInput(linears) if stop_early and needs and (replays or not wanted) else None
         t = time.perf_counter()
         try:
-            run_block(block, inputs, cap.kwargs, batch_size, out=outputs, compute_dtype=compute)
+            whole = run_block(block, inputs, cap.kwargs, batch_size, out=outputs if wanted else None,
+                              compute_dtype=compute, stop=stop)
         finally:
             for h in handles:
                 h.remove()
+            if stop is not None:
+                stop.remove()
+                result.skipped_flops += stop.skipped_flops
         for st in stats.values():
             st.nsamples = inputs.shape[0]
         times["statistics"] += time.perf_counter() - t
@@ -154,10 +217,11 @@ def walk(model: nn.Module, calib_ids: torch.Tensor, visit: Visitor, needs: froze
         changed = visit(index, block, linears, stats)
         times["visit"] += time.perf_counter() - t
         del stats
-        if changed:
+        if wanted and (changed or not whole):
             t = time.perf_counter()
             run_block(block, inputs, cap.kwargs, batch_size, out=outputs, compute_dtype=compute)
             times["replay"] += time.perf_counter() - t
+            result.replayed_blocks += 1
         inputs, outputs = outputs, inputs  # this block's outputs are the next block's inputs
     result.timings.update(times)
     result.blocks = len(layout)

@@ -21,7 +21,7 @@ def shared_input_groups(linears: dict, stats: dict) -> list[list[str]]:
 
 def prune_model(model, calib_ids: torch.Tensor, criterion: Criterion, block_sparsities: list[float],
                 pattern: NM | None = None, batch_size: int | str = "auto", progress: bool = True,
-                share_stats: bool = True) -> WalkResult:
+                share_stats: bool = True, stop_early: bool = True) -> WalkResult:
     n_blocks = len(find_blocks(model))
     if len(block_sparsities) != n_blocks:
         raise ValueError(f"{len(block_sparsities)} sparsities for {n_blocks} blocks")
@@ -39,8 +39,10 @@ def prune_model(model, calib_ids: torch.Tensor, criterion: Criterion, block_spar
 
     if not criterion.needs:
         return weights_only(model, visit, desc=f"prune ({criterion.name})", progress=progress)
+    # Every block with a sparsity is changed, so its statistics pass need not finish (dlp.engine).
     return walk(model, calib_ids, visit, criterion.needs, batch_size=batch_size,
-                desc=f"prune ({criterion.name})", progress=progress, share_stats=share_stats)
+                desc=f"prune ({criterion.name})", progress=progress, share_stats=share_stats, replays=True,
+                stop_early=stop_early)
 
 
 def weights_only(model, visit, desc: str, progress: bool) -> WalkResult:

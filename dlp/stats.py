@@ -1,4 +1,4 @@
-"""Float32 statistics of every Linear input, accumulated by forward hooks during a block's forward pass.
+"""Float32 statistics of every Linear input, accumulated by forward pre-hooks during a block's forward pass.
 
 Wanda needs the squared column norms of X; SparseGPT the Gram matrix H = (2/N) Σ x xᵀ (N = number of
 calibration sequences, as in the reference code; the scale does not change either method's choices).
@@ -139,5 +139,7 @@ def attach(linears: dict[str, nn.Linear], needs: frozenset, share: bool = True,
     for name, layer in linears.items():
         stats[name] = LinearStats(layer.in_features, layer.weight.device, needs, seqlen=seqlen)
         if needs:
-            handles.append(layer.register_forward_hook(lambda _m, inp, _out, name=name: hook(name, inp)))
+            # A pre-hook: the statistics need only the input, and the engine may end the pass before the last
+            # Linear multiplies (dlp.engine.StopAfterLastInput), its pre-hook registered after these.
+            handles.append(layer.register_forward_pre_hook(lambda _m, inp, name=name: hook(name, inp)))
     return stats, handles

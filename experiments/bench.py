@@ -221,10 +221,11 @@ def bench_dtype(args, dtype: str, device: torch.device, checkpoint=lambda partia
 
 # From the reference code's way to ours, one change at a time (Wanda, uniform), and the perplexity loop.
 ABLATION = [
-    ("reference way: one sequence at a time, statistics per Linear, full sort", dict(batch_size=1, share_stats=False, by_sort=True)),
-    ("+ 8 sequences per batch", dict(batch_size=8, share_stats=False, by_sort=True)),
-    ("+ shared statistics for q/k/v and gate/up", dict(batch_size=8, by_sort=True)),
-    ("+ k-th value selection instead of a full sort", dict(batch_size=8)),
+    ("reference way: one sequence at a time, statistics per Linear, full sort", dict(batch_size=1, share_stats=False, by_sort=True, stop_early=False)),
+    ("+ 8 sequences per batch", dict(batch_size=8, share_stats=False, by_sort=True, stop_early=False)),
+    ("+ shared statistics for q/k/v and gate/up", dict(batch_size=8, by_sort=True, stop_early=False)),
+    ("+ k-th value selection instead of a full sort", dict(batch_size=8, stop_early=False)),
+    ("+ statistics pass ends at the last Linear input", dict(batch_size=8)),
     ("+ batch from the memory budget (--batch-size, auto by default: = this suite)", dict()),
 ]
 
@@ -236,7 +237,8 @@ def bench_ablation(args, subject: Subject, calib, eval_ids, device) -> list[dict
         with phase(device) as m:
             prune_model(model, calib, make_criterion("wanda", by_sort=opts.get("by_sort", False)),
                         [args.sparsity] * len(find_blocks(model)), batch_size=opts.get("batch_size", args.batch_size),
-                        progress=False, share_stats=opts.get("share_stats", True))
+                        progress=False, share_stats=opts.get("share_stats", True),
+                        stop_early=opts.get("stop_early", True))
         out.append({"step": label, "what": "Wanda prune", "seconds": m["seconds"]})
         last = model
     for label, chunk, batch in (("perplexity, reference way: one window at a time, full logits", None, 1),
@@ -302,26 +304,38 @@ def bench_method(args, model, calib, eval_ids, criterion_name, allocation_name, 
     # divides by the mean of two passes that bracket the work. The pass after runs on the pruned weights: the
     # same products, as costly.
     dense_before_s = dense_forward(args, model, calib, device)["seconds"]
-    # An empty profile cache, so that the allocation pass is timed in full.
-    with tempfile.TemporaryDirectory() as cache, mock.patch.dict(os.environ, {"DLP_CACHE": cache}):
+    # An empty profile cache, so that the allocation pass is timed in full; its walk recorded, so that its
+    # GFLOP/s counts only the products it did (the engine cuts the last block short: dlp.engine).
+    walks = []
+
+    def recorded_walk(*a, **k):
+        walks.append(walk(*a, **k))
+        return walks[-1]
+
+    with (tempfile.TemporaryDirectory() as cache, mock.patch.dict(os.environ, {"DLP_CACHE": cache}),
+          mock.patch("dlp.profile.walk", recorded_walk)):
         with phase(device) as m:
             allocation = make_allocator(allocation_name).allocate(model, calib, args.sparsity, args.batch_size,
                                                                   progress=args.progress)
     allocation_s = m["seconds"] if allocation_name != "uniform" else 0.0
     if allocation_name != "uniform":
-        rows["allocation"] = _row("allocation pass", m["seconds"], tokens,
-                                  statistics_flops(s, tokens, args.seqlen, frozenset({SQNORM})), peak,
+        done = (statistics_flops(s, tokens, args.seqlen, frozenset({SQNORM})) * len(walks)
+                - sum(w.skipped_flops for w in walks))
+        rows["allocation"] = _row("allocation pass", m["seconds"], tokens, done or None, peak,
                                   _memory(m, base, device))
     with phase(device) as m:
         walked = prune_model(model, calib, criterion, allocation.sparsities, batch_size=args.batch_size,
                              progress=args.progress)
     t = walked.timings
     rows["capture"] = _row("capture", t["capture"], tokens, None, peak)
+    # Products done: a prune's statistics passes stop at each batch's last Linear input after the first
+    # batch, and the last block is not replayed (dlp.engine); the walk counts what it skipped.
     rows["statistics"] = _row("statistics", t["statistics"], tokens,
-                              statistics_flops(s, tokens, args.seqlen, criterion.needs), peak)
+                              statistics_flops(s, tokens, args.seqlen, criterion.needs) - walked.skipped_flops, peak)
     rows["criterion"] = _row("criterion", t["visit"], None,
                              sparsegpt_flops(s) if criterion_name == "sparsegpt" else None, peak)
-    rows["replay"] = _row("replay", t["replay"], tokens, forward_flops(s, tokens, args.seqlen), peak)
+    rows["replay"] = _row("replay", t["replay"], tokens,
+                          forward_flops(s, tokens, args.seqlen) * walked.replayed_blocks / s.blocks, peak)
     rows["prune"] = _row("prune (all blocks)", m["seconds"], tokens, None, peak, _memory(m, base, device))
     dense_after_s = dense_forward(args, model, calib, device)["seconds"]
     dense_s = (dense_before_s + dense_after_s) / 2

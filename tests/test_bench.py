@@ -72,7 +72,7 @@ def test_bench_end_to_end_on_a_tiny_random_model(tmp_path, monkeypatch):
     w = fp32["methods"]["uniform+wanda"]["phases"]["replay"]
     assert w["share_of_peak"] == pytest.approx(w["gflop_per_s"] / fp32["methods"]["uniform+wanda"]["peak"]["gflops"])
     assert sum(fp32["forward_time_shares"][k] for k in ("products", "attention", "other")) == pytest.approx(1)
-    assert [a["what"] for a in report["results"][1]["ablation"]] == ["Wanda prune"] * 5 + ["evaluation"] * 2
+    assert [a["what"] for a in report["results"][1]["ablation"]] == ["Wanda prune"] * 6 + ["evaluation"] * 2
     assert "## One change at a time" in out.with_suffix(".md").read_text()
     md = out.with_suffix(".md").read_text()
     assert "## Targets (issue 5)" in md and "## Perplexity in each dtype" in md and "Mixed: float32 weights" in md

@@ -129,3 +129,113 @@ def test_magnitude_needs_no_calibration_pass():
         assert int(pruned.sum()) == k and torch.equal(layer.weight[~pruned], W[~pruned])
         assert W[pruned].abs().max() <= W[~pruned].abs().min()
     assert all(int((l.weight == 0).sum()) == 0 for l in find_linears(find_blocks(model).blocks[0]).values())
+
+
+def _walk_recording(model, ids, needs, stop_early, changes=True, replays=True):
+    """Walk with a visitor that copies every block's statistics and (when `changes`) scales one weight, so the
+    replay matters; returns the copies, the walk, and how many batches reached each block's last Linear."""
+    seen, reached = [], []
+
+    def visit(index, block, linears, stats):
+        seen.append({n: (s.sqnorm.clone() if s.sqnorm is not None else None,
+                         s.full_gram().clone() if s.gram is not None else None, s.nsamples)
+                     for n, s in stats.items()})
+        if changes:
+            next(iter(linears.values())).weight.data.mul_(0.5)
+        return changes
+
+    blocks = find_blocks(model).blocks
+    last_names = [list(find_linears(b))[-1] for b in blocks]
+    probes = [find_linears(b)[n].register_forward_hook(lambda *a, i=i: reached.append(i))
+              for i, (b, n) in enumerate(zip(blocks, last_names))]
+    result = walk(model, ids, visit, needs, batch_size=3, progress=False, keep_outputs=True, replays=replays,
+                  stop_early=stop_early)
+    for p in probes:
+        p.remove()
+    return seen, result, reached
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_statistics_pass_stopped_at_the_last_input_changes_nothing(family):
+    """A prune walk's statistics pass ends each batch (after the first) at the last Linear's input: the same
+    statistics to the bit, the same outputs, and the last Linear really multiplied fewer times."""
+    import copy
+
+    from dlp.stats import HESSIAN, SQNORM
+    base, ids = tiny_model(family), tiny_ids(n=8)  # batches of 3, 3, 2
+    needs = frozenset({SQNORM, HESSIAN})
+    whole_stats, whole, whole_reached = _walk_recording(copy.deepcopy(base), ids, needs, stop_early=False)
+    cut_stats, cut, cut_reached = _walk_recording(copy.deepcopy(base), ids, needs, stop_early=True)
+    assert len(whole_stats) == len(cut_stats) == 3
+    for a, b in zip(whole_stats, cut_stats):
+        for name in a:
+            assert a[name][2] == b[name][2] == 8
+            for x, y in zip(a[name][:2], b[name][:2]):
+                assert torch.equal(x, y), name
+    assert torch.equal(whole.outputs, cut.outputs)
+    # Whole: 3 batches in the statistics pass + 3 in the replay, per block. Cut: 1 + 3.
+    assert [whole_reached.count(i) for i in range(3)] == [6, 6, 6]
+    assert [cut_reached.count(i) for i in range(3)] == [4, 4, 4]
+    # The products not done, as the benchmark counts them: the last Linear for 5 of 8 sequences, per block.
+    last = list(find_linears(find_blocks(base).blocks[0]).values())[-1]
+    assert whole.skipped_flops == 0 and whole.replayed_blocks == cut.replayed_blocks == 3
+    assert cut.skipped_flops == 3 * 2 * last.in_features * last.out_features * 5 * 32
+
+
+def test_a_cut_pass_whose_visitor_changed_nothing_is_replayed():
+    """`replays=True` but the visitor left a block alone (a block at sparsity 0): the cut statistics pass left
+    its outputs incomplete, so the block is replayed, and the outputs equal the model's own forward."""
+    from dlp.stats import SQNORM
+    model, ids = tiny_model("llama"), tiny_ids(n=8)
+    seen, result, reached = _walk_recording(model, ids, frozenset({SQNORM}), stop_early=True, changes=False)
+    # 1 cut-short statistics pass + a whole replay per block (3 batches), to refill the outputs.
+    assert [reached.count(i) for i in range(3)] == [4, 4, 4]
+    assert torch.allclose(result.outputs, last_block_output(model, ids), atol=1e-5, rtol=1e-4)
+
+
+def test_last_block_is_neither_finished_nor_replayed_when_its_outputs_are_unread():
+    """Nothing reads the last block's outputs unless asked (`keep_outputs`): its statistics pass stops at the
+    last input and it is not replayed; earlier blocks run whole once (no replay: nothing changed)."""
+    from dlp.stats import SQNORM
+    model, ids = tiny_model("llama"), tiny_ids(n=8)
+    blocks = find_blocks(model).blocks
+    reached = []
+    probes = [list(find_linears(b).values())[-1].register_forward_hook(lambda *a, i=i: reached.append(i))
+              for i, b in enumerate(blocks)]
+    walk(model, ids, lambda *a: False, frozenset({SQNORM}), batch_size=3, progress=False)
+    for p in probes:
+        p.remove()
+    assert [reached.count(i) for i in range(3)] == [3, 3, 1]
+
+
+def test_stop_counts_a_linear_called_twice():
+    """The cut comes after the last Linear *call* a batch makes, learnt from the first batch: a Linear used
+    twice in a block still gets both inputs into its statistics."""
+    import torch.nn as nn
+
+    from dlp.engine import StopAfterLastInput, run_block
+    from dlp.stats import SQNORM, attach
+
+    class Twice(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Linear(8, 8), nn.Linear(8, 8)
+
+        def forward(self, x):
+            return x + self.a(torch.relu(self.b(self.a(x))))  # `a` sees x, then relu(b(a(x)))
+
+    torch.manual_seed(0)
+    block, x = Twice(), torch.randn(6, 5, 8)
+    linears = {"a": block.a, "b": block.b}
+    with torch.no_grad():
+        expected = x.reshape(-1, 8).square().sum(0).double()
+        second = torch.relu(block.b(block.a(x))).reshape(-1, 8).square().sum(0).double()
+        stats, handles = attach(linears, frozenset({SQNORM}), share=False, seqlen=5)
+        stop = StopAfterLastInput(linears)
+        whole = run_block(block, x, [{}] * 3, 2, out=None, stop=stop)
+    for h in handles:
+        h.remove()
+    stop.remove()
+    assert not whole and stop.per_batch == 3
+    assert torch.allclose(stats["a"].sqnorm, expected + second, rtol=1e-6)
+    assert torch.allclose(stats["b"].sqnorm, block.a(x).detach().reshape(-1, 8).square().sum(0).double(), rtol=1e-6)

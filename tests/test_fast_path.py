@@ -14,7 +14,7 @@ from dlp.prune import prune_model
 from dlp.structure import find_blocks, find_linears
 from tiny import FAMILIES, tiny_ids, tiny_model
 
-SLOW = dict(batch_size=1, share_stats=False)
+SLOW = dict(batch_size=1, share_stats=False, stop_early=False)
 FAST = dict(batch_size=4, share_stats=True)
 
 
