@@ -178,6 +178,34 @@ def test_numpy_selection_finds_torch_kthvalue_on_every_row():
     assert _kth_smallest(torch.tensor([[3.0, 1.0, 2.0, 1.0]]), 3).item() == 2.0
 
 
+@pytest.mark.parametrize("threads", [2, 3])
+def test_selection_split_among_threads_finds_every_rows_kth_value(threads):
+    """Enough rows and the CPU selection splits them among threads (rows // 64 at most): every row's k-th
+    value and every mask still equal torch's and the stable sort's, ties included, in row order."""
+    from baselines.criteria.base import _kth_smallest, lowest_per_row
+    g = torch.Generator().manual_seed(2)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for rows in (127, 128, 300, 1001):
+            cols = int(torch.randint(2, 50, (1,), generator=g))
+            score = torch.randint(0, 5, (rows, cols), generator=g).float() * torch.rand(rows, 1, generator=g)
+            k = int(torch.randint(1, cols + 1, (1,), generator=g))
+            assert torch.equal(_kth_smallest(score, k), torch.kthvalue(score, k, dim=1, keepdim=True).values)
+            assert torch.equal(lowest_per_row(score, 0.5), lowest_per_row(score, 0.5, by_sort=True))
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_zero_where_is_masked_fill_to_the_bit():
+    """+0.0 where masked (also over -0.0, inf and NaN), every other value untouched, bit for bit."""
+    from baselines.criteria.base import zero_where
+    w = torch.tensor([[-1.5, -0.0, float("inf"), float("nan")], [2.0, -3.0, float("-inf"), 0.0]])
+    mask = torch.tensor([[True, True, True, True], [False, True, False, True]])
+    got, expected = zero_where(w.clone(), mask), w.masked_fill(mask, 0.0)
+    assert torch.equal(got.view(torch.int32), expected.view(torch.int32))
+
+
 @pytest.mark.parametrize("width", [400, 576, 1000])
 def test_gram_from_upper_blocks_is_the_full_product(width):
     """Wide inputs are multiplied in upper column blocks only (dlp.stats); the mirrored result is X^T X, and the

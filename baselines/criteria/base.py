@@ -3,6 +3,9 @@
 Criteria take a per-matrix sparsity so that any layerwise allocation can drive them; the engine never needs
 to know which criterion it is running.
 """
+import os
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 import torch
 
@@ -40,30 +43,62 @@ def lowest_overall(score: torch.Tensor, sparsity: float, by_sort: bool = False) 
     return _lowest_k_per_row(score.reshape(1, -1), int(score.numel() * sparsity), by_sort).view_as(score)
 
 
+def zero_where(weight: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """`weight.masked_fill(mask, 0.0)`, the same bits (+0.0 where masked, every other value as it was), by
+    `torch.where`: masked_fill's CPU kernel took 3.6-4.0 ms on a 1536 x 576 matrix here, where 2.6."""
+    return torch.where(mask, 0.0, weight)
+
+
 def _lowest_k_per_row(score: torch.Tensor, k: int, by_sort: bool) -> torch.Tensor:
-    """The k lowest of every row, exactly the first k of a stable ascending sort. Fast way: everything below
-    the k-th value, then the first (by position) of those equal to it until k are taken."""
+    """The k lowest of every row, exactly the first k of a stable ascending sort. Fast way: everything up to
+    the k-th value; only where a tie at that value crosses the cut, the first (by position) of the ties."""
     if k == 0:
         return torch.zeros_like(score, dtype=torch.bool)
     if by_sort:
         order = torch.sort(score, dim=1, stable=True)[1]
         return torch.zeros_like(score, dtype=torch.bool).scatter_(1, order[:, :k], True)
     kth = _kth_smallest(score, k)
+    at_most = score <= kth
+    # The usual case, no tie crossing the cut: exactly k per row are <= the k-th value. One comparison and one
+    # int32 count (a bool sum counts in int64, 3x slower here) instead of the general case's four passes.
+    if bool((at_most.sum(1, dtype=torch.int32) == k).all()):
+        return at_most
     mask = score < kth
     ties = score == kth
     still = k - mask.sum(1, keepdim=True)
-    if bool((ties.sum(1, keepdim=True) == still).all()):  # the usual case: no tie crosses the cut
-        return mask | ties
     return mask | (ties & (torch.cumsum(ties, 1) <= still))
+
+
+_ROWS_PER_THREAD = 64  # fewer rows than this per thread: the threads' start-up outweighs the split
 
 
 def _kth_smallest(score: torch.Tensor, k: int) -> torch.Tensor:
     """The k-th smallest value of every row, (rows, 1). On the CPU numpy's introselect (`partition`) finds the
     very same value 3-11x faster than `torch.kthvalue` (measured on the embedded model's shapes; the gap is
-    widest for SparseGPT's one selection over a whole 128-column block)."""
+    widest for SparseGPT's one selection over a whole 128-column block). numpy runs it on one thread, with the
+    GIL released, so the rows are split among torch's CPU threads (1.3-1.7x faster on 2 cores: 576-1728 rows)."""
     if score.device.type == "cpu" and score.dtype in (torch.float32, torch.float64):
-        return torch.from_numpy(np.partition(score.detach().numpy(), k - 1, axis=1)[:, k - 1:k])
+        rows = score.detach().numpy()
+        threads = min(torch.get_num_threads(), rows.shape[0] // _ROWS_PER_THREAD)
+        if threads <= 1:
+            return torch.from_numpy(np.partition(rows, k - 1, axis=1)[:, k - 1:k])
+        parts = np.array_split(rows, threads)
+        kth = _pool().map(lambda part: np.partition(part, k - 1, axis=1)[:, k - 1:k], parts)
+        return torch.from_numpy(np.concatenate(list(kth)))
     return torch.kthvalue(score, k, dim=1, keepdim=True).values
+
+
+_POOL: dict = {}  # pid -> pool: a forked child inherits the parent's pool object but not its threads
+
+
+def _pool() -> ThreadPoolExecutor:
+    """One pool per process, sized to the CPU count (`_kth_smallest` gives work to torch.get_num_threads() of
+    its threads at most)."""
+    pid = os.getpid()
+    if pid not in _POOL:
+        _POOL.clear()
+        _POOL[pid] = ThreadPoolExecutor(max(1, os.cpu_count() or 1), thread_name_prefix="kth")
+    return _POOL[pid]
 
 
 def lowest_nm(score: torch.Tensor, pattern: NM) -> torch.Tensor:

@@ -1,7 +1,6 @@
 """Magnitude pruning: drop the smallest |W| of each matrix under one threshold (or per N:M group)."""
-import torch
 
-from .base import Criterion, lowest_nm, lowest_overall
+from .base import Criterion, lowest_nm, lowest_overall, zero_where
 
 
 class Magnitude(Criterion):
@@ -14,4 +13,4 @@ class Magnitude(Criterion):
         score = weight.abs()
         # Exactly floor(numel·s) weights go; the reference's `<= thresh` removes one more (plus ties).
         mask = lowest_nm(score, pattern) if pattern else lowest_overall(score, sparsity, self.by_sort)
-        return weight.masked_fill(mask, 0.0)
+        return zero_where(weight, mask)

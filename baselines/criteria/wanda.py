@@ -2,13 +2,17 @@
 
 No weight update: kept weights stay exactly as they were.
 """
+import torch
+
 from dlp.stats import SQNORM
 
-from .base import Criterion, lowest_nm, lowest_per_row
+from .base import Criterion, lowest_nm, lowest_per_row, zero_where
 
 
 def wanda_scores(weight, stats):
-    return weight.abs() * stats.column_norm().to(weight.device).unsqueeze(0)
+    # Float32 scores whatever the weight's dtype (as the promoted product gave), multiplied in place: one new
+    # tensor instead of two.
+    return weight.abs().to(torch.float32).mul_(stats.column_norm().to(weight.device).unsqueeze(0))
 
 
 class Wanda(Criterion):
@@ -21,4 +25,4 @@ class Wanda(Criterion):
     def prune(self, weight, stats, sparsity, pattern):
         score = wanda_scores(weight, stats)
         mask = lowest_nm(score, pattern) if pattern else lowest_per_row(score, sparsity, self.by_sort)
-        return weight.masked_fill(mask, 0.0)
+        return zero_where(weight, mask)
