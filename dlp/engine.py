@@ -63,6 +63,7 @@ class StopAfterLastInput:
             raise _InputsTaken
 
     def batch_done(self, whole: bool) -> None:
+        """After each batch: a batch that ran whole (the first) gives the count of calls to cut at."""
         if whole and self.per_batch is None:
             self.per_batch = self.calls
         self.calls = 0
@@ -158,11 +159,12 @@ def run_block(block: nn.Module, inputs: torch.Tensor, kwargs_per_batch: list[dic
             try:
                 y = block(x, **_move(kwargs_per_batch[b], device))
             except _InputsTaken:
+                y = None
+            if stop is not None:
+                stop.batch_done(whole=y is not None)
+            if y is None:
                 whole = False
                 continue
-            finally:
-                if stop is not None:
-                    stop.batch_done(whole)
             y = y[0] if isinstance(y, tuple) else y  # transformers < 5 returned a tuple
             if out is not None:
                 out[start:start + batch_size] = y.to(out.device)

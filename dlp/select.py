@@ -55,8 +55,3 @@ def kth_smallest(stream: Stream, k: int) -> float:
     for chunk in stream():
         select.second(chunk)
     return select.value()
-
-
-def median(stream: Stream, count: int) -> float:
-    """Lower median (torch.median's convention: the ((n-1)//2)-th smallest)."""
-    return kth_smallest(stream, (count - 1) // 2)
