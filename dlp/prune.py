@@ -4,7 +4,7 @@ import time
 import torch
 from tqdm.auto import tqdm
 
-from baselines.criteria.base import Criterion
+from baselines.criteria.base import Criterion, lowest_nm, lowest_overall, zero_where
 from baselines.criteria.pattern import NM
 
 from .engine import WalkResult, walk
@@ -26,6 +26,8 @@ def prune_model(model, calib_ids: torch.Tensor, criterion: Criterion, block_spar
     if len(block_sparsities) != n_blocks:
         raise ValueError(f"{len(block_sparsities)} sparsities for {n_blocks} blocks")
 
+    uncalibrated = []
+
     def visit(index, block, linears, stats):
         sparsity = block_sparsities[index]
         if sparsity <= 0:
@@ -33,16 +35,32 @@ def prune_model(model, calib_ids: torch.Tensor, criterion: Criterion, block_spar
         for group in shared_input_groups(linears, stats):
             # One float32 copy each (`.to(...).clone()` copied a bfloat16 weight twice).
             weights = [linears[name].weight.data.to(torch.float32, copy=True) for name in group]
-            for name, new in zip(group, criterion.prune_group(weights, stats[group[0]], sparsity, pattern)):
-                linears[name].weight.data.copy_(new.to(linears[name].weight.dtype))
+            st = stats[group[0]]
+            if st is not None and st.tokens == 0:  # a routed expert no calibration token reached
+                new = [by_magnitude(w, sparsity, pattern) for w in weights]
+                uncalibrated.extend(f"{index}.{name}" for name in group)
+            else:
+                new = criterion.prune_group(weights, st, sparsity, pattern)
+            for name, w in zip(group, new):
+                linears[name].weight.data.copy_(w.to(linears[name].weight.dtype))
         return True
 
     if not criterion.needs:
         return weights_only(model, visit, desc=f"prune ({criterion.name})", progress=progress)
     # Every block with a sparsity is changed, so its statistics pass need not finish (dlp.engine).
-    return walk(model, calib_ids, visit, criterion.needs, batch_size=batch_size,
-                desc=f"prune ({criterion.name})", progress=progress, share_stats=share_stats, replays=True,
-                stop_early=stop_early)
+    result = walk(model, calib_ids, visit, criterion.needs, batch_size=batch_size,
+                  desc=f"prune ({criterion.name})", progress=progress, share_stats=share_stats, replays=True,
+                  stop_early=stop_early)
+    result.uncalibrated = uncalibrated
+    return result
+
+
+def by_magnitude(weight: torch.Tensor, sparsity: float, pattern: NM | None) -> torch.Tensor:
+    """The fallback for a matrix without input statistics (a routed expert that calibration never reached):
+    its floor(numel·s) smallest |W| go (or the N smallest of every N:M group), as magnitude pruning does; an
+    input-aware criterion has nothing to rank by, and SparseGPT would zero every weight of an unseen input."""
+    score = weight.abs()
+    return zero_where(weight, lowest_nm(score, pattern) if pattern else lowest_overall(score, sparsity))
 
 
 def weights_only(model, visit, desc: str, progress: bool) -> WalkResult:

@@ -32,6 +32,7 @@ class LinearStats:
     device: torch.device
     needs: frozenset
     nsamples: int = 0  # calibration sequences seen
+    tokens: int = 0  # input rows added (a routed expert sees only its tokens; 0 if none reached it)
     seqlen: int | None = None  # tokens per calibration sequence (None: each call to `add` is one sequence)
     sqnorm: torch.Tensor | None = None  # Σ_tokens x_j², float64 (in_features,): see `add`
     gram: torch.Tensor | None = None  # Σ_tokens x xᵀ, float32 (in, in); upper column blocks only: see full_gram
@@ -55,6 +56,7 @@ class LinearStats:
         """Add a batch of inputs one sequence at a time (see above). Some models flatten tokens before a Linear
         (OPT's fc1/fc2 see (tokens, width)), so sequences are cut by `seqlen` rows, not by the input's shape."""
         x = x.reshape(-1, x.shape[-1])
+        self.tokens += x.shape[0]
         for sequence in x.split(self.seqlen or x.shape[0]):
             self._add_tokens(sequence)
 

@@ -10,12 +10,14 @@ from baselines.criteria import make_criterion
 from baselines.criteria.pattern import check_sparsity, parse_pattern
 from dlp.batching import check_batch_size, resolve_batch_size
 from dlp.compute_dtype import check_compute_dtype
+from dlp.coverage import coverage, decoder_sparsity
 from dlp.data import corpora
 from dlp.data.calibration import calibration_windows
 from dlp.errors import UserError
 from dlp.models import load_model
 from dlp.perplexity import perplexity
 from dlp.prune import prune_model
+from dlp.selfcheck import check_walk
 from dlp.sparsity import measure_sparsity
 
 from . import records
@@ -73,6 +75,13 @@ def execute(cfg: dict) -> dict:
                                          "seqlen": d["seqlen"], "tokens": int(calib.numel()), "mode": d["mode"],
                                          "batch_size": resolve_batch_size(d["batch_size"], model, calib)}
         timings["calibration_data"] = time.perf_counter() - t
+        record["coverage"] = coverage(model)  # warns in one line when the pruned set is under 90% of the decoder
+
+        t = time.perf_counter()
+        # The walk must reproduce the model's own forward (dlp.selfcheck): checked on one calibration sequence
+        # before any walk, unless explicitly switched off (recorded either way).
+        record["selfcheck"] = check_walk(model, calib[:1]) if cfg.get("selfcheck", True) else {"skipped": True}
+        timings["selfcheck"] = time.perf_counter() - t
 
         t = time.perf_counter()
         allocator = make_allocator(cfg["allocation"]["name"], **params(cfg["allocation"]))
@@ -90,6 +99,7 @@ def execute(cfg: dict) -> dict:
                            batch_size=d["batch_size"], progress=cfg["progress"])
         timings["prune"] = time.perf_counter() - t
         timings["prune_phases"] = walk.timings
+        record["coverage"]["no_calibration_input"] = walk.uncalibrated  # pruned by magnitude (dlp.prune)
 
     actual = measure_sparsity(model)
     t = time.perf_counter()
@@ -115,6 +125,7 @@ def execute(cfg: dict) -> dict:
         "metrics": {"ppl": ppl["ppl"], "eval_corpus": corpus.name, "eval": ppl,
                     **({"zeroshot": zeroshot} if zeroshot else {})},
         "sparsity": {"target": target, "actual": actual["overall"], "per_block": actual["per_block"],
+                     **({} if records.is_dense(cfg) else {"actual_all_decoder": decoder_sparsity(model)}),
                      "per_block_target": block_targets or [0.0] * len(actual["per_block"]),
                      "per_matrix": actual["per_matrix"], "pruned_parameters": n_params,
                      "target_met": abs(actual["overall"] - target) <= 0.005},

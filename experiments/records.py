@@ -1,6 +1,7 @@
 """Run records: one JSON file per run, keyed by a hash of what determines its numbers.
 
-Options that cannot change the numbers (progress bars, forcing, where results go) are left out of the key,
+Options that cannot change the numbers (progress bars, forcing, where results go, the walk's self-check, which
+only stops a run) are left out of the key,
 so the same config finds its record again and is not recomputed unless forced.
 """
 import hashlib
@@ -15,7 +16,7 @@ from pathlib import Path
 from dlp.io import write_json_atomic
 from dlp.paths import ROOT
 
-NOT_IN_KEY = ("force", "progress", "results_dir", "wandb")
+NOT_IN_KEY = ("force", "progress", "results_dir", "wandb", "selfcheck")
 
 
 def is_dense(cfg: dict) -> bool:

@@ -8,7 +8,7 @@ from dlp.engine import walk
 from dlp.prune import prune_model
 from dlp.sparsity import measure_sparsity
 from dlp.structure import find_blocks, find_linears
-from tiny import FAMILIES, last_block_output, tiny_ids, tiny_model
+from tiny import DENSE, FAMILIES, MOE, last_block_output, tiny_ids, tiny_model
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -155,7 +155,7 @@ def _walk_recording(model, ids, needs, stop_early, changes=True, replays=True):
     return seen, result, reached
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", DENSE)
 def test_statistics_pass_stopped_at_the_last_input_changes_nothing(family):
     """A prune walk's statistics pass ends each batch (after the first) at the last Linear's input: the same
     statistics to the bit, the same outputs, and the last Linear really multiplied fewer times."""
@@ -213,7 +213,7 @@ def test_stop_counts_a_linear_called_twice():
     twice in a block still gets both inputs into its statistics."""
     import torch.nn as nn
 
-    from dlp.engine import StopAfterLastInput, run_block
+    from dlp.engine import BlockCall, StopAfterLastInput, run_block
     from dlp.stats import SQNORM, attach
 
     class Twice(nn.Module):
@@ -232,10 +232,63 @@ def test_stop_counts_a_linear_called_twice():
         second = torch.relu(block.b(block.a(x))).reshape(-1, 8).square().sum(0).double()
         stats, handles = attach(linears, frozenset({SQNORM}), share=False, seqlen=5)
         stop = StopAfterLastInput(linears)
-        whole = run_block(block, x, [{}] * 3, 2, out=None, stop=stop)
+        whole = run_block(block, x, [BlockCall((), {})] * 3, 2, out=None, stop=stop)
     for h in handles:
         h.remove()
     stop.remove()
     assert not whole and stop.per_batch == 3
     assert torch.allclose(stats["a"].sqnorm, expected + second, rtol=1e-6)
     assert torch.allclose(stats["b"].sqnorm, block.a(x).detach().reshape(-1, 8).square().sum(0).double(), rtol=1e-6)
+
+
+@pytest.mark.parametrize("family", MOE)
+def test_blocks_with_routed_experts_are_never_cut(family):
+    """The Linear calls of a block with routed experts follow the routing, so a count learnt from one batch
+    could cut another before an expert took its input: such blocks run their statistics pass whole, and the
+    statistics equal those of a walk that never cuts."""
+    import copy
+
+    from dlp.stats import HESSIAN, SQNORM
+    base, ids = tiny_model(family), tiny_ids(n=8)
+    needs = frozenset({SQNORM, HESSIAN})
+    whole_stats, whole, _ = _walk_recording(copy.deepcopy(base), ids, needs, stop_early=False)
+    cut_stats, cut, _ = _walk_recording(copy.deepcopy(base), ids, needs, stop_early=True)
+    assert cut.skipped_flops == 0
+    for a, b in zip(whole_stats, cut_stats):
+        assert a.keys() == b.keys()
+        for name in a:
+            for x, y in zip(a[name][:2], b[name][:2]):
+                assert torch.equal(x, y), name
+    assert torch.equal(whole.outputs, cut.outputs)
+
+
+def test_stop_never_cuts_a_block_whose_first_batch_skipped_a_linear():
+    """A Linear that the first batch did not call (a branch, an expert nobody was routed to) may be called by a
+    later batch: counting calls from the first batch would cut that batch before it. No cut then."""
+    import torch.nn as nn
+
+    from dlp.engine import BlockCall, StopAfterLastInput, run_block
+    from dlp.stats import SQNORM, attach
+
+    class Branch(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Linear(4, 4), nn.Linear(4, 4)
+
+        def forward(self, x):
+            y = x + self.a(x)
+            return y + self.b(x) if x.sum() > 0 else y
+
+    torch.manual_seed(0)
+    block = Branch()
+    x = torch.cat([-torch.rand(2, 3, 4), torch.rand(2, 3, 4)])  # batch 1 takes no branch, batch 2 does
+    linears = {"a": block.a, "b": block.b}
+    with torch.no_grad():
+        stats, handles = attach(linears, frozenset({SQNORM}), share=False, seqlen=3)
+        stop = StopAfterLastInput(linears)
+        whole = run_block(block, x, [BlockCall((), {})] * 2, 2, out=None, stop=stop)
+    for h in handles:
+        h.remove()
+    stop.remove()
+    assert whole and stop.per_batch == 0
+    assert torch.allclose(stats["b"].sqnorm, x[2:].reshape(-1, 4).square().sum(0).double())

@@ -8,18 +8,40 @@ from dlp.prune import prune_model
 from dlp.structure import find_blocks, find_linears
 from tiny import FAMILIES, tiny_ids, tiny_model
 
-EXPECTED_PATHS = {"llama": "model.layers", "mistral": "model.layers", "qwen2": "model.layers",
-                  "opt": "model.decoder.layers"}
+LLAMA_LIKE = {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj", "mlp.gate_proj",
+              "mlp.up_proj", "mlp.down_proj"}
+ATTENTION = {n for n in LLAMA_LIKE if n.startswith("self_attn")}
+
+
+def experts(n, inner="gate_up_proj"):
+    return {f"mlp.experts.{t}.{e}" for t in (inner, "down_proj") for e in range(n)}
+
+
+# The prunable matrices of one block, by family (routers left out: dlp.structure.router_linears).
+EXPECTED = {
+    "llama": ("model.layers", LLAMA_LIKE), "mistral": ("model.layers", LLAMA_LIKE),
+    "qwen2": ("model.layers", LLAMA_LIKE), "qwen3": ("model.layers", LLAMA_LIKE),
+    "gemma2": ("model.layers", LLAMA_LIKE), "gemma3": ("model.layers", LLAMA_LIKE),
+    "opt": ("model.decoder.layers", {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj",
+                                     "self_attn.out_proj", "fc1", "fc2"}),
+    "phi3": ("model.layers", {"self_attn.qkv_proj", "self_attn.o_proj", "mlp.gate_up_proj", "mlp.down_proj"}),
+    "gpt_neox": ("gpt_neox.layers", {"attention.query_key_value", "attention.dense", "mlp.dense_h_to_4h",
+                                     "mlp.dense_4h_to_h"}),
+    "mixtral": ("model.layers", ATTENTION | experts(4)),
+    "qwen2_moe": ("model.layers", ATTENTION | experts(4) | {"mlp.shared_expert.gate_proj",
+                                                           "mlp.shared_expert.up_proj",
+                                                           "mlp.shared_expert.down_proj"}),
+}
 
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_blocks_found_by_structure(family):
     model = tiny_model(family)
     layout = find_blocks(model)
-    assert layout.path == EXPECTED_PATHS[family]
+    path, names = EXPECTED[family]
+    assert layout.path == path
     assert len(layout) == model.config.num_hidden_layers
-    names = set(find_linears(layout.blocks[0]))
-    assert len(names) in (6, 7)  # q,k,v,o + 3 MLP (LLaMA-like) or 2 MLP (OPT)
+    assert set(find_linears(layout.blocks[0])) == names
     head = model.get_output_embeddings()
     assert all(layer is not head for block in layout.blocks for layer in find_linears(block).values())
 

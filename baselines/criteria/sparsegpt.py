@@ -120,8 +120,12 @@ def upper_factor_from_reversed(reversed_h: torch.Tensor) -> torch.Tensor:
     """`upper_factor_of_inverse` given J H J, which it overwrites: the Cholesky factor and the triangular
     inverse are computed in place (LAPACK works in place; same bits as the out-of-place calls), so no more than
     two n x n matrices are alive at once instead of five (the memory peak of pruning a 1536-wide input here)."""
-    L = torch.linalg.cholesky(reversed_h, out=reversed_h)
-    inverse = torch.eye(L.shape[0], dtype=L.dtype, device=L.device)
+    # Both in column-major order, as LAPACK works: row-major buffers take another path, which on some CPUs
+    # (seen with MKL on an AMD EPYC) rounds differently from the out-of-place calls. J H J is exactly symmetric, so
+    # its transpose is the same matrix in column-major order, in the same memory.
+    column_major = reversed_h.t()
+    L = torch.linalg.cholesky(column_major, out=column_major)
+    inverse = torch.eye(L.shape[0], dtype=L.dtype, device=L.device).t()
     torch.linalg.solve_triangular(L, inverse, upper=False, out=inverse)
-    del L, reversed_h
+    del L, reversed_h, column_major
     return inverse.flip(0, 1)
