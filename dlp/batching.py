@@ -5,7 +5,8 @@ statistics, and a batch's working tensors (MLP intermediates, projections, norm 
 float32 copy of a sequence). Only the last grows with the batch. "auto" picks the largest batch whose estimated
 working set stays within WORKING_SET_SHARE of the rest, so the whole peak stays near that floor. Larger
 batches buy little speed on a CPU (on the embedded model, batches 1-8 ran within the machine's noise), and
-since the statistics are summed per sequence (dlp.stats), float32 results do not depend on the batch at all.
+since the statistics are summed per sequence (dlp.stats), float32 results do not depend on the batch at all
+(routed experts aside: dlp.experts).
 """
 import torch
 import torch.nn as nn

@@ -35,6 +35,10 @@ from .stats import LinearStats, attach
 from .structure import BlockLayout, find_blocks, find_linears
 
 
+class _Captured(Exception):
+    """Raised by the last block's bypass: the capture pass has seen every block's arguments."""
+
+
 class _InputsTaken(Exception):
     """Raised inside a statistics pass once every Linear of the block has taken this batch's input."""
 
@@ -149,9 +153,6 @@ def capture_inputs(model: nn.Module, layout: BlockLayout, calib_ids: torch.Tenso
     last = len(layout) - 1
     state: dict = {}
 
-    class _Seen(Exception):
-        pass
-
     def bypass_for(index: int):
         def bypass(*args, **kwargs):
             hidden = args[0] if args else kwargs.pop("hidden_states")
@@ -159,7 +160,7 @@ def capture_inputs(model: nn.Module, layout: BlockLayout, calib_ids: torch.Tenso
             if index == 0:
                 state["h"] = hidden
             if index == last:
-                raise _Seen
+                raise _Captured
             return hidden
         return bypass
 
@@ -175,7 +176,7 @@ def capture_inputs(model: nn.Module, layout: BlockLayout, calib_ids: torch.Tenso
             state["calls"] = []
             try:
                 model(input_ids=batch, use_cache=False)
-            except _Seen:
+            except _Captured:
                 pass
             if len(state["calls"]) != len(layout):
                 raise RuntimeError(f"{type(model).__name__} called {len(state['calls'])} of its {len(layout)} "

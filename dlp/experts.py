@@ -4,9 +4,10 @@ Transformers 5 keeps a mixture-of-experts layer's experts in 3-D parameters (`ga
 (experts, 2·inner, hidden) and `down_proj` of shape (experts, hidden, inner) for Mixtral and Qwen2/3-MoE), and
 its forward calls `F.linear` on slices of them, so no Linear module exists for a hook to see. `expose`
 gives each expert's slice a Linear whose weight is a *view* of the fused tensor (pruning it writes straight
-into the model's own parameter; the checkpoint layout is unchanged) and swaps the experts' forward for the
-same routing loop calling those Linears. The products are the very same `F.linear` calls on the same
-slices, so the model's outputs do not change.
+into the model's own parameter; the checkpoint layout is unchanged) and swaps the experts' forward for
+transformers' eager routing loop calling those Linears: the same `F.linear` calls on the same slices. Its
+default kernel (`grouped_mm`) gives the same bits in float32 (tested) but may round otherwise in bfloat16, so
+`dlp.models.load_model` exposes every model's experts at once: dense and pruned runs evaluate alike.
 
 Each expert's Linear sees only the tokens routed to it. One that no calibration token reached has no input
 statistics: `dlp.prune` prunes it by weight magnitude at the block's sparsity and reports it (an input-aware
@@ -47,32 +48,52 @@ def _check_supported(module: nn.Module) -> None:
         raise UserError(f"{name}: fused experts without gate_up_proj/up_proj and down_proj are not supported")
 
 
-def expose(module: nn.Module) -> dict[str, nn.Linear]:
-    """Per-expert Linears of a fused experts module, named '<tensor>.<expert>' (e.g. 'gate_up_proj.3'),
-    installing the routing forward that calls them on first use (idempotent)."""
-    views = module.__dict__.get(_VIEWS)
-    if views is not None:
-        return views
-    _check_supported(module)
+def _slices(module: nn.Module):
+    """(name, weight view, bias view or None) of every expert's slice of every fused tensor, as nn.Linear
+    holds a weight: (out, in)."""
     transposed = getattr(module, "is_transposed", False)
-    views = {}
     for tensor_name in FUSED_NAMES:
         fused = getattr(module, tensor_name, None)
         if fused is None:
             continue
         bias = getattr(module, f"{tensor_name}_bias", None)
         for e in range(module.num_experts):
-            w = fused.data[e].t() if transposed else fused.data[e]  # (out, in), as nn.Linear holds it
-            views[f"{tensor_name}.{e}"] = _view_linear(w, None if bias is None else bias.data[e])
+            yield (f"{tensor_name}.{e}", fused.data[e].t() if transposed else fused.data[e],
+                   None if bias is None else bias.data[e])
+
+
+def expose(module: nn.Module) -> dict[str, nn.Linear]:
+    """Per-expert Linears of a fused experts module, named '<tensor>.<expert>' (e.g. 'gate_up_proj.3'),
+    installing the routing forward that calls them on first use (idempotent)."""
+    views = module.__dict__.get(_VIEWS)
+    if views is not None:
+        _follow(module, views)
+        return views
+    _check_supported(module)
+    views = {name: _view_linear(w, b) for name, w, b in _slices(module)}
     object.__setattr__(module, _VIEWS, views)
     module.forward = types.MethodType(_routed_forward, module)
     return views
+
+
+def _follow(module: nn.Module, views: dict[str, nn.Linear]) -> None:
+    """Point the views at the fused tensors again if these moved (`model.to(...)`, a dtype change): the same
+    Linear objects, so hooks registered on them still fire."""
+    first = next(iter(views.values()))
+    name, w, _ = next(_slices(module))
+    if first.weight.data_ptr() == w.data_ptr() and first.weight.dtype == w.dtype and first.weight.device == w.device:
+        return
+    for name, w, b in _slices(module):
+        views[name].weight = nn.Parameter(w, requires_grad=False)
+        if b is not None:
+            views[name].bias = nn.Parameter(b, requires_grad=False)
 
 
 def _routed_forward(self, hidden_states: torch.Tensor, top_k_index: torch.Tensor,
                     top_k_weights: torch.Tensor) -> torch.Tensor:
     """transformers' eager experts loop, each product through the expert's Linear (so hooks see its input)."""
     views = self.__dict__[_VIEWS]
+    _follow(self, views)
     final = torch.zeros_like(hidden_states)
     with torch.no_grad():
         expert_mask = nn.functional.one_hot(top_k_index, num_classes=self.num_experts + 1).permute(2, 1, 0)
@@ -99,6 +120,14 @@ def routed_linears(block: nn.Module) -> dict[str, nn.Linear]:
         if is_fused_experts(module):
             found.update({f"{path}.{name}": layer for name, layer in expose(module).items()})
     return found
+
+
+def expose_experts(model: nn.Module) -> int:
+    """Expose every fused experts module of a model (see above); returns how many there were."""
+    found = [m for m in model.modules() if is_fused_experts(m)]
+    for module in found:
+        expose(module)
+    return len(found)
 
 
 def has_routed_experts(block: nn.Module) -> bool:

@@ -7,6 +7,7 @@ import torch
 from . import embedded
 from .compute_dtype import check_compute_dtype, set_compute_dtype
 from .errors import UserError
+from .experts import expose_experts
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -60,5 +61,6 @@ def load_model(path: str, dtype: str = "float32", device: str = "auto", device_m
         model.to(resolve_device(device))
     model.eval()
     model.config.use_cache = False
+    expose_experts(model)  # fused MoE experts through per-expert Linears, for every run alike (dlp.experts)
     set_compute_dtype(model, compute_dtype)
     return model, tokenizer, prov

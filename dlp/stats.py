@@ -10,7 +10,8 @@ filled by mirroring when H is read. Each entry is still a float32 sum over the s
 
 Both statistics are summed one calibration sequence at a time, whatever the batch: the sums then meet in the
 same order for every batch size, so in float32 (where a block's forward pass gives the same bits for any batch)
-the statistics, masks and pruned weights are identical for batch 1 and batch 8. The batch becomes a pure
+the statistics, masks and pruned weights are identical for batch 1 and batch 8 (except for routed experts,
+whose inputs are gathered from the batch: dlp.experts). The batch becomes a pure
 speed/memory knob (the engine may pick it from a memory budget: dlp.batching), and the float32 copy each hook
 makes is one sequence long instead of a whole batch. Measured here: no slower than whole-batch sums.
 """

@@ -38,6 +38,7 @@ from dlp.machine import describe, matmul_peak, phase, release_free_memory, rss_b
 from dlp.models import DTYPES, load_model, resolve_device
 from dlp.perplexity import CHUNK_TOKENS, window_losses
 from dlp.prune import prune_model
+from dlp.selfcheck import check_walk
 from dlp.stats import SQNORM, LinearStats
 from dlp.structure import find_blocks
 
@@ -304,6 +305,11 @@ def bench_method(args, model, calib, eval_ids, criterion_name, allocation_name, 
     # divides by the mean of two passes that bracket the work. The pass after runs on the pruned weights: the
     # same products, as costly.
     dense_before_s = dense_forward(args, model, calib, device)["seconds"]
+    # The self-check every run makes before its walks (dlp.selfcheck): one calibration sequence through the
+    # model and through the walk. Shown beside the prune; not in "x dense forward", which times the method.
+    with phase(device) as m:
+        check_walk(model, calib[:1])
+    rows["selfcheck"] = _row("self-check (1 sequence)", m["seconds"], calib[0].numel(), None, peak)
     # An empty profile cache, so that the allocation pass is timed in full; its walk recorded, so that its
     # GFLOP/s counts only the products it did (the engine cuts the last block short: dlp.engine).
     walks = []

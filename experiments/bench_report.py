@@ -63,7 +63,7 @@ def method_tables(result: dict, cuda: bool) -> list[str]:
     lines = ["| method | phase | seconds | tokens/s | GFLOP/s | share of peak |", "|---|---|---|---|---|---|"]
     own = {name: m["peak"]["gflops"] for name, m in result["methods"].items() if m.get("peak")}
     for name, m in result["methods"].items():
-        for key in ("allocation", "capture", "statistics", "criterion", "replay", "prune", "evaluation"):
+        for key in ("selfcheck", "allocation", "capture", "statistics", "criterion", "replay", "prune", "evaluation"):
             r = m["phases"].get(key)
             if r is None:
                 continue

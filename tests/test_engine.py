@@ -292,3 +292,35 @@ def test_stop_never_cuts_a_block_whose_first_batch_skipped_a_linear():
     stop.remove()
     assert whole and stop.per_batch == 0
     assert torch.allclose(stats["b"].sqnorm, x[2:].reshape(-1, 4).square().sum(0).double())
+
+
+def _distinct_tensors(calls) -> int:
+    seen = set()
+
+    def visit(obj):
+        if isinstance(obj, torch.Tensor):
+            seen.add(id(obj))
+        elif isinstance(obj, (tuple, list)):
+            for o in obj:
+                visit(o)
+        elif isinstance(obj, dict):
+            for o in obj.values():
+                visit(o)
+    for call in calls:
+        visit(call.args)
+        visit(call.kwargs)
+    return len(seen)
+
+
+@pytest.mark.parametrize("family,per_type", [("llama", 0), ("mistral", 0), ("gemma3", 2), ("qwen3", 1)])
+def test_arguments_shared_by_blocks_are_held_once(family, per_type):
+    """The capture keeps what the model passed each block by reference: a batch holds block 0's tensors plus
+    only what another layer type adds (Gemma-3: the other mask and the other rotary pair; Qwen3: the sliding
+    mask), not a copy per block."""
+    from dlp.engine import capture_inputs
+    model = tiny_model(family)
+    layout = find_blocks(model)
+    cap = capture_inputs(model, layout, tiny_ids(n=4), batch_size=2)
+    assert len(cap.calls) == 2 and all(len(per_block) == 3 for per_block in cap.calls)
+    for per_block in cap.calls:
+        assert _distinct_tensors(per_block) == _distinct_tensors(per_block[:1]) + per_type

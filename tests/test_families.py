@@ -12,6 +12,7 @@ from dlp import selfcheck
 from dlp.coverage import coverage, decoder_sparsity
 from dlp.data.corpora import Corpus
 from dlp.errors import UserError
+from dlp.experts import expose_experts
 from dlp.perplexity import perplexity
 from dlp.prune import prune_model
 from dlp.selfcheck import check_walk, model_block_outputs, walk_block_outputs
@@ -20,6 +21,7 @@ from tiny import (FAMILIES, MOE, PER_LAYER_ARGUMENTS, TEXT, WINDOW, char_tokeniz
                   tiny_model)
 
 SEQLEN = 32  # longer than every sliding window in tiny.FAMILIES
+REAL_CAPTURE = selfcheck.capture_inputs
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -34,24 +36,21 @@ def test_walk_gives_every_blocks_output_of_the_models_own_forward(family):
     assert report["passed"] and report["max_difference"] <= report["tolerance"] == 1e-4
 
 
+def first_blocks_arguments(*args, **kwargs):
+    """The capture as a first-block capture would have it: block 0's arguments replayed to every block."""
+    cap = REAL_CAPTURE(*args, **kwargs)
+    cap.calls = [[calls[0]] * len(calls) for calls in cap.calls]
+    return cap
+
+
 @pytest.mark.parametrize("family", PER_LAYER_ARGUMENTS)
-def test_blocks_get_arguments_of_their_own(family):
+def test_blocks_get_arguments_of_their_own(family, monkeypatch):
     """The families whose mask (or rotary tables) depend on the layer type: replaying block 0's arguments to
     every block (what a first-block capture does) gives other outputs, and the self-check says so."""
     model, ids = tiny_model(family), tiny_ids(n=1, seqlen=SEQLEN)
-    real = selfcheck.capture_inputs
-
-    def first_blocks_arguments(*args, **kwargs):
-        cap = real(*args, **kwargs)
-        cap.calls = [[calls[0]] * len(calls) for calls in cap.calls]
-        return cap
-
-    selfcheck.capture_inputs = first_blocks_arguments
-    try:
-        with pytest.raises(UserError, match=rf"self-check failed: block [12] of {type(model).__name__} differs"):
-            check_walk(model, ids)
-    finally:
-        selfcheck.capture_inputs = real
+    monkeypatch.setattr(selfcheck, "capture_inputs", first_blocks_arguments)
+    with pytest.raises(UserError, match=rf"self-check failed: block [12] of {type(model).__name__} differs"):
+        check_walk(model, ids)
 
 
 def all_attending(mask, x):
@@ -64,10 +63,8 @@ def all_attending(mask, x):
 @pytest.mark.parametrize("family", FAMILIES)
 def test_self_check_fails_when_a_blocks_arguments_are_corrupted(family, monkeypatch):
     model, ids = tiny_model(family), tiny_ids(n=1, seqlen=SEQLEN)
-    real = selfcheck.capture_inputs
-
     def corrupted(*args, **kwargs):
-        cap = real(*args, **kwargs)
+        cap = REAL_CAPTURE(*args, **kwargs)
         call = cap.calls[0][1]
         call.kwargs = {**call.kwargs, "attention_mask": all_attending(call.kwargs.get("attention_mask"), cap.inputs)}
         return cap
@@ -79,26 +76,20 @@ def test_self_check_fails_when_a_blocks_arguments_are_corrupted(family, monkeypa
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_wanda_exact_per_row_counts(family):
-    model = tiny_model(family)
-    prune_model(model, tiny_ids(n=4, seqlen=SEQLEN), make_criterion("wanda"), [0.5, 0.25, 0.75], batch_size=2,
+@pytest.mark.parametrize("criterion", ["wanda", "sparsegpt"])
+def test_criteria_give_their_exact_counts(family, criterion):
+    """Wanda: floor(C_in·s) in every row. SparseGPT: floor(rows·cols·s) per 128-column block (the tiny inputs
+    are narrower than 128, so per matrix), every weight finite after its updates."""
+    model, targets = tiny_model(family), [0.5, 0.25, 0.75]
+    prune_model(model, tiny_ids(n=4, seqlen=SEQLEN), make_criterion(criterion), targets, batch_size=2,
                 progress=False)
-    for block, s in zip(find_blocks(model).blocks, [0.5, 0.25, 0.75]):
+    for block, s in zip(find_blocks(model).blocks, targets):
         for name, layer in find_linears(block).items():
-            zeros = (layer.weight == 0).sum(1)
-            assert (zeros == int(layer.in_features * s)).all(), name
-
-
-@pytest.mark.parametrize("family", FAMILIES)
-def test_sparsegpt_runs_and_meets_each_blocks_target(family):
-    model = tiny_model(family)
-    prune_model(model, tiny_ids(n=4, seqlen=SEQLEN), make_criterion("sparsegpt"), [0.5, 0.6, 0.7], batch_size=2,
-                progress=False)
-    for block, s in zip(find_blocks(model).blocks, [0.5, 0.6, 0.7]):
-        for name, layer in find_linears(block).items():
-            assert torch.isfinite(layer.weight).all(), name
-            # Per 128-column block, exactly floor(rows x cols x s) go (tiny inputs are narrower than 128).
-            assert int((layer.weight == 0).sum()) == int(layer.weight.numel() * s), name
+            zeros = layer.weight == 0
+            if criterion == "wanda":
+                assert (zeros.sum(1) == int(layer.in_features * s)).all(), name
+            else:
+                assert torch.isfinite(layer.weight).all() and int(zeros.sum()) == int(zeros.numel() * s), name
 
 
 def hand_ppl(model, ids, seqlen, n):
@@ -145,10 +136,11 @@ def test_a_logit_transform_the_chunked_path_does_not_know_falls_back_to_the_mode
 
 @pytest.mark.parametrize("family", MOE)
 def test_exposing_experts_leaves_the_models_outputs_unchanged(family):
+    """In float32 transformers' default experts kernel and the eager routing loop agree to the bit."""
     model, ids = tiny_model(family), tiny_ids(n=2, seqlen=SEQLEN)
     with torch.no_grad():
         before = model(input_ids=ids).logits
-        find_linears(find_blocks(model).blocks[0])  # installs the routing forward of block 0's experts
+        expose_experts(model)
         after = model(input_ids=ids).logits
     assert torch.equal(before, after)
     assert not any("_dlp" in k for k in model.state_dict())  # the checkpoint layout is the model's own
@@ -262,7 +254,7 @@ def test_a_run_records_its_self_check_and_coverage(saved):
     s = record["sparsity"]
     assert abs(s["actual"] - 0.5) < 0.02  # 64-wide tiny rows round each block's count down
     assert s["actual_all_decoder"] == pytest.approx(s["actual"] * cov["pruned_share"], abs=0.01)
-    assert record["timings_s"]["selfcheck"] < record["timings_s"]["prune"]
+    assert record["timings_s"]["selfcheck"] >= 0 and record["selfcheck"]["seconds"] >= 0
 
 
 def test_a_failed_self_check_fails_the_run_in_one_line(saved, monkeypatch):
@@ -272,13 +264,6 @@ def test_a_failed_self_check_fails_the_run_in_one_line(saved, monkeypatch):
 
     from experiments import pipeline, records
     from experiments.config import compose_config
-    real = selfcheck.capture_inputs
-
-    def first_blocks_arguments(*args, **kwargs):
-        cap = real(*args, **kwargs)
-        cap.calls = [[calls[0]] * len(calls) for calls in cap.calls]
-        return cap
-
     monkeypatch.setattr(selfcheck, "capture_inputs", first_blocks_arguments)
     cfg = compose_config(run_overrides(saved, "gemma3"))
     with pytest.raises(UserError, match="self-check failed: block 1 of Gemma3ForCausalLM differs"):
@@ -291,3 +276,20 @@ def test_a_failed_self_check_fails_the_run_in_one_line(saved, monkeypatch):
     _, record, _ = pipeline.run(off)
     assert record["status"] == "ok" and record["selfcheck"] == {"skipped": True}
     assert record["config"]["selfcheck"] is False
+
+
+def test_expert_views_follow_the_model_when_it_moves():
+    """`model.to(dtype)` after the experts were exposed gives the fused tensors new storage: the views follow,
+    so the model's outputs stay its own and pruning still writes into the model's parameters."""
+    model, ids = tiny_model("mixtral"), tiny_ids(n=2, seqlen=SEQLEN)
+    expose_experts(model)
+    model.to(torch.bfloat16)
+    reference = copy.deepcopy(model)
+    for block in find_blocks(reference).blocks:  # the copy's views are built afresh on the moved tensors
+        block.mlp.experts.__dict__.pop("_dlp_expert_linears", None)
+        find_linears(block)
+    with torch.no_grad():
+        assert torch.equal(model(input_ids=ids).logits, reference(input_ids=ids).logits)
+    prune_model(model, None, make_criterion("magnitude"), [0.5] * 3, progress=False)
+    assert int((find_blocks(model).blocks[0].mlp.experts.down_proj == 0).sum()) == \
+        find_blocks(model).blocks[0].mlp.experts.down_proj.numel() // 2
