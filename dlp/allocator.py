@@ -1,4 +1,5 @@
-"""What an allocation is: one sparsity per decoder block around a global target."""
+"""What an allocation is: one sparsity per decoder block around a global target (registered by name in
+dlp.registry)."""
 from dataclasses import dataclass, field
 
 
@@ -10,7 +11,9 @@ class Allocation:
 
 
 class Allocator:
-    name: str = ""
+    name: str = ""  # set by @register_allocation (dlp.registry)
+    label: str = ""  # how tables print it
+    score_label: str = "score"  # what `Allocation.scores` holds, for plots
 
     def allocate(self, model, calib_ids, target: float, batch_size: int | str, progress: bool = True,
                  model_id: dict | None = None) -> Allocation:

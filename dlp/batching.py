@@ -4,8 +4,8 @@ Memory during a walk is the weights, the calibration activations in and out of o
 statistics, and a batch's working tensors (MLP intermediates, projections, norm upcasts, the statistics hook's
 float32 copy of a sequence). Only the last grows with the batch. "auto" picks the largest batch whose estimated
 working set stays within WORKING_SET_SHARE of the rest, so the whole peak stays near that floor. Larger
-batches buy little speed on a CPU (on the embedded model, batches 1-8 ran within the machine's noise), and
-since the statistics are summed per sequence (dlp.stats), float32 results do not depend on the batch at all
+batches buy little speed on a CPU (one sequence's products are already large enough to run at full speed),
+and since the statistics are summed per sequence (dlp.stats), float32 results do not depend on the batch at all
 (routed experts aside: dlp.experts).
 """
 import torch
@@ -22,8 +22,8 @@ def working_set_per_token(config, dtype: torch.dtype, seqlen: int) -> int:
     """Bytes one token of a batch holds at the busiest point of a decoder block, counted from the config:
     the MLP's up/gate/activation outputs and about six hidden-width tensors (norm input and upcast, q/k/v/o,
     residual) in the model's dtype, plus the hook's float32 copy of the widest Linear input; with eager
-    attention also the float32 score rows (SDPA's fused kernels do not hold them). Checked against the bench's
-    measured peaks: 21.7 KB per token measured vs 22.3 KB counted on the embedded model in bf16."""
+    attention also the float32 score rows (SDPA's fused kernels do not hold them). An estimate: the bench
+    reports measured peaks beside it (results/)."""
     hidden = config.hidden_size
     inner = getattr(config, "intermediate_size", None) or getattr(config, "ffn_dim", None) or 4 * hidden
     elt = torch.tensor([], dtype=dtype).element_size()

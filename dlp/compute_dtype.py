@@ -3,9 +3,9 @@
 A float32 model may run its forward passes under autocast (`model.compute_dtype: bfloat16`): every Linear and
 attention product takes bfloat16 operands and accumulates in float32, while the weights, the residual
 stream, the statistics (float32 sums, see dlp.stats) and the criterion's own arithmetic (SparseGPT's
-factorisation and updates) stay float32. Measured on the embedded model, 2 cores (results/bench.md, 32 x 512
-C4 calibration, 64 x 512 WikiText-2 windows, 50%): no method's perplexity moved more than 0.57% from float32
-(SparseGPT -0.26%, where bfloat16 weights move it +1.41%), at about the bfloat16 model's speed.
+factorisation and updates) stay float32. Only the products' operands are rounded, not the weights or the sums
+they feed, so perplexity stays closer to float32 than with bfloat16 weights, at about the bfloat16 model's speed
+(results/bench.md compares the three).
 
 The compute dtype travels with the model (an attribute set at load time), as its dtype does, so that every
 pass over it (allocation profile, prune, perplexity, zero-shot) runs the same way without each caller

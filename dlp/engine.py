@@ -20,6 +20,7 @@ A float32 model with a compute dtype (dlp.compute_dtype) runs each block pass un
 opened per pass, never across a visit, because autocast keeps the lower-precision copies of the weights it
 has cast until it exits (the replay must see the pruned weights).
 """
+import contextlib
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -224,6 +225,21 @@ def run_block(block: nn.Module, inputs: torch.Tensor, calls: list[BlockCall], ba
 Visitor = Callable[[int, nn.Module, dict[str, nn.Linear], dict[str, LinearStats]], bool]
 
 
+_WATCHERS: list[list] = []  # lists that `watch_walks` opened, each collecting the walks finished inside it
+
+
+@contextlib.contextmanager
+def watch_walks():
+    """Every walk that finishes inside the block, as its `WalkResult` (timings, replays, skipped products), in
+    order: how a caller that does not call `walk` itself (the bench timing an allocation) sees the work done."""
+    walks: list[WalkResult] = []
+    _WATCHERS.append(walks)
+    try:
+        yield walks
+    finally:
+        _WATCHERS.remove(walks)
+
+
 @torch.no_grad()
 def walk(model: nn.Module, calib_ids: torch.Tensor, visit: Visitor, needs: frozenset, batch_size: int | str = AUTO,
          desc: str = "blocks", progress: bool = True, keep_outputs: bool = False,
@@ -281,4 +297,6 @@ def walk(model: nn.Module, calib_ids: torch.Tensor, visit: Visitor, needs: froze
     result.blocks = len(layout)
     if keep_outputs:
         result.outputs = inputs
+    for walks in _WATCHERS:
+        walks.append(result)
     return result

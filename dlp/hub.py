@@ -1,6 +1,6 @@
-"""Is the Hugging Face hub reachable? Asked once per process, in about a second.
+"""Is the Hugging Face hub reachable? Asked once per process, with a short timeout.
 
-Without this, an offline machine spends half a minute in the hub client's retries before every fallback.
+Without this, an offline machine spends a long time in the hub client's retries before every fallback.
 When the hub is unreachable we put the hub libraries in offline mode (their flags are read at import time,
 so we set the module attributes too): anything already in the local Hugging Face cache still loads.
 """

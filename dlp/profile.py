@@ -10,12 +10,11 @@ from pathlib import Path
 
 import torch
 
-from baselines.criteria.wanda import wanda_scores
-
 from .compute_dtype import compute_dtype_of
 from .engine import walk
 from .io import sha256_bytes, write_json_atomic
 from .paths import cache_dir
+from .scores import wanda_scores
 from .select import RadixSelect
 from .stats import SQNORM
 

@@ -4,10 +4,10 @@ import time
 import torch
 from tqdm.auto import tqdm
 
-from baselines.criteria.base import Criterion, lowest_nm, lowest_overall, zero_where
-from baselines.criteria.pattern import NM
-
+from .criterion import Criterion
 from .engine import WalkResult, walk
+from .masks import lowest_nm, lowest_overall, zero_where
+from .pattern import NM
 from .structure import find_blocks, find_linears
 
 

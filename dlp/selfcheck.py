@@ -20,7 +20,7 @@ from .structure import find_blocks
 # Largest |engine − model| over a block's output, as a share of the output's largest |value|. The two paths
 # run the same operations, so they agree to the bit on every family tested; the bound only leaves room for
 # kernels that pick another summation order for another batch shape (routed experts), at the working
-# precision. A wrong mask or rotary table moves the outputs by 10-100% of their largest value.
+# precision. A wrong mask or rotary table moves the outputs by a large share of their largest value.
 TOLERANCE = {torch.float32: 1e-4, torch.float64: 1e-8}
 REDUCED_TOLERANCE = 2e-2  # bfloat16 / float16 weights, or a bfloat16 compute dtype
 

@@ -5,7 +5,7 @@ calibration sequences, as in the reference code; the scale does not change eithe
 Only what the criterion asks for is accumulated, so magnitude pruning costs no statistics at all.
 
 The Gram matrix is symmetric, so only its upper column blocks are multiplied (block i by blocks i..k-1):
-(k+1)/2k of the products, 30-50% less time on a CPU for the embedded model's inputs; the lower triangle is
+(k+1)/2k of the products, and so correspondingly less time; the lower triangle is
 filled by mirroring when H is read. Each entry is still a float32 sum over the same tokens.
 
 Both statistics are summed one calibration sequence at a time, whatever the batch: the sums then meet in the
@@ -13,7 +13,8 @@ same order for every batch size, so in float32 (where a block's forward pass giv
 the statistics, masks and pruned weights are identical for batch 1 and batch 8 (except for routed experts,
 whose inputs are gathered from the batch: dlp.experts). The batch becomes a pure
 speed/memory knob (the engine may pick it from a memory budget: dlp.batching), and the float32 copy each hook
-makes is one sequence long instead of a whole batch. Measured here: no slower than whole-batch sums.
+makes is one sequence long instead of a whole batch. A sequence's products are large enough that this costs
+no speed over whole-batch sums.
 """
 from dataclasses import dataclass
 
@@ -71,7 +72,7 @@ class LinearStats:
         if self.sqnorm is not None:
             # Squared in place only when `x32` is our own copy (a float32 input is the model's own tensor).
             # Each sequence sums in float32 (pairwise); the running total is float64. (`sum(dtype=float64)`
-            # directly is 7x slower on the CPU.)
+            # directly is several times slower on a CPU.)
             squares = x32.square_() if x32 is not x else x32.square()
             self.sqnorm += squares.sum(0)
 
@@ -102,7 +103,7 @@ class LinearStats:
 
 def gram_block_edges(width: int) -> list[int]:
     """Column blocks of the Gram matrix: up to 6, none narrower than 192 columns (narrower blocks make small,
-    slow products; on 576- and 1536-wide inputs 3 and 6 blocks did best here, in both float32 modes)."""
+    slow products; beyond 6, more blocks save little, as (k+1)/2k is already within 1/12 of its limit 1/2)."""
     k = max(1, min(6, width // 192))
     return [i * width // k for i in range(k + 1)]
 

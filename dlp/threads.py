@@ -2,7 +2,7 @@
 
 SparseGPT's column loop is thousands of tiny sequential products: with several OpenMP threads each one pays a
 synchronisation cost, and when the cores are shared with another process the threads spin against each other
-(measured here on 2 cores: 23.6 s for one 576x1536 matrix with 2 threads under load, 0.8 s with one thread).
+(which can make one matrix many times slower than on a single thread).
 Element-wise and outer-product results do not depend on the thread count.
 """
 import contextlib

@@ -20,7 +20,7 @@ TASKS = ["boolq", "rte", "hellaswag", "winogrande", "arc_challenge", "arc_easy",
 
 @functools.lru_cache(maxsize=1)
 def _task_manager():
-    """The harness's task index (it reads every task YAML it ships: seconds, so once per process)."""
+    """The harness's task index (it reads every task YAML it ships, which is slow, so once per process)."""
     from lm_eval.tasks import TaskManager
     return TaskManager()
 

@@ -3,7 +3,7 @@
 For a model and each dtype: the matmul peak measured in this process, then load, one dense forward pass over
 the calibration set (the yardstick), and for Wanda, DLP + Wanda, OWL + Wanda and SparseGPT the allocation
 pass, capture, statistics, criterion and replay; then perplexity. Each phase gets seconds, tokens/s, GFLOP/s
-counted from the decoder's shapes (dlp.flops), its share of the peak, and its peak memory beside the floor
+counted from the decoder's shapes (experiments.bench_flops), its share of the peak, and its peak memory beside the floor
 (weights + one block's calibration activations in and out + one block's statistics); each method runs in a
 fresh process, as a user's run would, which measures its own matmul peak and dense yardstick: a forward pass
 over the calibration set just before the method and one just after its prune, "x dense forward" dividing by
@@ -15,6 +15,7 @@ several batch sizes. Writes <out>.json, <out>.md and a plot.
   python -m experiments.bench --shape llama2-7b --dtypes bfloat16 --nsamples 128 --seqlen 2048 --out results/bench-llama2-7b
 """
 import argparse
+import contextlib
 import gc
 import math
 import os
@@ -22,30 +23,53 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from unittest import mock
 
 import torch
 
-from baselines.allocations import make_allocator
-from baselines.criteria import make_criterion
 from dlp.batching import AUTO, check_batch_size, floor_parts, resolve_batch_size
 from dlp.compute_dtype import set_compute_dtype
 from dlp.errors import UserError
-from dlp.flops import forward_flops, shapes, sparsegpt_flops, statistics_flops
 from dlp.io import write_atomic, write_json_atomic
-from dlp.engine import walk
-from dlp.machine import describe, matmul_peak, phase, release_free_memory, rss_bytes
+from dlp.engine import watch_walks
 from dlp.models import DTYPES, load_model, resolve_device
 from dlp.perplexity import CHUNK_TOKENS, window_losses
 from dlp.prune import prune_model
+from dlp.registry import ALLOCATIONS, CRITERIA, make_allocator, make_criterion
 from dlp.selfcheck import check_walk
 from dlp.stats import SQNORM, LinearStats
 from dlp.structure import find_blocks
 
+from . import methods as _registered  # noqa: F401  (every method registered)
+from .bench_flops import forward_flops, shapes, sparsegpt_flops, statistics_flops
+from .bench_machine import describe, matmul_peak, phase, release_free_memory, rss_bytes
+from .bench_precisions import PRECISIONS, products_dtype
 from .bench_profile import time_shares
 from .bench_report import render
 
-METHODS = [("wanda", "uniform"), ("wanda", "dlp"), ("wanda", "owl"), ("sparsegpt", "uniform")]
+
+@contextlib.contextmanager
+def cache_at(path: str):
+    """Caches (the dense profile) go to `path` inside the block, so an allocation's pass is timed in full."""
+    before = os.environ.get("DLP_CACHE")
+    os.environ["DLP_CACHE"] = path
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("DLP_CACHE")
+        else:
+            os.environ["DLP_CACHE"] = before
+
+
+def default_methods() -> list[tuple[str, str]]:
+    """(criterion, allocation) pairs the bench times, from the registry: every allocation under Wanda (whose
+    statistic DLP and OWL rank by), uniform first; then every other criterion that reads calibration statistics
+    under uniform (one that reads none, magnitude, does no walk worth timing)."""
+    allocations = sorted(ALLOCATIONS, key=lambda name: name != "uniform")
+    return ([("wanda", a) for a in allocations]
+            + [(c, "uniform") for c, cls in CRITERIA.items() if cls.needs and c != "wanda"])
+
+
 # Random-weight models of a paper's shape (timing does not depend on the weights' values).
 SHAPES = {
     "llama2-7b": dict(model_type="llama", hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
@@ -53,18 +77,6 @@ SHAPES = {
     "tiny": dict(model_type="llama", hidden_size=64, intermediate_size=128, num_hidden_layers=3,
                  num_attention_heads=4, num_key_value_heads=2, vocab_size=128, max_position_embeddings=2048),
 }
-
-
-# A bench "dtype" is the weights' dtype, or MIXED: float32 weights whose forward passes run under bfloat16
-# autocast (model.compute_dtype=bfloat16, dlp/compute_dtype.py); statistics, criteria and weights stay float32.
-MIXED = "mixed"
-PRECISIONS = {**{name: (name, None) for name in DTYPES}, MIXED: ("float32", "bfloat16")}
-
-
-def products_dtype(name: str) -> torch.dtype:
-    """The dtype the passes multiply in, whose matmul peak their share is measured against."""
-    weights, compute = PRECISIONS[name]
-    return DTYPES[compute or weights]
 
 
 class Subject:
@@ -168,7 +180,7 @@ def base_after_warm_up(subject: Subject) -> int:
 
 def bench_dtype(args, dtype: str, device: torch.device, checkpoint=lambda partial: None) -> dict:
     """Every phase and method in one dtype. `checkpoint` gets what is measured so far after the dense phases and
-    after each method (main writes it to disk, so a run cut short, a time-limited GPU lease say, keeps it)."""
+    after each method (main writes it to disk, so a run cut short, a time-limited GPU job say, keeps it)."""
     subject = Subject(args.model, args.shape, dtype, device, args.seed)
     peak = matmul_peak(products_dtype(dtype), device)
     # The base is the process with every library the run uses in place (one load and release first: the model
@@ -312,14 +324,7 @@ def bench_method(args, model, calib, eval_ids, criterion_name, allocation_name, 
     rows["selfcheck"] = _row("self-check (1 sequence)", m["seconds"], calib[0].numel(), None, peak)
     # An empty profile cache, so that the allocation pass is timed in full; its walk recorded, so that its
     # GFLOP/s counts only the products it did (the engine cuts the last block short: dlp.engine).
-    walks = []
-
-    def recorded_walk(*a, **k):
-        walks.append(walk(*a, **k))
-        return walks[-1]
-
-    with (tempfile.TemporaryDirectory() as cache, mock.patch.dict(os.environ, {"DLP_CACHE": cache}),
-          mock.patch("dlp.profile.walk", recorded_walk)):
+    with tempfile.TemporaryDirectory() as cache, cache_at(cache), watch_walks() as walks:
         with phase(device) as m:
             allocation = make_allocator(allocation_name).allocate(model, calib, args.sparsity, args.batch_size,
                                                                   progress=args.progress)
@@ -385,19 +390,24 @@ def batch_arg(text: str):
     return value
 
 
-def method_names() -> list[str]:
-    """METHODS as the report names them: allocation+criterion."""
-    return [f"{allocation}+{criterion}" for criterion, allocation in METHODS]
+def method_name(criterion: str, allocation: str) -> str:
+    """How the report names a method: allocation+criterion."""
+    return f"{allocation}+{criterion}"
 
 
 def parse_methods(text: str) -> list[tuple[str, str]]:
-    """--methods: names from `method_names()`, in METHODS' order; an unknown one is a one-line error."""
-    names = method_names()
-    asked = [m.strip() for m in text.split(",") if m.strip()]
-    unknown = [m for m in asked if m not in names]
-    if unknown or not asked:
-        raise UserError(f"unknown method '{unknown[0] if unknown else text}'; choose from {', '.join(names)}")
-    return [pair for pair, name in zip(METHODS, names) if name in asked]
+    """--methods: allocation+criterion pairs of any registered allocation and criterion, in the order given;
+    an unknown one is a one-line error."""
+    pairs = []
+    for asked in (m.strip() for m in text.split(",") if m.strip()):
+        allocation, _, criterion = asked.partition("+")
+        if allocation not in ALLOCATIONS or criterion not in CRITERIA:
+            raise UserError(f"unknown method '{asked}'; write allocation+criterion from allocations "
+                            f"{', '.join(ALLOCATIONS)} and criteria {', '.join(CRITERIA)}")
+        pairs.append((criterion, allocation))
+    if not pairs:
+        raise UserError(f"no method in --methods '{text}'")
+    return pairs
 
 
 def parse(argv):
@@ -415,8 +425,9 @@ def parse(argv):
     p.add_argument("--eval-seqlen", type=int, default=512)
     p.add_argument("--eval-batch-size", type=int, default=4)
     p.add_argument("--sparsity", type=float, default=0.5)
-    p.add_argument("--methods", default=",".join(method_names()), help="allocation+criterion pairs to run, "
-                   "comma-separated (default: all of them; a short GPU lease may skip some)")
+    p.add_argument("--methods", default=",".join(method_name(*m) for m in default_methods()),
+                   help="allocation+criterion pairs to run, comma-separated (default: every allocation with Wanda "
+                   "and every statistics-reading criterion with uniform)")
     p.add_argument("--repeats", type=int, default=1, help="runs of each method, each in a fresh process; the "
                    "report keeps the one with the median x dense forward and lists the others' figures")
     p.add_argument("--seed", type=int, default=0)

@@ -1,6 +1,6 @@
 """Where a dense forward pass spends its time: matrix products, the attention kernel, everything else.
 
-The bench's "share of peak" counts only the decoder's matrix products (dlp.flops), so a pass can be far from
+The bench's "share of peak" counts only the decoder's matrix products (experiments.bench_flops), so a pass can be far from
 the peak for two reasons: slow products, or time spent outside them. This splits one batch's forward pass
 (the model's own code, profiled by torch.profiler on the CPU) into those parts, so the report can say which.
 On the embedded model here (2 cores, 2026-11-29), one block's Linears alone, at the shapes of a batch, ran at

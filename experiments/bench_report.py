@@ -1,15 +1,19 @@
-"""Render a benchmark report (experiments.bench) as Markdown, with the targets of issue 5 checked plainly."""
+"""Render a benchmark report (experiments.bench) as Markdown, with the project's speed and memory targets checked
+plainly."""
 from pathlib import Path
 
+from .bench_precisions import PRECISIONS
+
 MIB = 2 ** 20
-# Reference implementations on a 2-core machine, embedded model, 32 x 512 calibration, float32 (issue 5).
+# Speed targets. Against the reference implementations: their seconds on a 2-core CPU, embedded model,
+# 32 x 512 calibration, float32, and the share of those seconds ours may take.
 REFERENCE_S = {"uniform+wanda": 70.0, "owl+wanda": 140.0, "uniform+sparsegpt": 120.0, "evaluation": 85.0}
 REFERENCE_FACTOR = 0.4
 TIMES_DENSE = {"uniform+wanda": 2.5, "dlp+wanda": 3.5, "uniform+sparsegpt": 4.0}
 SHARE_OF_PEAK = 0.6
 MEMORY_SLACK = 1.2
 PPL_TOLERANCE = 0.01
-# GPU (one H200), LLaMA-2-7B shape, bfloat16, 128 x 2048 calibration (issue 5): allocation + prune, model load
+# GPU (one H200), LLaMA-2-7B shape, bfloat16, 128 x 2048 calibration: allocation + prune, model load
 # excluded, and the peak allocated GPU memory over the weights.
 GPU_SECONDS = {"uniform+wanda": 20.0, "dlp+wanda": 30.0, "uniform+sparsegpt": 90.0}
 GPU_MEMORY_OVER_WEIGHTS = 6 * 2 ** 30
@@ -256,9 +260,7 @@ def draw_scaling(rows, key, figure: Path, settings: dict) -> None:
 
 
 def precision_of(name: str) -> tuple[str, str | None]:
-    """(weights' dtype, compute dtype or None) of a bench precision, as experiments.bench defines them; imported
-    here, not at the top, because experiments.bench imports this module."""
-    from .bench import PRECISIONS
+    """(weights' dtype, compute dtype or None) of a bench precision (experiments.bench_precisions)."""
     return PRECISIONS.get(name, (name, None))
 
 
@@ -279,7 +281,7 @@ def render(report: dict, figure: Path | None) -> str:
                 + "; dlp/batching.py)" if s["batch_size"] == "auto" else "") + "; "
              f"perplexity on {s['eval_windows']} x {s['eval_seqlen']} tokens ({data['evaluation']}), batch "
              f"{s['eval_batch_size']}; pruning at {s['sparsity']:.0%} unstructured. GFLOP counted from the decoder's "
-             "matrix shapes (dlp/flops.py: Linears and causal attention, element-wise work not counted); share of "
+             "matrix shapes (experiments/bench_flops.py: Linears and causal attention, element-wise work not counted); share of "
              "peak = GFLOP/s over the n x n matmul rate measured in the same process just before (each method's "
              "process measures its own). Memory: "
              + ("peak allocated on the GPU." if cuda else
@@ -308,7 +310,7 @@ def render(report: dict, figure: Path | None) -> str:
     ppl_lines, worst = ppl_across_dtypes(report["results"])
     if ppl_lines:
         lines += ["## Perplexity in each dtype", ""] + ppl_lines + [""]
-    lines += ["## Targets (issue 5)", ""] + targets(report, worst)
+    lines += ["## Targets", ""] + targets(report, worst)
     lines += ablation_section(report) + scaling_section(report, figure)
     return "\n".join(lines) + "\n"
 

@@ -5,46 +5,21 @@ from pathlib import Path
 
 import torch
 
-from baselines.allocations import make_allocator
-from baselines.criteria import make_criterion
-from baselines.criteria.pattern import check_sparsity, parse_pattern
-from dlp.batching import check_batch_size, resolve_batch_size
-from dlp.compute_dtype import check_compute_dtype
+from dlp.batching import resolve_batch_size
 from dlp.coverage import coverage, decoder_sparsity
 from dlp.data import corpora
 from dlp.data.calibration import calibration_windows
 from dlp.errors import UserError
 from dlp.models import load_model
+from dlp.pattern import parse_pattern
 from dlp.perplexity import perplexity
 from dlp.prune import prune_model
+from dlp.registry import make_allocator, make_criterion
 from dlp.selfcheck import check_walk
 from dlp.sparsity import measure_sparsity
 
 from . import records
-
-PRESETS = ("cpu", "paper")
-
-
-def params(section: dict) -> dict:
-    """A config group's parameters: everything but its `name`."""
-    return {k: v for k, v in section.items() if k != "name"}
-
-
-def validate(cfg: dict) -> None:
-    """Cheap checks first, so bad input fails before minutes of loading."""
-    check_sparsity(cfg["sparsity"])
-    check_compute_dtype(cfg["model"].get("compute_dtype"), cfg["model"].get("dtype", "float32"))
-    if cfg.get("preset") not in PRESETS:
-        raise UserError(f"unknown preset '{cfg.get('preset')}'; choose one of {', '.join(PRESETS)}")
-    if not records.is_dense(cfg):
-        check_batch_size(cfg["data"]["batch_size"])
-        make_criterion(cfg["criterion"]["name"], **params(cfg["criterion"]))
-        make_allocator(cfg["allocation"]["name"], **params(cfg["allocation"]))
-        parse_pattern(cfg["pattern"], cfg["sparsity"])
-        if cfg["pattern"] not in (None, "unstructured") and cfg["allocation"]["name"] != "uniform":
-            raise UserError("an N:M pattern fixes every matrix at N/M: use allocation=uniform with it")
-    elif cfg["criterion"]["name"] not in ("none", "magnitude", "wanda", "sparsegpt"):
-        make_criterion(cfg["criterion"]["name"])
+from .validation import params, validate
 
 
 def eval_corpus(cfg: dict):

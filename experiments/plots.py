@@ -1,25 +1,29 @@
 """Layer-importance figures from run records: each block's score and resulting sparsity, per allocation.
 
 `python -m experiments.plots --model smollm2-135m --criterion wanda --sparsity 0.7` runs the missing cells
-(uniform, OWL, DLP, AlphaPruning with that criterion), then draws `results/figures/<model>_<criterion>_s<s>.png`:
+(every registered allocation with that criterion, or those of `--allocations`), then draws `results/figures/<model>_<criterion>_s<s>.png`:
 top, each allocation's per-block score (normalised to its own maximum: the scores are in different units);
 bottom, the target sparsity per block with the measured one as dots.
 """
 import argparse
+import sys
 from pathlib import Path
 
+from dlp.errors import UserError
 from dlp.paths import ROOT
+from dlp.registry import ALLOCATIONS
 
+from . import methods
 from .cells import run_cell
-
-ALLOCATIONS = ["uniform", "owl", "dlp", "alphapruning"]
-COLORS = {"uniform": "tab:gray", "owl": "tab:blue", "dlp": "tab:orange", "alphapruning": "tab:green"}
-SCORE_LABEL = {"owl": "outlier ratio", "dlp": "block score (median |W|·‖X‖)", "alphapruning": "ESD alpha"}
+from .validation import check_choices
 
 
-def gather(model, criterion, sparsity, preset="cpu", extra=()):
+def gather(model, criterion, sparsity, preset="cpu", extra=(), allocations=None):
+    allocations = list(allocations or ALLOCATIONS)
+    methods.register_configs()
+    check_choices([f"criterion={criterion}", f"allocation={','.join(allocations)}"])
     return {alloc: run_cell([f"model={model}", f"preset={preset}", f"criterion={criterion}", f"allocation={alloc}",
-                             f"sparsity={sparsity}", *extra]) for alloc in ALLOCATIONS}
+                             f"sparsity={sparsity}", *extra]) for alloc in allocations}
 
 
 def draw(records: dict, title: str, path: Path) -> Path:
@@ -29,6 +33,7 @@ def draw(records: dict, title: str, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(9, 6.5), sharex=True)
+    colors = {alloc: f"C{i}" for i, alloc in enumerate(records)}  # matplotlib's default cycle, one per allocation
     for alloc, record in records.items():
         if record.get("status") != "ok":
             continue
@@ -37,11 +42,12 @@ def draw(records: dict, title: str, path: Path) -> Path:
         scores = (record.get("allocation") or {}).get("scores")
         if scores:
             peak = max(abs(v) for v in scores) or 1.0
-            top.plot(blocks, [v / peak for v in scores], marker=".", color=COLORS.get(alloc),
-                     label=f"{alloc}: {SCORE_LABEL.get(alloc, 'score')}")
-        bottom.plot(blocks, s["per_block_target"], color=COLORS.get(alloc),
+            score_label = ALLOCATIONS[alloc].score_label if alloc in ALLOCATIONS else "score"
+            top.plot(blocks, [v / peak for v in scores], marker=".", color=colors[alloc],
+                     label=f"{alloc}: {score_label}")
+        bottom.plot(blocks, s["per_block_target"], color=colors[alloc],
                     label=f"{alloc} (ppl {record['metrics']['ppl']:.1f})")
-        bottom.plot(blocks, s["per_block"], ".", color=COLORS.get(alloc))
+        bottom.plot(blocks, s["per_block"], ".", color=colors[alloc])
     top.set_ylabel("score / max")
     top.legend(fontsize=8)
     top.set_title(title)
@@ -57,8 +63,9 @@ def draw(records: dict, title: str, path: Path) -> Path:
     return path
 
 
-def figure(model="smollm2-135m", criterion="wanda", sparsity=0.7, preset="cpu", extra=(), out_dir=None) -> Path:
-    records = gather(model, criterion, sparsity, preset, extra)
+def figure(model="smollm2-135m", criterion="wanda", sparsity=0.7, preset="cpu", extra=(), out_dir=None,
+           allocations=None) -> Path:
+    records = gather(model, criterion, sparsity, preset, extra, allocations)
     out = Path(out_dir or ROOT / "results" / "figures") / f"{model}_{criterion}_s{sparsity}.png"
     ok = next((r for r in records.values() if r.get("status") == "ok"), None)
     corpus = ok["metrics"]["eval_corpus"] if ok else "?"
@@ -71,9 +78,15 @@ def main(argv=None):
     parser.add_argument("--criterion", default="wanda")
     parser.add_argument("--sparsity", type=float, default=0.7)
     parser.add_argument("--preset", default="cpu")
+    parser.add_argument("--allocations", default=None, help="comma-separated (default: every registered one)")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args(argv)
-    print(figure(args.model, args.criterion, args.sparsity, args.preset, args.overrides))
+    try:
+        print(figure(args.model, args.criterion, args.sparsity, args.preset, args.overrides,
+                     allocations=args.allocations.split(",") if args.allocations else None))
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

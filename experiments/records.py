@@ -15,12 +15,13 @@ from pathlib import Path
 
 from dlp.io import write_json_atomic
 from dlp.paths import ROOT
+from dlp.registry import DENSE
 
 NOT_IN_KEY = ("force", "progress", "results_dir", "wandb", "selfcheck")
 
 
 def is_dense(cfg: dict) -> bool:
-    return cfg["criterion"]["name"] == "none" or float(cfg["sparsity"]) == 0.0
+    return cfg["criterion"]["name"] == DENSE or float(cfg["sparsity"]) == 0.0
 
 
 def key_payload(cfg: dict) -> dict:

@@ -14,7 +14,8 @@ from omegaconf import DictConfig, OmegaConf
 from dlp.errors import UserError
 from dlp.paths import ROOT
 
-from . import pipeline, tracking
+from . import methods, pipeline, tracking
+from .validation import check_choices
 
 
 def summary(path, record, reused) -> str:
@@ -26,7 +27,7 @@ def summary(path, record, reused) -> str:
             f"actual sparsity {record['sparsity']['actual']:.4f} [{how}]\nrecord: {path}")
 
 
-@hydra.main(config_path="../conf", config_name="config", version_base="1.3")
+@hydra.main(config_path=str(ROOT / "conf"), config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     plain = OmegaConf.to_container(cfg, resolve=True)
     multirun = HydraConfig.get().mode == RunMode.MULTIRUN
@@ -48,24 +49,16 @@ def main(cfg: DictConfig) -> None:
         tracking.log_quietly(record, plain["wandb"], group)
 
 
-def check_group_choices(argv: list[str]) -> None:
-    """Refuse an unknown config-group choice (`criterion=foo`, `preset=fast`) in one line, before Hydra's
-    multi-line composition error. Sweeps (`a,b`) are checked choice by choice."""
-    groups = {d.name: sorted(f.stem for f in d.glob("*.yaml")) for d in (ROOT / "conf").iterdir() if d.is_dir()}
-    for arg in argv:
-        group, sep, value = arg.partition("=")
-        group = group.lstrip("+~")
-        if not sep or group not in groups or value in ("", "null"):
-            continue
-        for choice in value.split(","):
-            if choice not in groups[group]:
-                raise UserError(f"unknown {group} '{choice}'; choose one of {', '.join(groups[group])}")
-
-
-if __name__ == "__main__":
+def cli() -> None:
+    """The command line: choices checked in one line, every registered method known to Hydra, then the run."""
     try:
-        check_group_choices(sys.argv[1:])
+        check_choices(sys.argv[1:])
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
+    methods.register_configs()
     main()
+
+
+if __name__ == "__main__":
+    cli()

@@ -1,69 +1,104 @@
 """Paper-style tables from run records: `python -m experiments.tables table1|table2 --models a,b --preset cpu`.
 
-Table 1 of the DLP paper: WikiText-2 perplexity at 70% unstructured sparsity, a Dense row, then Magnitude,
-SparseGPT and Wanda each with Uniform, OWL and DLP, one column per model. Table 2: mean zero-shot accuracy
-over the seven tasks (acc, as the Wanda paper), Dense, then SparseGPT and Wanda with Uniform, OWL and DLP,
-plus a per-task table. Missing cells are run first (finished ones are reused); a failed cell prints `failed`
-and the table is still written. Beside the table we write what it was measured on, and say plainly where an
+A table's grid is its experiment config, conf/experiment/<table>.yaml (the same grid `python -m experiments.run
+-m +experiment=<table>` sweeps): its sparsity, its criteria x allocations, and its other settings. Table 1 of
+the DLP paper: WikiText-2 perplexity at 70% unstructured sparsity, a Dense row, then Magnitude, SparseGPT and
+Wanda each with Uniform, OWL and DLP, one column per model. Table 2: mean zero-shot accuracy over the seven
+tasks (acc, as the Wanda paper), Dense, then SparseGPT and Wanda with Uniform, OWL and DLP, plus a per-task
+table. `--criteria` / `--allocations` take any registered methods instead (dlp.registry); rows are labelled by
+the registry. Missing cells are run first (finished ones are reused); a failed cell prints `failed` and the
+table is still written. Beside the table we write what it was measured on, and say plainly where an
 allocation does not beat uniform.
 """
 import argparse
 import csv
 import io
+import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
+from omegaconf import OmegaConf
+
+from dlp.errors import UserError
 from dlp.io import write_atomic
 from dlp.paths import ROOT
+from dlp.registry import ALLOCATIONS, CRITERIA
 
+from . import methods
 from .cells import run_cell
+from .validation import check_choices
 
-CRITERIA = [("magnitude", "Magnitude"), ("sparsegpt", "SparseGPT"), ("wanda", "Wanda")]
-ALLOCATIONS = [("uniform", "Uniform"), ("owl", "OWL"), ("dlp", "DLP")]
+UNIFORM = "uniform"  # the allocation every other is compared with
 
-
-def table_rows(criteria):
-    yield ("Dense", "-"), ["criterion=none"]
-    for crit, crit_label in criteria:
-        for alloc, alloc_label in ALLOCATIONS:
-            yield (crit_label, alloc_label), [f"criterion={crit}", f"allocation={alloc}"]
-
-
-# name -> (criteria rows, extra overrides, metric of a record, its label, lower is better)
-TABLES = {
-    "table1": (CRITERIA, [], lambda r: r["metrics"]["ppl"], "WikiText-2 perplexity", True),
-    "table2": (CRITERIA[1:], ["zeroshot.enabled=true"], lambda r: 100 * r["metrics"]["zeroshot"]["mean_acc"],
-               "mean zero-shot accuracy (%, acc) over 7 tasks", False),
+# name -> (metric of a record, its label, lower is better)
+METRICS = {
+    "table1": (lambda r: r["metrics"]["ppl"], "WikiText-2 perplexity", True),
+    "table2": (lambda r: 100 * r["metrics"]["zeroshot"]["mean_acc"], "mean zero-shot accuracy (%, acc) over 7 tasks",
+               False),
 }
 
 
-def collect(table, models, preset, sparsity, extra):
-    criteria, table_extra = TABLES[table][0], TABLES[table][1]
+@dataclass
+class Grid:
+    criteria: list[str]
+    allocations: list[str]
+    sparsity: float
+
+
+def grid(table: str, criteria: list[str] | None = None, allocations: list[str] | None = None,
+         sparsity: float | None = None) -> Grid:
+    """The table's experiment config, with any of its criteria, allocations or sparsity replaced."""
+    experiment = OmegaConf.load(ROOT / "conf" / "experiment" / f"{table}.yaml")
+    sweep = experiment.hydra.sweeper.params
+    g = Grid(criteria or str(sweep.criterion).split(","), allocations or str(sweep.allocation).split(","),
+             float(experiment.sparsity if sparsity is None else sparsity))
+    methods.register_configs()
+    check_choices([f"criterion={','.join(g.criteria)}", f"allocation={','.join(g.allocations)}"])
+    return g
+
+
+def label(table: dict, name: str) -> str:
+    return table[name].label
+
+
+def table_rows(g: Grid):
+    yield ("Dense", "-"), ["criterion=none"]
+    for crit in g.criteria:
+        for alloc in g.allocations:
+            yield (label(CRITERIA, crit), label(ALLOCATIONS, alloc)), [f"criterion={crit}", f"allocation={alloc}"]
+
+
+def collect(table, g: Grid, models, preset, extra):
     cells = {}
     for model in models:
-        for label, overrides in table_rows(criteria):
-            cells[(label, model)] = run_cell([f"model={model}", f"preset={preset}", f"sparsity={sparsity}",
-                                              *overrides, *table_extra, *extra])
+        for row, overrides in table_rows(g):
+            cells[(row, model)] = run_cell([f"+experiment={table}", f"model={model}", f"preset={preset}",
+                                            f"sparsity={g.sparsity}", *overrides, *extra])
     return cells
 
 
 def fmt(table, record) -> str:
-    return f"{TABLES[table][2](record):.2f}" if record.get("status") == "ok" else "failed"
+    return f"{METRICS[table][0](record):.2f}" if record.get("status") == "ok" else "failed"
 
 
-def notes(table, cells, models) -> list[str]:
-    """Plain statements of where OWL/DLP lose to uniform, and what data each column was evaluated on."""
-    criteria, _, metric, _, lower_better = TABLES[table]
+def notes(table, g: Grid, cells, models) -> list[str]:
+    """Plain statements of where each allocation loses to (or beats) uniform under the same criterion."""
+    metric, _, lower_better = METRICS[table]
+    if UNIFORM not in g.allocations:
+        return []
     out = []
     for model in models:
-        for crit, crit_label in criteria:
-            base = cells[((crit_label, "Uniform"), model)]
-            for alloc_label in ("OWL", "DLP"):
-                other = cells[((crit_label, alloc_label), model)]
-                if base.get("status") == "ok" and other.get("status") == "ok":
-                    a, b = metric(other), metric(base)
-                    verdict = "beats" if (a < b if lower_better else a > b) else "does NOT beat"
-                    out.append(f"{model}, {crit_label}: {alloc_label} {verdict} uniform ({a:.2f} vs {b:.2f}).")
+        for crit in g.criteria:
+            base = cells[((label(CRITERIA, crit), label(ALLOCATIONS, UNIFORM)), model)]
+            for alloc in g.allocations:
+                other = cells[((label(CRITERIA, crit), label(ALLOCATIONS, alloc)), model)]
+                if alloc == UNIFORM or base.get("status") != "ok" or other.get("status") != "ok":
+                    continue
+                a, b = metric(other), metric(base)
+                verdict = "beats" if (a < b if lower_better else a > b) else "does NOT beat"
+                out.append(f"{model}, {label(CRITERIA, crit)}: {label(ALLOCATIONS, alloc)} {verdict} uniform "
+                           f"({a:.2f} vs {b:.2f}).")
     return out
 
 
@@ -128,16 +163,16 @@ def per_task_lines(cells, models) -> list[str]:
     return out
 
 
-def render(table, cells, models, sparsity, preset, elapsed):
-    criteria, _, _, metric_label, lower_better = TABLES[table]
+def render(table, g: Grid, cells, models, preset, elapsed):
+    _, metric_label, lower_better = METRICS[table]
     header = ["Method", "Layerwise", *models]
-    rows = [[label[0], label[1], *(fmt(table, cells[(label, m)]) for m in models)] for label, _ in table_rows(criteria)]
-    md = [f"# Table {table[-1]}: {metric_label} at {sparsity:.0%} unstructured sparsity",
+    rows = [[row[0], row[1], *(fmt(table, cells[(row, m)]) for m in models)] for row, _ in table_rows(g)]
+    md = [f"# Table {table[-1]}: {metric_label} at {g.sparsity:.0%} unstructured sparsity",
           "", *md_table(header, rows)]
     md += ["", f"{'Lower' if lower_better else 'Higher'} is better. Measured on:", *provenance_lines(cells, models, preset)]
     if table == "table2":
         md += per_task_lines(cells, models)
-    md += ["", "Against uniform:", *[f"- {n}" for n in notes(table, cells, models)], "",
+    md += ["", "Against uniform:", *[f"- {n}" for n in notes(table, g, cells, models)], "",
            f"Table rendered in {elapsed:.0f} s (cells reused from results/runs/ count as 0)."]
     buf = io.StringIO()
     csv.writer(buf).writerows([header, *rows])
@@ -148,34 +183,45 @@ def render(table, cells, models, sparsity, preset, elapsed):
     return "\n".join(md) + "\n", buf.getvalue(), "\n".join(tex) + "\n"
 
 
-def build(table, models, preset="cpu", sparsity=0.7, extra=(), out_dir=ROOT / "results"):
+def build(table, models, preset="cpu", sparsity=None, extra=(), out_dir=ROOT / "results", criteria=None,
+          allocations=None):
     start = time.time()
-    cells = collect(table, models, preset, sparsity, list(extra))
-    md, csv_text, tex = render(table, cells, models, sparsity, preset, time.time() - start)
+    g = grid(table, criteria, allocations, sparsity)
+    cells = collect(table, g, models, preset, list(extra))
+    md, csv_text, tex = render(table, g, cells, models, preset, time.time() - start)
     out_dir = Path(out_dir)
     for suffix, text in (("md", md), ("csv", csv_text), ("tex", tex)):
         write_atomic(out_dir / f"{table}.{suffix}", text.encode())
     return md, cells
 
 
-def table1(models, preset="cpu", sparsity=0.7, extra=(), out_dir=ROOT / "results"):
-    return build("table1", models, preset, sparsity, extra, out_dir)
+def table1(models, preset="cpu", sparsity=None, extra=(), out_dir=ROOT / "results", **methods_):
+    return build("table1", models, preset, sparsity, extra, out_dir, **methods_)
 
 
-def table2(models, preset="cpu", sparsity=0.7, extra=(), out_dir=ROOT / "results"):
-    return build("table2", models, preset, sparsity, extra, out_dir)
+def table2(models, preset="cpu", sparsity=None, extra=(), out_dir=ROOT / "results", **methods_):
+    return build("table2", models, preset, sparsity, extra, out_dir, **methods_)
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("table", choices=sorted(TABLES))
+    parser.add_argument("table", choices=sorted(METRICS))
     parser.add_argument("--models", default="smollm2-135m", help="comma-separated model configs (conf/model)")
     parser.add_argument("--preset", default="cpu")
-    parser.add_argument("--sparsity", type=float, default=0.7)
+    parser.add_argument("--sparsity", type=float, default=None, help="default: the experiment config's")
+    parser.add_argument("--criteria", default=None, help="comma-separated registered criteria (default: the "
+                        "experiment config's)")
+    parser.add_argument("--allocations", default=None, help="comma-separated registered allocations")
     parser.add_argument("--out", default=str(ROOT / "results"))
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for every cell")
     args = parser.parse_args(argv)
-    md, _ = build(args.table, args.models.split(","), args.preset, args.sparsity, args.overrides, args.out)
+    split = lambda text: text.split(",") if text else None  # noqa: E731
+    try:
+        md, _ = build(args.table, args.models.split(","), args.preset, args.sparsity, args.overrides, args.out,
+                      split(args.criteria), split(args.allocations))
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
     print(md)
 
 

@@ -5,11 +5,11 @@ import numpy as np
 import pytest
 import torch
 
-from baselines.allocations import make_allocator
+from dlp.registry import make_allocator
 from baselines.allocations.alpha import alpha_sparsities, esd_alpha
 from baselines.allocations.owl import owl_sparsities
-from baselines.criteria import make_criterion
-from dlp.allocation import dlp_sparsities
+from dlp.registry import make_criterion
+from dlp.dlp_allocation import dlp_sparsities
 from dlp.errors import UserError
 from dlp.profile import FORMAT_VERSION, block_profile, compute_profile
 from dlp.prune import prune_model

@@ -6,7 +6,7 @@ import pytest
 import torch
 from transformers import LlamaConfig
 
-from baselines.criteria import make_criterion
+from dlp.registry import make_criterion
 from dlp.batching import (MAX_AUTO_BATCH, WORKING_SET_SHARE, auto_batch_size, check_batch_size, floor_bytes,
                           resolve_batch_size, working_set_per_token)
 from dlp.engine import walk

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from dlp.batching import auto_batch_size
-from dlp.flops import forward_flops, shapes, sparsegpt_flops, statistics_flops
-from dlp.machine import phase
+from experiments.bench_flops import forward_flops, shapes, sparsegpt_flops, statistics_flops
+from experiments.bench_machine import phase
 from dlp.stats import HESSIAN, SQNORM
 from experiments import bench
 from tiny import tiny_model
@@ -79,7 +79,7 @@ def test_bench_end_to_end_on_a_tiny_random_model(tmp_path, monkeypatch):
     assert [a["what"] for a in report["results"][1]["ablation"]] == ["Wanda prune"] * 6 + ["evaluation"] * 2
     assert "## One change at a time" in out.with_suffix(".md").read_text()
     md = out.with_suffix(".md").read_text()
-    assert "## Targets (issue 5)" in md and "## Perplexity in each dtype" in md and "Mixed: float32 weights" in md
+    assert "## Targets" in md and "## Perplexity in each dtype" in md and "Mixed: float32 weights" in md
     assert "Where one batch's dense forward pass spends its time" in md
     sgpt = fp32["methods"]["uniform+sparsegpt"]
     assert (f"| uniform+sparsegpt | {sgpt['allocation_plus_prune_s']:.1f} | {sgpt['dense_forward_before_s']:.1f} / "
@@ -154,7 +154,7 @@ def test_dtype_agreement_has_no_verdict_without_a_float32_run():
 
 
 def test_gpu_targets_judge_seconds_and_peak_memory_over_the_weights():
-    """On a GPU report of the LLaMA-2-7B shape at 128 x 2048 in bf16, the issue's GPU targets are checked: seconds
+    """On a GPU report of the LLaMA-2-7B shape at 128 x 2048 in bf16, the GPU targets are checked: seconds
     of allocation + prune (Wanda 20, DLP 30, SparseGPT 90), and the larger peak of allocation and prune against
     weights + 6 GiB. The same figures from a CPU run, or another shape, are not judged by them."""
     from experiments.bench_report import targets
@@ -191,14 +191,14 @@ def test_gpu_targets_judge_seconds_and_peak_memory_over_the_weights():
 def test_methods_option_picks_a_subset_in_the_benchs_order(capsys):
     args = bench.parse(["--methods", "uniform+sparsegpt, uniform+wanda"])
     assert args.methods == [("wanda", "uniform"), ("sparsegpt", "uniform")]
-    assert bench.parse([]).methods == bench.METHODS
+    assert bench.parse([]).methods == bench.default_methods()
     assert bench.main(["--methods", "uniform+wanda,alpha+wanda"]) == 2
     assert capsys.readouterr().err.strip() == ("error: unknown method 'alpha+wanda'; choose from uniform+wanda, "
                                                "dlp+wanda, owl+wanda, uniform+sparsegpt")
 
 
 def test_a_run_cut_short_leaves_a_partial_report_with_what_it_measured(tmp_path, monkeypatch, capsys):
-    """A time-limited GPU lease may end mid-run: after the dense phases and after each method the bench writes
+    """A time-limited GPU job may end mid-run: after the dense phases and after each method the bench writes
     OUT.partial.json, which `python -m experiments.bench_report` renders; a finished run removes it."""
     from experiments import bench_report
     monkeypatch.setenv("DLP_CACHE", str(tmp_path / "cache"))

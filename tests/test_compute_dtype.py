@@ -7,7 +7,7 @@ float32.
 import pytest
 import torch
 
-from baselines.criteria import make_criterion
+from dlp.registry import make_criterion
 from dlp.compute_dtype import check_compute_dtype, compute_dtype_of, computing, set_compute_dtype
 from dlp.engine import walk
 from dlp.errors import UserError

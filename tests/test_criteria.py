@@ -3,8 +3,8 @@ import pytest
 import torch
 import torch.nn as nn
 
-from baselines.criteria import make_criterion
-from baselines.criteria.pattern import NM, parse_pattern
+from dlp.registry import make_criterion
+from dlp.pattern import NM, parse_pattern
 from dlp.errors import UserError
 from dlp.stats import HESSIAN, SQNORM, attach
 
@@ -150,7 +150,7 @@ def test_unknown_criterion():
 
 def test_kthvalue_selection_equals_stable_sort_with_ties():
     """Scores drawn from four values (ties everywhere): the fast selection takes exactly the stable sort's first k."""
-    from baselines.criteria.base import lowest_overall, lowest_per_row
+    from dlp.masks import lowest_overall, lowest_per_row
     g = torch.Generator().manual_seed(0)
     for _ in range(200):
         rows, cols = torch.randint(1, 20, (2,), generator=g).tolist()
@@ -167,7 +167,7 @@ def test_kthvalue_selection_equals_stable_sort_with_ties():
 def test_numpy_selection_finds_torch_kthvalue_on_every_row():
     """The CPU path (numpy's partition) and the other devices' path (torch.kthvalue) give the same k-th values,
     with ties, in float32 and float64; bfloat16 scores take torch's path."""
-    from baselines.criteria.base import _kth_smallest
+    from dlp.masks import _kth_smallest
     g = torch.Generator().manual_seed(1)
     for dtype in (torch.float32, torch.float64, torch.bfloat16):
         for _ in range(50):
@@ -182,7 +182,7 @@ def test_numpy_selection_finds_torch_kthvalue_on_every_row():
 def test_selection_split_among_threads_finds_every_rows_kth_value(threads):
     """Enough rows and the CPU selection splits them among threads (rows // 64 at most): every row's k-th
     value and every mask still equal torch's and the stable sort's, ties included, in row order."""
-    from baselines.criteria.base import _kth_smallest, lowest_per_row
+    from dlp.masks import _kth_smallest, lowest_per_row
     g = torch.Generator().manual_seed(2)
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
@@ -199,7 +199,7 @@ def test_selection_split_among_threads_finds_every_rows_kth_value(threads):
 
 def test_zero_where_is_masked_fill_to_the_bit():
     """+0.0 where masked (also over -0.0, inf and NaN), every other value untouched, bit for bit."""
-    from baselines.criteria.base import zero_where
+    from dlp.masks import zero_where
     w = torch.tensor([[-1.5, -0.0, float("inf"), float("nan")], [2.0, -3.0, float("-inf"), 0.0]])
     mask = torch.tensor([[True, True, True, True], [False, True, False, True]])
     got, expected = zero_where(w.clone(), mask), w.masked_fill(mask, 0.0)

@@ -2,8 +2,8 @@
 import pytest
 import torch
 
-from baselines.criteria import make_criterion
-from baselines.criteria.pattern import NM
+from dlp.registry import make_criterion
+from dlp.pattern import NM
 from dlp.engine import walk
 from dlp.prune import prune_model
 from dlp.sparsity import measure_sparsity

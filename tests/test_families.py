@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from baselines.criteria import make_criterion
+from dlp.registry import make_criterion
 from dlp import selfcheck
 from dlp.coverage import coverage, decoder_sparsity
 from dlp.data.corpora import Corpus

@@ -1,11 +1,11 @@
-"""What only a CUDA device can show; skipped elsewhere. experiments/bench_gpu_lease.sh runs this file first on a
-lent GPU, in seconds, before the long benchmark, so that a device-only fault shows before the lease is spent."""
+"""What only a CUDA device can show; skipped elsewhere. experiments/bench_gpu_quick.sh runs this file first, in
+seconds, before the long benchmark, so that a device-only fault shows before the GPU time is spent."""
 import math
 
 import pytest
 import torch
 
-from baselines.criteria import make_criterion
+from dlp.registry import make_criterion
 from dlp.perplexity import window_losses
 from dlp.prune import prune_model
 from dlp.stats import HESSIAN, LinearStats

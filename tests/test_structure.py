@@ -2,7 +2,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from baselines.criteria import make_criterion
+from dlp.registry import make_criterion
 from dlp.errors import UserError
 from dlp.prune import prune_model
 from dlp.structure import find_blocks, find_linears

@@ -42,7 +42,7 @@ def test_table1_second_time_reuses_everything(table, workspace):
 
 
 def test_failed_cell_is_shown_and_others_kept(workspace, tmp_path, monkeypatch):
-    from dlp.allocation import DLP
+    from dlp.dlp_allocation import DLP
 
     def broken(*args, **kwargs):
         raise RuntimeError("simulated crash")

@@ -1,16 +1,6 @@
-"""Layerwise allocations by name (DLP itself lives in the core package, dlp.allocation)."""
-from dlp.allocation import DLP
-from dlp.allocator import Allocation, Allocator
-from dlp.errors import UserError
+"""Layerwise allocations besides DLP (which the core holds: dlp.dlp_allocation). Each module registers its
+allocation (dlp.registry) when imported, and importing this package imports every module in it: a new
+allocation is a file dropped here plus its conf/allocation YAML."""
+from dlp.discover import import_submodules
 
-from .alpha import AlphaPruning
-from .owl import OWL
-from .uniform import Uniform
-
-ALLOCATIONS = {"uniform": Uniform, "owl": OWL, "dlp": DLP, "alphapruning": AlphaPruning}
-
-
-def make_allocator(name: str, **params) -> Allocator:
-    if name not in ALLOCATIONS:
-        raise UserError(f"unknown allocation '{name}'; choose one of {', '.join(ALLOCATIONS)}")
-    return ALLOCATIONS[name](**params)
+import_submodules(__name__, __path__)

@@ -9,10 +9,10 @@ the block sparsities equals s. Weights only: no calibration data.
 import numpy as np
 import torch
 
-from dlp.errors import UserError
-from dlp.structure import find_blocks, find_linears
-
 from dlp.allocator import Allocation, Allocator
+from dlp.errors import UserError
+from dlp.registry import register_allocation
+from dlp.structure import find_blocks, find_linears
 
 
 def esd_alpha(weight: torch.Tensor, bins: int = 100) -> float:
@@ -57,8 +57,8 @@ def alpha_sparsities(block_alphas, block_params, target: float, epsilon: float) 
     return [float(x) for x in ratios]
 
 
+@register_allocation("alphapruning", label="AlphaPruning", score_label="ESD alpha")
 class AlphaPruning(Allocator):
-    name = "alphapruning"
 
     def __init__(self, epsilon: float = 0.3):
         if not 0 < epsilon < 1:

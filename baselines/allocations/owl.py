@@ -3,19 +3,19 @@
 D_l = share of the block's Wanda scores above M × their mean (its "outlier ratio"); min-max scaled to
 [0, 2λ]; density_l = D'_l − mean(D') + (1 − s). More outliers → higher density → lower sparsity.
 """
+from dlp.allocator import Allocation, Allocator
 from dlp.errors import UserError
 from dlp.profile import cached_profile
 from dlp.ratios import densities_to_sparsities, minmax
-
-from dlp.allocator import Allocation, Allocator
+from dlp.registry import register_allocation
 
 
 def owl_sparsities(outlier_ratios, target: float, lam: float) -> tuple[list[float], bool]:
     return densities_to_sparsities(minmax(outlier_ratios, lam), target)
 
 
+@register_allocation("owl", label="OWL", score_label="outlier ratio")
 class OWL(Allocator):
-    name = "owl"
 
     def __init__(self, m: float = 5.0, lam: float = 0.08):
         if m <= 0 or not 0 < lam < 0.5:

@@ -1,15 +1,5 @@
-"""Within-layer criteria by name."""
-from dlp.errors import UserError
+"""Within-layer criteria. Each module registers its criterion (dlp.registry) when imported, and importing this
+package imports every module in it: a new criterion is a file dropped here plus its conf/criterion YAML."""
+from dlp.discover import import_submodules
 
-from .base import Criterion
-from .magnitude import Magnitude
-from .sparsegpt import SparseGPT
-from .wanda import Wanda
-
-CRITERIA = {"magnitude": Magnitude, "wanda": Wanda, "sparsegpt": SparseGPT}
-
-
-def make_criterion(name: str, **params) -> Criterion:
-    if name not in CRITERIA:
-        raise UserError(f"unknown criterion '{name}'; choose one of {', '.join(CRITERIA)} (or none for dense)")
-    return CRITERIA[name](**params)
+import_submodules(__name__, __path__)

@@ -1,10 +1,11 @@
 """Magnitude pruning: drop the smallest |W| of each matrix under one threshold (or per N:M group)."""
+from dlp.criterion import Criterion
+from dlp.masks import lowest_nm, lowest_overall, zero_where
+from dlp.registry import register_criterion
 
-from .base import Criterion, lowest_nm, lowest_overall, zero_where
 
-
+@register_criterion("magnitude", label="Magnitude")
 class Magnitude(Criterion):
-    name = "magnitude"
 
     def __init__(self, by_sort: bool = False):
         self.by_sort = by_sort  # the reference's full sort instead of a k-th value selection: the same mask, slower

@@ -14,14 +14,15 @@ import itertools
 
 import torch
 
+from dlp.criterion import Criterion
+from dlp.masks import lowest_nm, lowest_overall
+from dlp.registry import register_criterion
 from dlp.stats import HESSIAN
 from dlp.threads import single_thread
 
-from .base import Criterion, lowest_nm, lowest_overall
 
-
+@register_criterion("sparsegpt", label="SparseGPT")
 class SparseGPT(Criterion):
-    name = "sparsegpt"
     needs = frozenset({HESSIAN})
 
     def __init__(self, blocksize: int = 128, percdamp: float = 0.01):
@@ -30,8 +31,8 @@ class SparseGPT(Criterion):
 
     def inverse_hessian_factor(self, stats, W):
         # No local name holds the damped matrix: the factor overwrites it and frees it before its last copy, so
-        # at most three n x n matrices (the statistics' Gram among them) are alive, where holding H and J H J
-        # side by side made four (on a 1536-wide input each is 9 MiB).
+        # at most three n x n matrices (the statistics' Gram among them) are alive, not the four that holding H
+        # and J H J side by side would take (on a 1536-wide input each is 9 MiB).
         return upper_factor_from_reversed(self.damped_reversed_hessian(stats, W))
 
     def damped_reversed_hessian(self, stats, W):
@@ -87,8 +88,8 @@ class SparseGPT(Criterion):
 
         The pushes are themselves lazy within the block: a column's error reaches the rest of its `inner`-wide
         slice at once and the columns after the slice once per slice, as one product. Same sums as the
-        reference's rank-one updates over the whole block, far less memory traffic per column (2x faster
-        for the 3072-row gate/up stack of the embedded model, measured here)."""
+        reference's rank-one updates over the whole block, far less memory traffic per column (which matters
+        most for tall stacks such as gate/up)."""
         if pattern is not None:  # an N:M group's mask is chosen once all its columns are up to date
             inner = pattern.m * max(1, inner // pattern.m)
         cols = Wt.shape[0]
@@ -111,17 +112,17 @@ def upper_factor_of_inverse(H: torch.Tensor) -> torch.Tensor:
 
     The reference code takes three steps (Cholesky of H, `cholesky_inverse`, Cholesky of H⁻¹). With J the
     reversal permutation, J H J = L Lᵀ gives H = (J L J)(J L J)ᵀ with J L J upper triangular, so
-    H⁻¹ = (J L⁻¹ J)ᵀ (J L⁻¹ J) and U = J L⁻¹ J: the same factor (it is unique) in about half the work
-    (40% less time on the embedded model's 1536-wide input); tests compare both to float32 rounding."""
+    H⁻¹ = (J L⁻¹ J)ᵀ (J L⁻¹ J) and U = J L⁻¹ J: the same factor (it is unique) in about half the work;
+    tests compare both to float32 rounding."""
     return upper_factor_from_reversed(H.flip(0, 1))
 
 
 def upper_factor_from_reversed(reversed_h: torch.Tensor) -> torch.Tensor:
     """`upper_factor_of_inverse` given J H J, which it overwrites: the Cholesky factor and the triangular
     inverse are computed in place (LAPACK works in place; same bits as the out-of-place calls), so no more than
-    two n x n matrices are alive at once instead of five (the memory peak of pruning a 1536-wide input here)."""
+    two n x n matrices are alive at once instead of five (on a wide input, these set pruning's memory peak)."""
     # Both in column-major order, as LAPACK works: row-major buffers take another path, which on some CPUs
-    # (seen with MKL on an AMD EPYC) rounds differently from the out-of-place calls. J H J is exactly symmetric, so
+    # (MKL on AMD EPYC, for one) rounds differently from the out-of-place calls. J H J is exactly symmetric, so
     # its transpose is the same matrix in column-major order, in the same memory.
     column_major = reversed_h.t()
     L = torch.linalg.cholesky(column_major, out=column_major)

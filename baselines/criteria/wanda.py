@@ -2,21 +2,15 @@
 
 No weight update: kept weights stay exactly as they were.
 """
-import torch
-
+from dlp.criterion import Criterion
+from dlp.masks import lowest_nm, lowest_per_row, zero_where
+from dlp.registry import register_criterion
+from dlp.scores import wanda_scores
 from dlp.stats import SQNORM
 
-from .base import Criterion, lowest_nm, lowest_per_row, zero_where
 
-
-def wanda_scores(weight, stats):
-    # Float32 scores whatever the weight's dtype (as the promoted product gave), multiplied in place: one new
-    # tensor instead of two.
-    return weight.abs().to(torch.float32).mul_(stats.column_norm().to(weight.device).unsqueeze(0))
-
-
+@register_criterion("wanda", label="Wanda")
 class Wanda(Criterion):
-    name = "wanda"
     needs = frozenset({SQNORM})
 
     def __init__(self, by_sort: bool = False):

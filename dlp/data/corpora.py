@@ -37,7 +37,7 @@ class Corpus:
 
 
 def _hub(loader, what: str):
-    hub_reachable()  # offline: switch the hub client to its local cache instead of retrying for 30 s
+    hub_reachable()  # offline: switch the hub client to its local cache instead of letting it retry
     try:
         return loader()
     except Exception as exc:  # offline, gated, or not cached: datasets raises many different types

@@ -1,7 +1,7 @@
-"""What a criterion is: given one weight matrix, its input statistics and a sparsity, choose what goes.
+"""Which weights go, as masks over a score matrix: per row, per matrix, or per N:M group.
 
-Criteria take a per-matrix sparsity so that any layerwise allocation can drive them; the engine never needs
-to know which criterion it is running.
+Every criterion ends in one of these selections, so they live in the core beside the criterion interface; the
+fallback for a matrix without input statistics (dlp.prune) uses them too.
 """
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -9,24 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import torch
 
-from dlp.stats import LinearStats
-
 from .pattern import NM
-
-
-class Criterion:
-    name: str = ""
-    needs: frozenset = frozenset()  # statistics the engine must accumulate (see dlp.stats)
-
-    def prune(self, weight: torch.Tensor, stats: LinearStats, sparsity: float, pattern: NM | None) -> torch.Tensor:
-        """Return the new float32 weight (pruned entries exactly zero). `weight` is a float32 copy."""
-        raise NotImplementedError
-
-    def prune_group(self, weights: list[torch.Tensor], stats: LinearStats, sparsity: float,
-                    pattern: NM | None) -> list[torch.Tensor]:
-        """Matrices fed the same input (q/k/v, gate/up) share `stats`; a criterion that can do them together
-        (SparseGPT: one factorisation of H) overrides this. Results must equal pruning them one by one."""
-        return [self.prune(w, stats, sparsity, pattern) for w in weights]
 
 
 def lowest_per_row(score: torch.Tensor, sparsity: float, by_sort: bool = False) -> torch.Tensor:
@@ -45,7 +28,7 @@ def lowest_overall(score: torch.Tensor, sparsity: float, by_sort: bool = False) 
 
 def zero_where(weight: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """`weight.masked_fill(mask, 0.0)`, the same bits (+0.0 where masked, every other value as it was), by
-    `torch.where`: masked_fill's CPU kernel took 3.6-4.0 ms on a 1536 x 576 matrix here, where 2.6."""
+    `torch.where`, whose CPU kernel is the faster of the two."""
     return torch.where(mask, 0.0, weight)
 
 
@@ -74,9 +57,9 @@ _ROWS_PER_THREAD = 64  # a floor, not tuned: below it the hand-off to the pool i
 
 def _kth_smallest(score: torch.Tensor, k: int) -> torch.Tensor:
     """The k-th smallest value of every row, (rows, 1). On the CPU numpy's introselect (`partition`) finds the
-    very same value 3-11x faster than `torch.kthvalue` (measured on the embedded model's shapes; the gap is
-    widest for SparseGPT's one selection over a whole 128-column block). numpy runs it on one thread, with the
-    GIL released, so the rows are split among torch's CPU threads (1.3-1.7x faster on 2 cores: 576-1728 rows)."""
+    very same value several times faster than `torch.kthvalue` (most for SparseGPT's one selection over a whole
+    128-column block). numpy runs it on one thread, with the GIL released, so the rows are split among torch's
+    CPU threads."""
     if score.device.type == "cpu" and score.dtype in (torch.float32, torch.float64):
         rows = score.detach().numpy()
         threads = min(torch.get_num_threads(), rows.shape[0] // _ROWS_PER_THREAD)

@@ -9,9 +9,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from .prune import shared_input_groups
-from .stats import HESSIAN, SQNORM, attach, gram_flops_per_token
-from .structure import find_blocks, find_linears
+from dlp.prune import shared_input_groups
+from dlp.stats import HESSIAN, SQNORM, attach, gram_flops_per_token
+from dlp.structure import find_blocks, find_linears
 
 
 @dataclass

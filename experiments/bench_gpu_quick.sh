@@ -1,17 +1,16 @@
 #!/usr/bin/env bash
-# The GPU half of issue 5 in one short device lease (this workplace lends an H200 for 15 minutes, the
-# machine's start included, and one command may run 10): the LLaMA-2-7B-shaped bfloat16 case at 128 x 2048
-# for the three methods the GPU targets name, without the scaling section and ablation (`make bench-gpu`
-# runs those too, for a user with a GPU of their own and no time limit).
+# The GPU bench inside a 10-minute limit (a short batch job, a borrowed GPU): the LLaMA-2-7B-shaped bfloat16
+# case at 128 x 2048 for the three methods the GPU targets name, without the scaling section (`make bench-gpu`
+# runs that too, with no time limit).
 #
-# It runs on the lent machine's own python3 and packages (torch, transformers, numpy, tqdm and matplotlib are
-# in its image; nothing can be installed there) with this checkout on PYTHONPATH, and writes into $OUT when
-# the device tool sets it, else results/: bench-llama2-7b-gpu.{json,md} when the run ends, and
+# It runs on the machine's own python3 and packages (torch, transformers, numpy, tqdm and matplotlib; it
+# installs nothing) with this checkout on PYTHONPATH, and writes into $OUT when set (a batch system's
+# output folder), else results/: bench-llama2-7b-gpu.{json,md} when the run ends, and
 # bench-llama2-7b-gpu.partial.json after every method, so that a run cut short by the time limit keeps what
 # it measured (`python -m experiments.bench_report that.partial.json` renders it).
 #
-#   bash experiments/bench_gpu_lease.sh                   # on the GPU machine
-#   bash experiments/bench_gpu_lease.sh --shape tiny --device cpu --nsamples 4 --seqlen 32 \
+#   bash experiments/bench_gpu_quick.sh                   # on the GPU machine
+#   bash experiments/bench_gpu_quick.sh --shape tiny --device cpu --nsamples 4 --seqlen 32 \
 #        --eval-windows 2 --eval-seqlen 32               # the same path on a CPU, at toy size (later flags win)
 set -euo pipefail
 cd "$(dirname "$0")/.."

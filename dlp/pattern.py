@@ -1,7 +1,7 @@
 """Sparsity patterns: unstructured (a fraction of weights) or N:M (N of every M consecutive inputs pruned)."""
 from dataclasses import dataclass
 
-from dlp.errors import UserError
+from .errors import UserError
 
 
 @dataclass(frozen=True)

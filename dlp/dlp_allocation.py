@@ -7,10 +7,10 @@ scores therefore gets a lower I, a lower density and a higher sparsity.
 import numpy as np
 
 from .allocator import Allocation, Allocator
-from dlp.errors import UserError
-
+from .errors import UserError
 from .profile import cached_profile
 from .ratios import densities_to_sparsities, minmax
+from .registry import register_allocation
 
 
 def dlp_sparsities(scores, target: float, alpha: float) -> tuple[list[float], bool]:
@@ -19,9 +19,8 @@ def dlp_sparsities(scores, target: float, alpha: float) -> tuple[list[float], bo
     return densities_to_sparsities(minmax(importance, alpha), target)
 
 
+@register_allocation("dlp", label="DLP", score_label="block score (median |W|·‖X‖)")
 class DLP(Allocator):
-    name = "dlp"
-
     def __init__(self, alpha: float = 0.15, statistic: str = "median", outlier_m: float = 5.0):
         if statistic not in ("median", "mean"):
             raise UserError(f"DLP statistic must be median or mean (got '{statistic}')")

@@ -1,0 +1,37 @@
+"""Every registered method loaded, and each one known to Hydra.
+
+Importing this module imports the core's DLP and the `baselines` packages, whose modules register themselves
+(dlp.registry). A registered method without a YAML file (one defined in a notebook or a test) gets a Hydra
+config node holding its constructor's defaults, so `criterion=<name>` composes and sweeps like the others.
+"""
+import inspect
+
+from hydra.core.config_store import ConfigStore
+
+import baselines.allocations  # noqa: F401  (registers the baselines' allocations)
+import baselines.criteria  # noqa: F401  (registers the criteria)
+import dlp.dlp_allocation  # noqa: F401  (registers DLP)
+from dlp.paths import ROOT
+from dlp.registry import ALLOCATIONS, CRITERIA, DENSE, parameters
+
+GROUPS = {"criterion": CRITERIA, "allocation": ALLOCATIONS}
+
+
+def register_configs() -> None:
+    store = ConfigStore.instance()
+    for group, table in GROUPS.items():
+        for name, cls in table.items():
+            if not (ROOT / "conf" / group / f"{name}.yaml").exists():
+                # "???" is OmegaConf's "must be set": a parameter without a default
+                defaults = {k: "???" if v is inspect.Parameter.empty else v for k, v in parameters(cls).items()}
+                store.store(group=group, name=name, node={"name": name, **defaults})
+
+
+def choices(group: str) -> list[str]:
+    """The names `group=<name>` accepts: registered methods for criterion and allocation (plus `none`, the dense
+    model); for every other group the YAML files of conf/<group> and any node stored with Hydra's ConfigStore."""
+    if group in GROUPS:
+        return [*GROUPS[group], *([DENSE] if group == "criterion" else [])]
+    files = {f.stem for f in (ROOT / "conf" / group).glob("*.yaml")}
+    stored = {name.removesuffix(".yaml") for name in ConfigStore.instance().repo.get(group, {})}
+    return sorted(files | stored)
