@@ -43,7 +43,7 @@ def _lowest_k_per_row(score: torch.Tensor, k: int, by_sort: bool) -> torch.Tenso
     kth = _kth_smallest(score, k)
     at_most = score <= kth
     # The usual case, no tie crossing the cut: exactly k per row are <= the k-th value. One comparison and one
-    # int32 count (a bool sum counts in int64, 3x slower here) instead of the general case's four passes.
+    # int32 count (a bool sum counts in int64, several times slower) instead of the general case's four passes.
     if bool((at_most.sum(1, dtype=torch.int32) == k).all()):
         return at_most
     mask = score < kth

@@ -26,9 +26,8 @@ def block_profile(linears, stats, outlier_m: float) -> dict:
     """Mean, exact median and OWL outlier ratio (share above M × mean) of one block's scores.
 
     Two passes over the scores, one matrix at a time (a 7B block has about 200M): count, sum and the median's
-    first radix pass; then the outlier count (it needs the mean) and the median's second pass. Computing each
-    figure in a pass of its own took four, twice the score computations: 41 ms a block on the embedded model
-    then, 33-34 ms now (2 cores; the rest is the radix passes' histograms and the bucket's selection)."""
+    first radix pass; then the outlier count (it needs the mean) and the median's second pass. A pass per
+    figure would take four, computing every score twice as often."""
     def stream():
         for name, layer in linears.items():
             yield wanda_scores(layer.weight.data.to(torch.float32), stats[name])

@@ -11,7 +11,7 @@ their mean (`--repeats N`: the median of N such processes). The parent also prof
 forward spends its time (bench_profile). A scaling section repeats Wanda at three calibration sizes, three sequence lengths and
 several batch sizes. Writes <out>.json, <out>.md and a plot.
 
-  python -m experiments.bench                                   # embedded model on this machine: fp32, bf16, mixed
+  python -m experiments.bench                                   # embedded model on this computer: fp32, bf16, mixed
   python -m experiments.bench --shape llama2-7b --dtypes bfloat16 --nsamples 128 --seqlen 2048 --out results/bench-llama2-7b
 """
 import argparse
@@ -30,7 +30,7 @@ from dlp.batching import AUTO, check_batch_size, floor_parts, resolve_batch_size
 from dlp.compute_dtype import set_compute_dtype
 from dlp.errors import UserError
 from dlp.io import write_atomic, write_json_atomic
-from dlp.engine import watch_walks
+from dlp.engine import walk, watch_walks
 from dlp.models import DTYPES, load_model, resolve_device
 from dlp.perplexity import CHUNK_TOKENS, window_losses
 from dlp.prune import prune_model
@@ -184,7 +184,7 @@ def bench_dtype(args, dtype: str, device: torch.device, checkpoint=lambda partia
     subject = Subject(args.model, args.shape, dtype, device, args.seed)
     peak = matmul_peak(products_dtype(dtype), device)
     # The base is the process with every library the run uses in place (one load and release first: the model
-    # code, tokenizer and converters that a load imports take ~160 MiB here and stay). Memory below is counted
+    # code, tokenizer and converters that a load imports stay resident). Memory below is counted
     # above it, so the peak compares with the floor (data only); the JSON keeps the absolute peaks too.
     base = base_after_warm_up(subject)
     with phase(device) as m:
@@ -267,8 +267,7 @@ def bench_ablation(args, subject: Subject, calib, eval_ids, device) -> list[dict
 def in_fresh_process(fn, *args):
     """Run fn(*args) in a new Python process and return its result. Each method is measured the way a user's run
     sees it, one per process: in a long-lived process the allocator keeps the heap that earlier phases left
-    fragmented (another method's evaluation, another dtype), and the next method's resident peak counted it
-    (float32 Wanda: 1.40 x the floor measured after the other phases, 1.09 x in a process of its own)."""
+    fragmented (another method's evaluation, another dtype), and the next method's resident peak would count it."""
     import multiprocessing
     with multiprocessing.get_context("spawn").Pool(1) as pool:
         result = pool.apply(fn, args)
@@ -312,9 +311,8 @@ def bench_method(args, model, calib, eval_ids, criterion_name, allocation_name, 
     out = {"criterion": criterion_name, "allocation": allocation_name, "sparsity": args.sparsity}
     rows = {}
     # The yardstick again, just before this method and once more just after its prune: on a shared machine the
-    # speed drifts over minutes (the two passes of one process differed by up to 1.75 x in the run of 44fac3e;
-    # the pass before and the prune's own replay by up to 16% in the run before), so each "x dense forward"
-    # divides by the mean of two passes that bracket the work. The pass after runs on the pruned weights: the
+    # speed drifts over minutes, even within one process, so each "x dense forward" divides by the mean of two
+    # passes that bracket the work. The pass after runs on the pruned weights: the
     # same products, as costly.
     dense_before_s = dense_forward(args, model, calib, device)["seconds"]
     # The self-check every run makes before its walks (dlp.selfcheck): one calibration sequence through the

@@ -2,13 +2,10 @@
 
 The bench's "share of peak" counts only the decoder's matrix products (experiments.bench_flops), so a pass can be far from
 the peak for two reasons: slow products, or time spent outside them. This splits one batch's forward pass
-(the model's own code, profiled by torch.profiler on the CPU) into those parts, so the report can say which.
-On the embedded model here (2 cores, 2026-11-29), one block's Linears alone, at the shapes of a batch, ran at
-91-93% of the 2048 x 2048 rate in float32 and 75-100% in bfloat16, yet they took only 62-65% of a forward
-pass (batch 3 float32, 2 bfloat16); the attention kernel took 15% and SiLU and the element-wise multiplies
-and adds of RMSNorm, RoPE and the residuals 20-23%: work the model defines, which an engine that replays the
-model's own layers does not change. So on this model a pass tops out near 60-65% of the peak (the full bench
-runs later put products at 53-70% of the time).
+(the model's own code, profiled by torch.profiler on the CPU) into those parts, so the report can say which:
+the attention kernel and the element-wise work of norms, activations, rotary embeddings and residuals are
+defined by the model, and an engine that replays the model's own layers cannot make them faster (the shares
+measured on the embedded model are in results/bench.md).
 """
 import torch
 from torch.profiler import ProfilerActivity, profile

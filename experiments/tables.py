@@ -187,6 +187,7 @@ def build(table, models, preset="cpu", sparsity=None, extra=(), out_dir=ROOT / "
           allocations=None):
     start = time.time()
     g = grid(table, criteria, allocations, sparsity)
+    check_choices([f"model={','.join(models)}", f"preset={preset}"])  # one line now, not one failed cell per row
     cells = collect(table, g, models, preset, list(extra))
     md, csv_text, tex = render(table, g, cells, models, preset, time.time() - start)
     out_dir = Path(out_dir)

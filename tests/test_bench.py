@@ -52,7 +52,7 @@ def test_bench_end_to_end_on_a_tiny_random_model(tmp_path, monkeypatch):
     assert mixed["batch_size"] == report["results"][0]["batch_size"]
     assert all(mixed["methods"][n]["ppl"] != m["ppl"] for n, m in report["results"][0]["methods"].items())
     fp32 = report["results"][0]
-    assert set(fp32["methods"]) == {"uniform+wanda", "dlp+wanda", "owl+wanda", "uniform+sparsegpt"}
+    assert set(fp32["methods"]) == {"uniform+wanda", "alphapruning+wanda", "dlp+wanda", "owl+wanda", "uniform+sparsegpt"}
     for m in fp32["methods"].values():
         assert m["allocation_plus_prune_s"] > 0 and m["ppl"] > 1
         assert m["times_dense_forward"] == pytest.approx(m["allocation_plus_prune_s"] / m["dense_forward_s"])
@@ -61,6 +61,10 @@ def test_bench_end_to_end_on_a_tiny_random_model(tmp_path, monkeypatch):
         assert m["dense_forward_s"] == pytest.approx((m["dense_forward_before_s"] + m["dense_forward_after_s"]) / 2)
         assert m["floor"]["total"] == m["floor"]["weights"] + m["floor"]["activations"] + m["floor"]["statistics"]
     assert fp32["methods"]["dlp+wanda"]["phases"]["allocation"]["seconds"] > 0  # a cold profile cache, timed
+    # The products an allocation did come from the walks the engine reported (dlp.engine.watch_walks): DLP's
+    # profile walk has them; AlphaPruning reads weights only, so no walk and no GFLOP count.
+    assert fp32["methods"]["dlp+wanda"]["phases"]["allocation"]["gflops"] > 0
+    assert fp32["methods"]["alphapruning+wanda"]["phases"]["allocation"]["gflops"] is None
     for name, m in fp32["methods"].items():  # each method's run makes the walk's self-check: timed beside it
         check = m["phases"]["selfcheck"]
         assert check["seconds"] > 0 and check["tokens"] == 32
@@ -188,13 +192,17 @@ def test_gpu_targets_judge_seconds_and_peak_memory_over_the_weights():
         assert not any("GPU memory" in t or "load excluded" in t for t in targets(report(device, shape), {}))
 
 
-def test_methods_option_picks_a_subset_in_the_benchs_order(capsys):
-    args = bench.parse(["--methods", "uniform+sparsegpt, uniform+wanda"])
-    assert args.methods == [("wanda", "uniform"), ("sparsegpt", "uniform")]
-    assert bench.parse([]).methods == bench.default_methods()
+def test_methods_option_takes_any_registered_pair_in_the_order_given(capsys):
+    args = bench.parse(["--methods", "uniform+sparsegpt, alphapruning+magnitude"])
+    assert args.methods == [("sparsegpt", "uniform"), ("magnitude", "alphapruning")]
+    # The default comes from the registry: every allocation under Wanda (uniform first), then every other
+    # criterion that reads statistics under uniform.
+    assert bench.parse([]).methods == [("wanda", "uniform"), ("wanda", "alphapruning"), ("wanda", "owl"),
+                                       ("wanda", "dlp"), ("sparsegpt", "uniform")]
     assert bench.main(["--methods", "uniform+wanda,alpha+wanda"]) == 2
-    assert capsys.readouterr().err.strip() == ("error: unknown method 'alpha+wanda'; choose from uniform+wanda, "
-                                               "dlp+wanda, owl+wanda, uniform+sparsegpt")
+    assert capsys.readouterr().err.strip() == (
+        "error: unknown method 'alpha+wanda'; write allocation+criterion from allocations alphapruning, owl, "
+        "uniform, dlp and criteria magnitude, sparsegpt, wanda")
 
 
 def test_a_run_cut_short_leaves_a_partial_report_with_what_it_measured(tmp_path, monkeypatch, capsys):

@@ -1,4 +1,4 @@
-"""End to end on the real embedded model (SmolLM2-135M from its GGUF) with the cpu preset. Minutes on 2 cores."""
+"""End to end on the real embedded model (SmolLM2-135M from its GGUF) with the cpu preset: minutes on a CPU."""
 import math
 
 import pytest

@@ -324,3 +324,22 @@ def test_arguments_shared_by_blocks_are_held_once(family, per_type):
     assert len(cap.calls) == 2 and all(len(per_block) == 3 for per_block in cap.calls)
     for per_block in cap.calls:
         assert _distinct_tensors(per_block) == _distinct_tensors(per_block[:1]) + per_type
+
+
+def test_watch_walks_reports_every_walk_inside_it(tmp_path, monkeypatch):
+    """How a caller that does not call `walk` sees the work done (the bench timing an allocation): DLP's dense
+    profile is one walk (nothing changed: no replay; only the last block, whose outputs nothing reads, cut short);
+    a prune inside the same block is the second (every block cut, two replayed); a walk outside is not reported
+    and the list is closed when the block ends."""
+    from dlp.engine import _WATCHERS, watch_walks
+    from dlp.registry import make_allocator
+
+    monkeypatch.setenv("DLP_CACHE", str(tmp_path))  # an empty profile cache: the profile walk runs
+    model, ids = tiny_model("llama"), tiny_ids()
+    with watch_walks() as walks:
+        targets = make_allocator("dlp").allocate(model, ids, 0.5, 4, progress=False).sparsities
+        assert len(walks) == 1 and walks[0].replayed_blocks == 0 and walks[0].skipped_flops > 0
+        pruned = prune_model(model, ids, make_criterion("wanda"), targets, batch_size=4, progress=False)
+    assert walks[1] is pruned and pruned.replayed_blocks == 2 and pruned.skipped_flops > walks[0].skipped_flops
+    prune_model(model, ids, make_criterion("wanda"), targets, batch_size=4, progress=False)
+    assert len(walks) == 2 and _WATCHERS == []

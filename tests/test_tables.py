@@ -120,3 +120,30 @@ def test_provenance_names_the_compute_dtype():
     assert precision({"dtype": "float32", "compute_dtype": None}) == "float32"
     assert precision({"dtype": "float16"}) == "float16"
     assert precision({"dtype": "float32", "compute_dtype": "bfloat16"}) == "float32 (forward passes under bfloat16 autocast)"
+
+
+def test_runs_report_quotes_each_record(table):
+    """results/*.md reports made from records carry each record's perplexity in full and its key."""
+    from experiments import report_runs
+
+    _, _, cells = table
+    records = list(cells.values())
+    md = report_runs.render(records, "Tiny runs")
+    rows = [line for line in md.splitlines() if line.startswith("| ")][1:]
+    assert len(rows) == len(records) == 10
+    for line, record in zip(rows, records):
+        assert f"| {record['metrics']['ppl']!r} |" in line and f"`{record['key']}`" in line
+    assert rows[0].startswith("| dense | - | 0 |")
+    assert md.count("- model `tiny`") == 1  # one provenance line: every cell ran on the same inputs
+
+
+@pytest.mark.parametrize("argv, line", [
+    (["table1", "--models", "nosuch"], "error: unknown model 'nosuch'; choose one of "),
+    (["table1", "--criteria", "wanda,foo"], "error: unknown criterion 'foo'; choose one of magnitude, "),
+    (["table2", "--allocations", "uniform,bar"], "error: unknown allocation 'bar'; choose one of "),
+])
+def test_table_refuses_bad_names_in_one_line(argv, line, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        tables.main(argv)
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and err.startswith(line) and err.count("\n") == 1
