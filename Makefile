@@ -52,8 +52,9 @@ bench-gpu: install
 test: install
 	$(PY) -m pytest -q
 
+# Every code path on tiny models in a few minutes: no end-to-end run of the embedded model, no whole sweeps.
 test-fast: install
-	$(PY) -m pytest -q -m "not e2e"
+	$(PY) -m pytest -q -m "not e2e and not slow"
 
 clean-cache:
 	rm -rf .cache

@@ -117,17 +117,20 @@ def run(cfg: dict) -> tuple[Path, dict, bool]:
         if existing is not None:
             return path, existing, True
     started = time.time()
+    # Read before the run: the commit is that of the code this process loaded, even if the checkout moves on
+    # while it runs (a long cell, a sweep).
+    environment = records.environment()
     base = {"key": records.run_key(cfg), "config": cfg, "started_unix": started}
     try:
         record = execute(cfg)
     except Exception as exc:
         failed = {**base, "status": "failed", "error": f"{type(exc).__name__}: {exc}",
                   "traceback": None if isinstance(exc, UserError) else traceback.format_exc(),
-                  "environment": records.environment()}
+                  "environment": environment}
         if records.load_record(path) is None:  # a forced rerun that fails never replaces a finished record
             records.save_record(path, failed)
         raise
-    record = {**base, **record, "environment": records.environment(), **records.peak_memory(),
+    record = {**base, **record, "environment": environment, **records.peak_memory(),
               "wall_s": time.time() - started}
     records.save_record(path, record)
     return path, record, False

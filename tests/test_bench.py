@@ -38,6 +38,7 @@ def test_phase_reports_seconds_and_a_memory_peak_above_its_start():
         assert m["rss_peak"] - m["rss_start"] >= 60 * 2 ** 20
 
 
+@pytest.mark.slow
 def test_bench_end_to_end_on_a_tiny_random_model(tmp_path, monkeypatch):
     monkeypatch.setenv("DLP_CACHE", str(tmp_path / "cache"))
     out = tmp_path / "bench"
@@ -205,6 +206,7 @@ def test_methods_option_takes_any_registered_pair_in_the_order_given(capsys):
         "uniform, dlp and criteria magnitude, sparsegpt, wanda")
 
 
+@pytest.mark.slow
 def test_a_run_cut_short_leaves_a_partial_report_with_what_it_measured(tmp_path, monkeypatch, capsys):
     """A time-limited GPU job may end mid-run: after the dense phases and after each method the bench writes
     OUT.partial.json, which `python -m experiments.bench_report` renders; a finished run removes it."""

@@ -79,6 +79,7 @@ def test_failed_run_keeps_earlier_records(workspace):
         assert p.read_bytes() == data
 
 
+@pytest.mark.slow
 def test_sweep_runs_every_cell_and_survives_a_failed_one(workspace):
     out = cli(workspace, "allocation=uniform,dlp", "criterion=wanda,magnitude", "sparsity=0.4",
               "model.device=bogus_device_for_one_cell", multirun=True)
@@ -91,6 +92,7 @@ def test_sweep_runs_every_cell_and_survives_a_failed_one(workspace):
     assert again.stdout.count("reused") == 4  # a finished cell is never recomputed
 
 
+@pytest.mark.slow
 def test_sweep_with_joblib_launcher(workspace):
     out = cli(workspace, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "criterion=wanda", "sparsity=0.2,0.3",
               multirun=True)
@@ -98,6 +100,7 @@ def test_sweep_with_joblib_launcher(workspace):
     assert out.stdout.count("record: ") == 2 or out.stdout.count("ppl ") == 2
 
 
+@pytest.mark.slow
 def test_sweep_with_local_submitit_launcher(workspace, tmp_path):
     out = cli(workspace, "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=10", "criterion=magnitude",
               "sparsity=0.2,0.25", f"hydra.sweep.dir={tmp_path}", multirun=True)
@@ -139,3 +142,23 @@ def test_compute_dtype_is_its_own_run(workspace):
     assert rec16["sparsity"]["target_met"]
     assert rec16["metrics"]["ppl"] != rec32["metrics"]["ppl"]
     assert abs(rec16["metrics"]["ppl"] / rec32["metrics"]["ppl"] - 1) < 0.05
+
+
+def test_record_names_the_commit_the_run_started_on(workspace, tmp_path, monkeypatch):
+    """A checkout that moves on while a cell runs must not relabel it: the commit is read before the run."""
+    from experiments import pipeline, records
+    from experiments.config import compose_config
+
+    commit = {"commit": "started-on", "dirty": False}
+    monkeypatch.setattr(records, "git_commit", lambda: dict(commit))
+    run_for_real = pipeline.execute
+
+    def execute_while_the_checkout_moves(cfg):
+        out = run_for_real(cfg)
+        commit["commit"] = "moved-to"
+        return out
+
+    monkeypatch.setattr(pipeline, "execute", execute_while_the_checkout_moves)
+    cfg = compose_config([*tiny_overrides(workspace, "moving_runs"), "criterion=magnitude", "sparsity=0.5"])
+    _, record, reused = pipeline.run(cfg)
+    assert not reused and record["environment"]["commit"] == "started-on"

@@ -97,6 +97,7 @@ def test_wandb_offline_logging(workspace, tmp_path, monkeypatch):
     assert tracking.log_record(record, {"mode": "disabled"}) is None
 
 
+@pytest.mark.slow
 def test_table2_mean_and_per_task_from_records(workspace, tmp_path):
     extra = tiny_overrides(workspace, "table2_runs") + ["zeroshot.tasks=[arc_easy,rte]", "zeroshot.limit=5",
                                                        "zeroshot.source=local", "zeroshot.batch_size=16"]
