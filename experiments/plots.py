@@ -13,14 +13,13 @@ from dlp.errors import UserError
 from dlp.paths import ROOT
 from dlp.registry import ALLOCATIONS
 
-from . import methods
+from . import methods  # noqa: F401  (every criterion and allocation registered)
 from .cells import run_cell
 from .validation import check_choices
 
 
 def gather(model, criterion, sparsity, preset="cpu", extra=(), allocations=None):
     allocations = list(allocations or ALLOCATIONS)
-    methods.register_configs()
     check_choices([f"criterion={criterion}", f"allocation={','.join(allocations)}"])
     return {alloc: run_cell([f"model={model}", f"preset={preset}", f"criterion={criterion}", f"allocation={alloc}",
                              f"sparsity={sparsity}", *extra]) for alloc in allocations}

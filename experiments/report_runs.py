@@ -12,10 +12,12 @@ from pathlib import Path
 
 from dlp.io import write_atomic
 
+from .records import is_dense
+
 
 def row(record: dict) -> list[str]:
     cfg, timings = record["config"], record.get("timings_s", {})
-    dense = cfg["criterion"]["name"] == "none" or float(cfg["sparsity"]) == 0.0
+    dense = is_dense(cfg)
     if record.get("status") != "ok":
         return [cfg["criterion"]["name"], "-" if dense else cfg["allocation"]["name"], str(cfg["sparsity"]),
                 "failed", "-", "-", "-", "-", "-", f"`{record['key']}`"]

@@ -25,7 +25,7 @@ from dlp.io import write_atomic
 from dlp.paths import ROOT
 from dlp.registry import ALLOCATIONS, CRITERIA
 
-from . import methods
+from . import methods  # noqa: F401  (every criterion and allocation registered)
 from .cells import run_cell
 from .validation import check_choices
 
@@ -53,7 +53,6 @@ def grid(table: str, criteria: list[str] | None = None, allocations: list[str] |
     sweep = experiment.hydra.sweeper.params
     g = Grid(criteria or str(sweep.criterion).split(","), allocations or str(sweep.allocation).split(","),
              float(experiment.sparsity if sparsity is None else sparsity))
-    methods.register_configs()
     check_choices([f"criterion={','.join(g.criteria)}", f"allocation={','.join(g.allocations)}"])
     return g
 
@@ -196,12 +195,12 @@ def build(table, models, preset="cpu", sparsity=None, extra=(), out_dir=ROOT / "
     return md, cells
 
 
-def table1(models, preset="cpu", sparsity=None, extra=(), out_dir=ROOT / "results", **methods_):
-    return build("table1", models, preset, sparsity, extra, out_dir, **methods_)
+def table1(models, preset="cpu", sparsity=None, extra=(), out_dir=ROOT / "results", **grid_options):
+    return build("table1", models, preset, sparsity, extra, out_dir, **grid_options)
 
 
-def table2(models, preset="cpu", sparsity=None, extra=(), out_dir=ROOT / "results", **methods_):
-    return build("table2", models, preset, sparsity, extra, out_dir, **methods_)
+def table2(models, preset="cpu", sparsity=None, extra=(), out_dir=ROOT / "results", **grid_options):
+    return build("table2", models, preset, sparsity, extra, out_dir, **grid_options)
 
 
 def main(argv=None):
