@@ -39,7 +39,7 @@ from dlp.selfcheck import check_walk
 from dlp.stats import SQNORM, LinearStats
 from dlp.structure import find_blocks
 
-from . import methods as _registered  # noqa: F401  (every method registered)
+from . import methods  # noqa: F401  (every criterion and allocation registered)
 from .bench_flops import forward_flops, shapes, sparsegpt_flops, statistics_flops
 from .bench_machine import describe, matmul_peak, phase, release_free_memory, rss_bytes
 from .bench_precisions import PRECISIONS, products_dtype

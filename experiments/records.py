@@ -88,6 +88,17 @@ def environment() -> dict:
     return info
 
 
+def commit_label(env: dict) -> str:
+    """A record's code version as reports print it: the short commit, marked when the checkout was modified."""
+    return f"{str(env.get('commit'))[:10]}{'+dirty' if env.get('dirty') else ''}"
+
+
+def machine_line(env: dict) -> str:
+    """A record's machine and library versions as reports print them."""
+    return (f"{env.get('platform')}, {env.get('cpu_count')} CPUs, GPU {env.get('cuda') or 'none'}, "
+            f"torch {env.get('torch')}, transformers {env.get('transformers')}")
+
+
 def peak_memory() -> dict:
     import torch
 

@@ -12,7 +12,8 @@ from pathlib import Path
 
 from dlp.io import write_atomic
 
-from .records import is_dense
+from .records import commit_label, is_dense, machine_line
+from .tables import md_table
 
 
 def row(record: dict) -> list[str]:
@@ -34,8 +35,7 @@ def row(record: dict) -> list[str]:
 def render(records: list[dict], title: str) -> str:
     header = ["criterion", "allocation", "sparsity", "perplexity", "evaluated on", "actual sparsity",
               "self-check max diff", "prune s", "eval s", "record key"]
-    lines = [f"# {title}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(row(r)) + " |" for r in records]
+    lines = [f"# {title}", "", *md_table(header, [row(r) for r in records])]
     seen = set()
     lines += ["", "Measured on:"]
     for r in records:
@@ -43,9 +43,7 @@ def render(records: list[dict], title: str) -> str:
         calib = (r.get("data") or {}).get("calibration") or {}
         line = (f"- model `{m['name']}` ({m.get('dtype')}), preset `{r['config'].get('preset')}`, calibration "
                 f"`{calib.get('name', '-')}` ({calib.get('nsamples', '-')} x {calib.get('seqlen', '-')}), seed "
-                f"{r['config'].get('seed')}; {env.get('platform')}, {env.get('cpu_count')} CPUs, GPU "
-                f"{env.get('cuda') or 'none'}, torch {env.get('torch')}, transformers {env.get('transformers')}, "
-                f"commit {str(env.get('commit'))[:10]}{'+dirty' if env.get('dirty') else ''}")
+                f"{r['config'].get('seed')}; {machine_line(env)}, commit {commit_label(env)}")
         if calib and line not in seen:
             seen.add(line)
             lines.append(line)

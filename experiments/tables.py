@@ -27,6 +27,7 @@ from dlp.registry import ALLOCATIONS, CRITERIA
 
 from . import methods  # noqa: F401  (every criterion and allocation registered)
 from .cells import run_cell
+from .records import commit_label, machine_line
 from .validation import check_choices
 
 UNIFORM = "uniform"  # the allocation every other is compared with
@@ -103,9 +104,7 @@ def notes(table, g: Grid, cells, models) -> list[str]:
 
 def commits(records) -> str:
     """The code versions the cells ran under (a table can mix cells from several commits)."""
-    seen = sorted({f"{str(r['environment'].get('commit'))[:10]}{'+dirty' if r['environment'].get('dirty') else ''}"
-                   for r in records})
-    return ", ".join(seen)
+    return ", ".join(sorted({commit_label(r["environment"]) for r in records}))
 
 
 def precision(model_cfg: dict) -> str:
@@ -128,9 +127,8 @@ def provenance_lines(cells, models, preset) -> list[str]:
         lines.append(
             f"- {model}: preset `{preset}`, eval on `{r['metrics']['eval_corpus']}` ({ev['windows']} windows x "
             f"{ev['seqlen']} tokens), calibration `{calib.get('name', '-')}` ({calib.get('nsamples', '-')} x "
-            f"{calib.get('seqlen', '-')}), dtype {precision(r['config']['model'])}; machine: {env['platform']}, "
-            f"{env['cpu_count']} CPUs, GPU {env['cuda'] or 'none'}, torch {env['torch']}, transformers "
-            f"{env['transformers']}, commits {commits(ok)}")
+            f"{calib.get('seqlen', '-')}), dtype {precision(r['config']['model'])}; machine: {machine_line(env)}, "
+            f"commits {commits(ok)}")
     return lines
 
 
