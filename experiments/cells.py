@@ -7,8 +7,9 @@ from . import pipeline, tracking
 from .config import compose_config
 
 
-def run_cell(overrides: list[str]) -> dict:
-    """The record of one cell (status ok or failed); never raises for a failure inside the run."""
+def run_cell(overrides: list[str], group: str = "tables") -> dict:
+    """The record of one cell (status ok or failed); never raises for a failure inside the run. A fresh run is
+    logged to W&B in `group`, beside the table that gathers it."""
     try:
         cfg = compose_config(overrides)
         path, record, reused = pipeline.run(cfg)
@@ -19,5 +20,5 @@ def run_cell(overrides: list[str]) -> dict:
     how = "reused" if reused else f"ran in {record['wall_s']:.0f} s"
     print(f"{' '.join(overrides)}: ppl {record['metrics']['ppl']:.3f} ({how}) -> {path}", flush=True)
     if not reused:
-        tracking.log_quietly(record, cfg["wandb"], group="tables")
+        tracking.log_quietly(record, cfg["wandb"], group=group)
     return record

@@ -29,9 +29,11 @@ def register_configs() -> None:
 
 def choices(group: str) -> list[str]:
     """The names `group=<name>` accepts: registered methods for criterion and allocation (plus `none`, the dense
-    model); for every other group the YAML files of conf/<group> and any node stored with Hydra's ConfigStore."""
+    model, and YAML variants of a method such as conf/allocation/owl_matched.yaml); for every other group the
+    YAML files of conf/<group> and any node stored with Hydra's ConfigStore."""
+    files = sorted(f.stem for f in (ROOT / "conf" / group).glob("*.yaml"))
     if group in GROUPS:
-        return [*GROUPS[group], *([DENSE] if group == "criterion" else [])]
-    files = {f.stem for f in (ROOT / "conf" / group).glob("*.yaml")}
+        registered = [*GROUPS[group], *([DENSE] if group == "criterion" else [])]
+        return [*registered, *(f for f in files if f not in registered)]
     stored = {name.removesuffix(".yaml") for name in ConfigStore.instance().repo.get(group, {})}
-    return sorted(files | stored)
+    return sorted(set(files) | stored)

@@ -9,6 +9,11 @@ table. `--criteria` / `--allocations` take any registered methods instead (dlp.r
 the registry. Missing cells are run first (finished ones are reused); a failed cell prints `failed` and the
 table is still written. Beside the table we write what it was measured on, and say plainly where an
 allocation does not beat uniform.
+
+With `--seeds 0,1,2` every cell runs once per calibration seed (each its own record); a cell shows the mean ± std
+over seeds, and each allocation is compared with uniform under the same criterion by the rule of
+experiments.verdicts (perplexity: a paired t-test over seeds; zero-shot: a paired bootstrap over examples),
+which says "within noise" when the difference is not consistent. One seed renders as it always has.
 """
 import argparse
 import csv
@@ -23,12 +28,16 @@ from omegaconf import OmegaConf
 from dlp.errors import UserError
 from dlp.io import write_atomic
 from dlp.paths import ROOT
+from dlp.pattern import check_sparsity
 from dlp.registry import ALLOCATIONS, CRITERIA
 
 from . import methods  # noqa: F401  (every criterion and allocation registered)
+from . import tracking
 from .cells import run_cell
+from .config import compose_config
 from .records import commit_label, machine_line
 from .validation import check_choices
+from .verdicts import Summary, Verdict, bootstrap_verdict, describe, paired_examples, paired_t_verdict, summarize
 
 UNIFORM = "uniform"  # the allocation every other is compared with
 
@@ -69,37 +78,84 @@ def table_rows(g: Grid):
             yield (label(CRITERIA, crit), label(ALLOCATIONS, alloc)), [f"criterion={crit}", f"allocation={alloc}"]
 
 
-def collect(table, g: Grid, models, preset, extra):
+def seed_overrides(seeds) -> list[list[str]]:
+    """One override list per calibration seed; none at all when no seeds are given (the config's own seed)."""
+    return [[f"seed={s}"] for s in seeds] if seeds else [[]]
+
+
+def collect(table, g: Grid, models, preset, extra, seeds=None):
+    """(row, model) -> the records of that cell, one per seed (the dense row's is one record for every seed)."""
     cells = {}
     for model in models:
         for row, overrides in table_rows(g):
-            cells[(row, model)] = run_cell([f"+experiment={table}", f"model={model}", f"preset={preset}",
-                                            f"sparsity={g.sparsity}", *overrides, *extra])
+            cells[(row, model)] = [run_cell([f"+experiment={table}", f"model={model}", f"preset={preset}",
+                                             f"sparsity={g.sparsity}", *overrides, *extra, *seed], group=table)
+                                   for seed in seed_overrides(seeds)]
     return cells
 
 
-def fmt(table, record) -> str:
-    return f"{METRICS[table][0](record):.2f}" if record.get("status") == "ok" else "failed"
+def finished(records: list[dict]) -> list[dict]:
+    """The cell's finished records, each once (every seed of the dense row reads the same record)."""
+    seen, out = set(), []
+    for r in records:
+        if r.get("status") == "ok" and r["key"] not in seen:
+            seen.add(r["key"])
+            out.append(r)
+    return out
 
 
-def notes(table, g: Grid, cells, models) -> list[str]:
-    """Plain statements of where each allocation loses to (or beats) uniform under the same criterion."""
+def summary(metric, records: list[dict]) -> Summary:
+    return summarize(metric(r) for r in finished(records))
+
+
+def by_seed(metric, records: list[dict]) -> dict:
+    return {r["config"]["seed"]: metric(r) for r in finished(records)}
+
+
+def verdict(table, ours: list[dict], base: list[dict]) -> Verdict:
+    """`ours` against `base` (the same criterion and model, every seed of each), by the table's rule."""
     metric, _, lower_better = METRICS[table]
+    if table == "table2":
+        pairs = paired_examples(finished(ours), finished(base))
+        return bootstrap_verdict(*pairs, higher_is_better=not lower_better) if pairs else Verdict("no verdict", 0)
+    return paired_t_verdict(by_seed(metric, ours), by_seed(metric, base), lower_better)
+
+
+def statement(subject: str, v: Verdict, ours: Summary, base: Summary, lower_better: bool, what="seeds") -> str:
+    """One plain sentence: whether `subject` beats uniform, and the evidence."""
+    numbers = f"{ours.text()} vs {base.text()}"
+    if v.word == "no verdict":
+        direction = "lower" if ours.mean < base.mean else "higher" if ours.mean > base.mean else "equal"
+        better = direction == ("lower" if lower_better else "higher")
+        return (f"{subject} is {direction} than uniform ({numbers}; {'better' if better else 'not better'}), "
+                f"but {describe(v, what)}.")
+    if v.word == "within noise":
+        return f"{subject} does NOT beat uniform: within noise ({numbers}; {describe(v, what)})."
+    return f"{subject} {'beats' if v.word == 'beats' else 'does NOT beat (loses to)'} uniform ({numbers}; {describe(v, what)})."
+
+
+def comparisons(table, g: Grid, cells, models):
+    """(model, criterion, allocation, verdict, its summary, uniform's summary) for every allocation but uniform."""
+    metric = METRICS[table][0]
     if UNIFORM not in g.allocations:
-        return []
-    out = []
+        return
     for model in models:
         for crit in g.criteria:
             base = cells[((label(CRITERIA, crit), label(ALLOCATIONS, UNIFORM)), model)]
             for alloc in g.allocations:
-                other = cells[((label(CRITERIA, crit), label(ALLOCATIONS, alloc)), model)]
-                if alloc == UNIFORM or base.get("status") != "ok" or other.get("status") != "ok":
+                ours = cells[((label(CRITERIA, crit), label(ALLOCATIONS, alloc)), model)]
+                if alloc == UNIFORM or not finished(base) or not finished(ours):
                     continue
-                a, b = metric(other), metric(base)
-                verdict = "beats" if (a < b if lower_better else a > b) else "does NOT beat"
-                out.append(f"{model}, {label(CRITERIA, crit)}: {label(ALLOCATIONS, alloc)} {verdict} uniform "
-                           f"({a:.2f} vs {b:.2f}).")
-    return out
+                yield model, crit, alloc, verdict(table, ours, base), summary(metric, ours), summary(metric, base)
+
+
+def notes(table, g: Grid, cells, models) -> list[str]:
+    """Plain statements of where each allocation beats uniform under the same criterion, or does not."""
+    lower_better = METRICS[table][2]
+    what = "examples" if table == "table2" else "seeds"
+    return [statement(f"{model}, {label(CRITERIA, crit)}: {label(ALLOCATIONS, alloc)}", v, ours, base, lower_better,
+                      what)
+            for model, crit, alloc, v, ours, base in comparisons(table, g, cells, models)]
 
 
 def commits(records) -> str:
@@ -117,7 +173,7 @@ def provenance_lines(cells, models, preset) -> list[str]:
     """What each column was measured on: data, sizes, dtype, machine and commit, from its records."""
     lines = []
     for model in models:
-        ok = [r for (label, m), r in cells.items() if m == model and r.get("status") == "ok"]
+        ok = [r for (label, m), records in cells.items() if m == model for r in finished(records)]
         if not ok:
             lines.append(f"- {model}: no finished cell")
             continue
@@ -137,22 +193,21 @@ def md_table(header, rows) -> list[str]:
 
 
 def per_task_lines(cells, models) -> list[str]:
-    """Table 2's companion: accuracy (acc, %) per task, one block per model, from each record's own numbers."""
+    """Table 2's companion: accuracy (acc, %) per task, one block per model, from each record's own numbers
+    (mean ± std over seeds when there are several)."""
     out = []
     for model in models:
-        ok = [r for (_, m), r in cells.items() if m == model and r.get("status") == "ok"]
+        ok = [r for (_, m), records in cells.items() if m == model for r in finished(records)]
         if not ok:
             continue
         tasks = list(ok[0]["metrics"]["zeroshot"]["tasks"])
         rows = []
-        for (label, m), r in cells.items():
+        for (label, m), records in cells.items():
             if m != model:
                 continue
-            if r.get("status") != "ok":
-                rows.append([*label, *["failed"] * (len(tasks) + 1)])
-                continue
-            zs = r["metrics"]["zeroshot"]
-            rows.append([*label, *(f"{100 * zs['tasks'][t]['acc']:.2f}" for t in tasks), f"{100 * zs['mean_acc']:.2f}"])
+            rows.append([*label, *(summary(lambda r: 100 * r["metrics"]["zeroshot"]["tasks"][t]["acc"], records).text()
+                                   for t in tasks),
+                         summary(lambda r: 100 * r["metrics"]["zeroshot"]["mean_acc"], records).text()])
         limit = ok[0]["metrics"]["zeroshot"]["limit"]
         out += ["", f"### {model}: accuracy per task (acc, %; {'first ' + str(limit) if limit else 'all'} examples "
                 f"per task; harness {ok[0]['metrics']['zeroshot']['harness_version']})", "",
@@ -160,45 +215,119 @@ def per_task_lines(cells, models) -> list[str]:
     return out
 
 
-def render(table, g: Grid, cells, models, preset, elapsed):
-    _, metric_label, lower_better = METRICS[table]
+def seeds_line(cells, seeds) -> list[str]:
+    """How many seeds each number averages, said once under the table (nothing when there is one seed)."""
+    if not seeds or len(seeds) < 2:
+        return []
+    short = sorted({len(finished(records)) for (row, _), records in cells.items() if row[0] != "Dense"} - {len(seeds)})
+    return ["", f"Mean ± standard deviation over {len(seeds)} calibration seeds ({', '.join(map(str, seeds))}; "
+            "the dense model has no calibration, so one run)"
+            + (f"; some cells have only {', '.join(map(str, short))} finished seeds" if short else "") + "."]
+
+
+def csv_rows(table, g: Grid, cells, models, seeds):
+    """One column per model for one seed (as the paper); mean, std and n columns per model for several."""
+    metric = METRICS[table][0]
+    several = bool(seeds) and len(seeds) > 1
+    header = ["Method", "Layerwise", *(c for m in models for c in ((m, f"{m} std", f"{m} n") if several else (m,)))]
+    rows = []
+    for row, _ in table_rows(g):
+        out = [row[0], row[1]]
+        for m in models:
+            s = summary(metric, cells[(row, m)])
+            text = "failed" if s.n == 0 else f"{s.mean:.2f}"
+            out += [text, f"{s.std:.2f}" if s.n else "", str(s.n)] if several else [text]
+        rows.append(out)
+    return header, rows
+
+
+def render(table, g: Grid, cells, models, preset, elapsed, seeds=None):
+    metric, metric_label, lower_better = METRICS[table]
     header = ["Method", "Layerwise", *models]
-    rows = [[row[0], row[1], *(fmt(table, cells[(row, m)]) for m in models)] for row, _ in table_rows(g)]
+    rows = [[row[0], row[1], *(summary(metric, cells[(row, m)]).text() for m in models)] for row, _ in table_rows(g)]
     md = [f"# Table {table[-1]}: {metric_label} at {g.sparsity:.0%} unstructured sparsity",
-          "", *md_table(header, rows)]
+          "", *md_table(header, rows), *seeds_line(cells, seeds)]
     md += ["", f"{'Lower' if lower_better else 'Higher'} is better. Measured on:", *provenance_lines(cells, models, preset)]
     if table == "table2":
         md += per_task_lines(cells, models)
     md += ["", "Against uniform:", *[f"- {n}" for n in notes(table, g, cells, models)], "",
            f"Table rendered in {elapsed:.0f} s (cells reused from results/runs/ count as 0)."]
     buf = io.StringIO()
-    csv.writer(buf).writerows([header, *rows])
+    csv_header, csv_body = csv_rows(table, g, cells, models, seeds)
+    csv.writer(buf).writerows([csv_header, *csv_body])
     tex = ["\\begin{tabular}{ll" + "r" * len(models) + "}", "\\toprule",
            " & ".join(header).replace("_", "\\_") + " \\\\", "\\midrule"]
-    tex += [" & ".join(r) + " \\\\" for r in rows]
+    tex += [" & ".join(c.replace("±", "$\\pm$") for c in r) + " \\\\" for r in rows]
     tex += ["\\bottomrule", "\\end{tabular}"]
     return "\n".join(md) + "\n", buf.getvalue(), "\n".join(tex) + "\n"
 
 
+def wandb_table(table, g: Grid, cells, models) -> tuple[list[str], list[list]]:
+    """The table as W&B shows it: the paper's rows, and per model the mean, std, seeds and verdict columns."""
+    metric = METRICS[table][0]
+    verdicts = {(model, label(CRITERIA, crit), label(ALLOCATIONS, alloc)): v
+                for model, crit, alloc, v, _, _ in comparisons(table, g, cells, models)}
+    columns = ["Method", "Layerwise", *(c for m in models for c in (f"{m} mean", f"{m} std", f"{m} seeds",
+                                                                    f"{m} vs uniform"))]
+    data = []
+    for row, _ in table_rows(g):
+        out = [row[0], row[1]]
+        for m in models:
+            s = summary(metric, cells[(row, m)])
+            v = verdicts.get((m, *row))
+            out += [s.mean if s.n else None, s.std if s.n else None, s.n, v.word if v else ""]
+        data.append(out)
+    return columns, data
+
+
 def build(table, models, preset="cpu", sparsity=None, extra=(), out_dir=ROOT / "results", criteria=None,
-          allocations=None):
+          allocations=None, seeds=None):
     start = time.time()
     g = grid(table, criteria, allocations, sparsity)
     check_choices([f"model={','.join(models)}", f"preset={preset}"])  # one line now, not one failed cell per row
-    cells = collect(table, g, models, preset, list(extra))
-    md, csv_text, tex = render(table, g, cells, models, preset, time.time() - start)
+    wandb_cfg = compose_config([f"preset={preset}", *extra])["wandb"]  # also refuses bad overrides before any cell
+    cells = collect(table, g, models, preset, list(extra), seeds)
+    md, csv_text, tex = render(table, g, cells, models, preset, time.time() - start, seeds)
     out_dir = Path(out_dir)
+    # Several seeds go beside the single-seed table, not over it: results/table1-3seeds.md next to table1.md.
+    stem = table if not seeds or len(seeds) == 1 else f"{table}-{len(seeds)}seeds"
     for suffix, text in (("md", md), ("csv", csv_text), ("tex", tex)):
-        write_atomic(out_dir / f"{table}.{suffix}", text.encode())
+        write_atomic(out_dir / f"{stem}.{suffix}", text.encode())
+    tracking.log_table_quietly(table, *wandb_table(table, g, cells, models), wandb_cfg, group=table,
+                               notes=notes(table, g, cells, models))
     return md, cells
 
 
-def table1(models, preset="cpu", sparsity=None, extra=(), out_dir=ROOT / "results", **grid_options):
-    return build("table1", models, preset, sparsity, extra, out_dir, **grid_options)
+def table1(models, preset="cpu", sparsity=None, extra=(), out_dir=ROOT / "results", **options):
+    return build("table1", models, preset, sparsity, extra, out_dir, **options)
 
 
-def table2(models, preset="cpu", sparsity=None, extra=(), out_dir=ROOT / "results", **grid_options):
-    return build("table2", models, preset, sparsity, extra, out_dir, **grid_options)
+def table2(models, preset="cpu", sparsity=None, extra=(), out_dir=ROOT / "results", **options):
+    return build("table2", models, preset, sparsity, extra, out_dir, **options)
+
+
+def parse_seeds(text: str | None) -> list[int] | None:
+    if not text:
+        return None
+    try:
+        seeds = [int(s) for s in text.split(",")]
+    except ValueError:
+        raise UserError(f"seeds must be comma-separated integers such as 0,1,2 (got '{text}')") from None
+    if len(set(seeds)) != len(seeds):
+        raise UserError(f"seeds must differ from each other (got '{text}')")
+    return seeds
+
+
+def parse_sparsities(text: str | None) -> list[float] | None:
+    if not text:
+        return None
+    try:
+        values = [float(s) for s in text.split(",")]
+    except ValueError:
+        raise UserError(f"sparsities must be comma-separated numbers such as 0.6,0.7 (got '{text}')") from None
+    for s in values:
+        check_sparsity(s)
+    return values
 
 
 def main(argv=None):
@@ -210,13 +339,15 @@ def main(argv=None):
     parser.add_argument("--criteria", default=None, help="comma-separated registered criteria (default: the "
                         "experiment config's)")
     parser.add_argument("--allocations", default=None, help="comma-separated registered allocations")
+    parser.add_argument("--seeds", default=None, help="comma-separated calibration seeds, each cell run once per "
+                        "seed (default: the config's seed)")
     parser.add_argument("--out", default=str(ROOT / "results"))
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for every cell")
     args = parser.parse_args(argv)
     split = lambda text: text.split(",") if text else None  # noqa: E731
     try:
         md, _ = build(args.table, args.models.split(","), args.preset, args.sparsity, args.overrides, args.out,
-                      split(args.criteria), split(args.allocations))
+                      split(args.criteria), split(args.allocations), parse_seeds(args.seeds))
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)

@@ -2,7 +2,9 @@
 
 mode: `auto` is online when an API key is configured (WANDB_API_KEY or a netrc login) and offline otherwise
 (sync later with `wandb sync results/wandb/...`); `online`, `offline`, or `disabled` to switch it off.
-Runs of one sweep share a group (the sweep's folder name), so they appear together.
+Runs of one sweep share a group (the sweep's folder name), so they appear together. A table (Table 1, the
+ablation, the curves) is logged as a run of its own in the group of its cells' runs: the assembled table as a
+`wandb.Table`, its verdicts, and its figures.
 """
 import netrc
 import os
@@ -43,6 +45,43 @@ def log_quietly(record: dict, wb: dict, group: str | None = None) -> None:
         print(f"warning: W&B logging failed: {type(exc).__name__}: {exc}", file=sys.stderr)
 
 
+def _init(wb: dict, mode: str, name: str, group: str | None, config: dict, job_type: str | None = None):
+    import wandb
+
+    directory = Path(wb.get("dir") or ROOT / "results")
+    directory.mkdir(parents=True, exist_ok=True)
+    return wandb.init(project=wb.get("project", "dlp-bench"), entity=wb.get("entity"), mode=mode,
+                      group=group or wb.get("group"), name=name, config=config, dir=str(directory),
+                      job_type=job_type, reinit="finish_previous", settings=wandb.Settings(silent=True, console="off"))
+
+
+def log_table_quietly(name: str, columns: list[str], data: list[list], wb: dict, group: str | None = None,
+                      notes: list[str] = (), figures: dict | None = None) -> None:
+    """Log an assembled table; a logging failure only warns, the table's files are already written."""
+    try:
+        log_table(name, columns, data, wb, group, notes, figures)
+    except Exception as exc:
+        print(f"warning: W&B logging of {name} failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+
+
+def log_table(name: str, columns: list[str], data: list[list], wb: dict, group: str | None = None,
+              notes: list[str] = (), figures: dict | None = None) -> str | None:
+    """Log a table (and its figures, name -> png path) as a run of its own; returns its local folder."""
+    mode = resolve_mode(wb.get("mode", "auto"))
+    if mode == "disabled":
+        return None
+    import wandb
+
+    run = _init(wb, mode, name, group, {"table": name, "columns": columns}, job_type="table")
+    try:
+        run.log({name: wandb.Table(columns=columns, data=data),
+                 "verdicts": wandb.Table(columns=["statement"], data=[[n] for n in notes]),
+                 **{key: wandb.Image(str(path)) for key, path in (figures or {}).items()}})
+        return run.dir
+    finally:
+        run.finish()
+
+
 def log_record(record: dict, wb: dict, group: str | None = None) -> str | None:
     """Log one finished record; returns the local run folder (None when disabled)."""
     mode = resolve_mode(wb.get("mode", "auto"))
@@ -51,11 +90,7 @@ def log_record(record: dict, wb: dict, group: str | None = None) -> str | None:
     import wandb
 
     cfg = record["config"]
-    directory = Path(wb.get("dir") or ROOT / "results")
-    directory.mkdir(parents=True, exist_ok=True)
-    run = wandb.init(project=wb.get("project", "dlp-bench"), entity=wb.get("entity"), mode=mode,
-                     group=group or wb.get("group"), name=run_name(cfg), config=cfg, dir=str(directory),
-                     reinit="finish_previous", settings=wandb.Settings(silent=True, console="off"))
+    run = _init(wb, mode, run_name(cfg), group, cfg)
     try:
         s = record["sparsity"]
         scores = (record.get("allocation") or {}).get("scores") or [None] * len(s["per_block"])

@@ -116,7 +116,7 @@ def cache(tmp_path, monkeypatch):
     return tmp_path
 
 
-@pytest.mark.parametrize("name", ["uniform", "owl", "dlp", "alphapruning"])
+@pytest.mark.parametrize("name", ["uniform", "owl", "dlp", "alphapruning", "linear", "shuffled", "reversed"])
 @pytest.mark.parametrize("criterion", ["magnitude", "wanda", "sparsegpt"])
 def test_every_allocation_drives_every_criterion(cache, name, criterion):
     model, ids = tiny_model("qwen2"), tiny_ids()
@@ -158,3 +158,62 @@ def test_bad_allocation_parameters():
         make_allocator("owl", lam=0.9)
     with pytest.raises(UserError, match="unknown allocation"):
         make_allocator("random")
+
+
+def test_linear_ramp_by_hand():
+    """Five blocks at s = 0.6, alpha = 0.1: 0.5, 0.55, 0.6, 0.65, 0.7 (mean s, rising with depth)."""
+    from baselines.allocations.linear import linear_sparsities
+    got, clamped = linear_sparsities(5, 0.6, 0.1)
+    assert got == pytest.approx([0.5, 0.55, 0.6, 0.65, 0.7], abs=1e-12) and not clamped
+    assert np.mean(got) == pytest.approx(0.6, abs=1e-12) and max(got) - min(got) == pytest.approx(0.2, abs=1e-12)
+    low, clamped = linear_sparsities(3, 0.1, 0.15)  # the first block would be at -0.05: clamped as OWL and DLP are
+    assert low[0] == 0.01 and clamped
+
+
+HAND_SCORES = [3.0, 1.0, 4.0, 1.5, 5.0, 9.0]  # DLP's ranking statistic per block, made up
+
+
+@pytest.fixture
+def hand_made_dlp(monkeypatch):
+    """DLP allocating from hand-made block scores, so the controls' reorderings can be checked exactly."""
+    from dlp.allocator import Allocation
+    from dlp.dlp_allocation import DLP
+
+    def allocate(self, model, calib_ids, target, batch_size, progress=True, model_id=None):
+        return Allocation(dlp_sparsities(HAND_SCORES, target, self.alpha)[0], list(HAND_SCORES), {})
+    monkeypatch.setattr(DLP, "allocate", allocate)
+    return dlp_sparsities(HAND_SCORES, 0.7, 0.15)[0]
+
+
+def test_shuffled_is_a_seeded_permutation_of_its_source(hand_made_dlp):
+    source = hand_made_dlp
+    runs = {seed: make_allocator("shuffled", of="dlp", seed=seed).allocate(None, None, 0.7, 4) for seed in (0, 1, 2)}
+    for seed, got in runs.items():
+        order = got.info["order"]
+        assert sorted(order) == list(range(6))
+        assert got.sparsities == [source[j] for j in order] and got.scores == [HAND_SCORES[j] for j in order]
+        assert sorted(got.sparsities) == sorted(source)  # same multiset: same mean and same spread
+        assert np.mean(got.sparsities) == pytest.approx(0.7, abs=1e-12)
+        assert got.info["source_sparsities"] == source
+    assert make_allocator("shuffled", seed=1).allocate(None, None, 0.7, 4).sparsities == runs[1].sparsities
+    assert len({tuple(r.info["order"]) for r in runs.values()}) == 3  # seeds give different orders
+    assert all(r.info["order"] != list(range(6)) for r in runs.values())
+
+
+def test_reversed_reverses_its_source(hand_made_dlp):
+    got = make_allocator("reversed").allocate(None, None, 0.7, 4)
+    assert got.sparsities == hand_made_dlp[::-1] and got.scores == HAND_SCORES[::-1]
+    # the block with the largest score (the last, 9.0) is DLP's sparsest; reversed, the first block is
+    assert int(np.argmax(hand_made_dlp)) == 5 and int(np.argmax(got.sparsities)) == 0
+
+
+def test_controls_refuse_an_unknown_source():
+    with pytest.raises(UserError, match="of: unknown allocation 'nosuch'"):
+        make_allocator("reversed", of="nosuch")
+
+
+def test_shuffled_follows_the_run_seed_and_owl_matched_sets_the_spread():
+    from experiments.config import compose_config
+    assert compose_config(["allocation=shuffled", "seed=4"])["allocation"] == {"name": "shuffled", "of": "dlp", "seed": 4}
+    assert compose_config(["allocation=owl_matched"])["allocation"] == {"name": "owl", "m": 5.0, "lam": 0.15}
+    assert compose_config(["allocation=linear"])["allocation"]["alpha"] == compose_config(["allocation=dlp"])["allocation"]["alpha"]

@@ -23,13 +23,15 @@ def test_table1_layout_and_files(table):
     labels = [tuple(c.strip() for c in line.split("|")[1:3]) for line in lines[1:]]
     assert labels == [("Dense", "-")] + [(c, a) for c in ("Magnitude", "SparseGPT", "Wanda")
                                          for a in ("Uniform", "OWL", "DLP")]
-    assert all(r["status"] == "ok" for r in cells.values())
-    dense = cells[(("Dense", "-"), "smollm2-135m")]["metrics"]["ppl"]
+    assert all(len(rs) == 1 and rs[0]["status"] == "ok" for rs in cells.values())  # one record per cell: one seed
+    dense = cells[(("Dense", "-"), "smollm2-135m")][0]["metrics"]["ppl"]
     assert f"{dense:.2f}" in lines[1]
     assert (out / "table1.csv").read_text().splitlines()[0] == "Method,Layerwise,smollm2-135m"
     assert "\\begin{tabular}" in (out / "table1.tex").read_text()
     assert "eval on `file:docs.txt`" in md  # the data actually used is named
-    assert md.count("uniform (") == 6  # one plain statement per (criterion, OWL/DLP)
+    against = md.split("Against uniform:\n")[1].split("\n\n")[0].splitlines()
+    assert len(against) == 6  # one plain statement per (criterion, OWL/DLP); one seed gives no verdict
+    assert all("1 seed: no verdict (needs 2 or more)" in line for line in against)
 
 
 def test_table1_second_time_reuses_everything(table, workspace):
@@ -37,8 +39,8 @@ def test_table1_second_time_reuses_everything(table, workspace):
     out, _, first = table
     files = {p: p.stat().st_mtime_ns for p in (workspace / "table_runs").glob("*.json")}
     _, cells = tables.table1(["smollm2-135m"], "cpu", 0.7, tiny_overrides(workspace, "table_runs"), out)
-    assert all(r["status"] == "ok" for r in cells.values())
-    assert {k: r["started_unix"] for k, r in cells.items()} == {k: r["started_unix"] for k, r in first.items()}
+    assert all(r["status"] == "ok" for rs in cells.values() for r in rs)
+    assert {k: rs[0]["started_unix"] for k, rs in cells.items()} == {k: rs[0]["started_unix"] for k, rs in first.items()}
     assert {p: p.stat().st_mtime_ns for p in (workspace / "table_runs").glob("*.json")} == files
 
 
@@ -53,7 +55,7 @@ def test_failed_cell_is_shown_and_others_kept(workspace, tmp_path, monkeypatch):
     assert md.count("| failed |") == 3  # the three DLP cells; the seven others ran
     failed = [json.loads(p.read_text()) for p in (workspace / "failing_runs").glob("*_dlp_*.json")]
     assert len(failed) == 3 and all("simulated crash" in r["error"] for r in failed)
-    assert cells[(("Wanda", "Uniform"), "smollm2-135m")]["status"] == "ok"
+    assert cells[(("Wanda", "Uniform"), "smollm2-135m")][0]["status"] == "ok"
 
 
 def test_plots_from_records(workspace, tmp_path):
@@ -106,14 +108,21 @@ def test_table2_mean_and_per_task_from_records(workspace, tmp_path):
     lines = [line for line in md.splitlines() if line.startswith("| ")]
     labels = [tuple(c.strip() for c in line.split("|")[1:3]) for line in lines[1:8]]
     assert labels == [("Dense", "-")] + [(c, a) for c in ("SparseGPT", "Wanda") for a in ("Uniform", "OWL", "DLP")]
-    for (label, _), record in cells.items():
+    for (label, _), (record,) in cells.items():
         zs = record["metrics"]["zeroshot"]
         per_task = [zs["tasks"][t]["acc"] for t in ("arc_easy", "rte")]
         assert zs["mean_acc"] == pytest.approx(sum(per_task) / 2)
+        for t in ("arc_easy", "rte"):  # each example's result is kept, and they make up the task's accuracy
+            examples = zs["tasks"][t]["examples"]
+            assert len(examples["acc"]) == len(set(examples["doc_hash"])) == 5
+            assert sum(examples["acc"]) / 5 == pytest.approx(zs["tasks"][t]["acc"])
         row = next(line for line in lines if [c.strip() for c in line.split("|")[1:3]] == list(label))
         assert f"{100 * zs['mean_acc']:.2f}" in row
     assert "accuracy per task" in md and "| arc_easy | rte | Mean |" in md.replace("Method | Layerwise | ", "")
     assert (tmp_path / "table2.csv").exists() and (tmp_path / "table2.tex").exists()
+    against = md.split("Against uniform:\n")[1].split("\n\n")[0].splitlines()
+    assert len(against) == 4 and all("95% bootstrap interval" in line and "over 10 examples" in line
+                                     for line in against)  # paired over the same examples: 2 tasks x 5
 
 
 def test_provenance_names_the_compute_dtype():
@@ -129,7 +138,7 @@ def test_runs_report_quotes_each_record(table):
     from experiments import report_runs
 
     _, _, cells = table
-    records = list(cells.values())
+    records = [rs[0] for rs in cells.values()]
     md = report_runs.render(records, "Tiny runs")
     rows = [line for line in md.splitlines() if line.startswith("| ")][1:]
     assert len(rows) == len(records) == 10

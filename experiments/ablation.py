@@ -1,0 +1,203 @@
+"""Does an allocation win by how it ranks blocks, or by the spread of sparsities it allows?
+
+`python -m experiments.ablation --model smollm2-135m --preset cpu --seeds 0,1,2` runs the grid of
+conf/experiment/ablation.yaml (the same one `python -m experiments.run -m +experiment=ablation` sweeps): per
+criterion, uniform and five allocations of one spread (0.15 either side of the target, DLP's α) — a linear ramp
+over depth, DLP's sparsities shuffled and reversed, OWL at λ = 0.15, DLP itself — at each sparsity, once per
+calibration seed. It writes results/ablation.{md,csv}: WikiText-2 perplexity as mean ± std over seeds, and per
+row one plain sentence of what the row shows, from the verdicts of experiments.verdicts (a paired t-test over
+seeds on log perplexity).
+"""
+import argparse
+import csv
+import io
+import sys
+import time
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from dlp.errors import UserError
+from dlp.io import write_atomic
+from dlp.paths import ROOT
+from dlp.registry import CRITERIA
+
+from . import tracking
+from .cells import run_cell
+from .config import compose_config
+from .tables import by_seed, finished, md_table, parse_seeds, parse_sparsities, provenance_lines, summary
+from .validation import check_choices
+from .verdicts import Verdict, paired_t_verdict
+
+EXPERIMENT = "ablation"
+PPL = lambda r: r["metrics"]["ppl"]  # noqa: E731
+
+
+def sweep_lists(name: str = EXPERIMENT) -> dict[str, list[str]]:
+    """The experiment config's sweep, as lists of choices per key."""
+    params = OmegaConf.load(ROOT / "conf" / "experiment" / f"{name}.yaml").hydra.sweeper.params
+    return {k: str(v).split(",") for k, v in params.items()}
+
+
+def row_label(choice: str) -> str:
+    """An allocation choice as a row names it: its method's label and the parameters that set its spread or
+    its source (a YAML variant such as owl_matched is the method with other parameters)."""
+    from dlp.registry import ALLOCATIONS
+
+    cfg = compose_config([f"allocation={choice}"])["allocation"]
+    cls = ALLOCATIONS[cfg["name"]]
+    if "of" in cfg:
+        return f"{cls.label} {ALLOCATIONS[cfg['of']].label}"
+    spread = {"alpha": "α", "lam": "λ"}
+    shown = [f"{spread[k]} = {v}" for k, v in cfg.items() if k in spread]
+    return f"{cls.label} ({', '.join(shown)})" if shown else cls.label
+
+
+def collect(model, preset, criteria, allocations, sparsities, seeds, extra):
+    """(criterion, allocation, sparsity) -> that cell's records, one per seed."""
+    cells = {}
+    for crit in criteria:
+        for alloc in allocations:
+            for s in sparsities:
+                cells[(crit, alloc, s)] = [
+                    run_cell([f"+experiment={EXPERIMENT}", f"model={model}", f"preset={preset}", f"criterion={crit}",
+                              f"allocation={alloc}", f"sparsity={s}", *extra, f"seed={seed}"], group=EXPERIMENT)
+                    for seed in seeds]
+    return cells
+
+
+def compare(cells, crit, ours, base, s) -> Verdict | None:
+    a, b = cells.get((crit, ours, s)), cells.get((crit, base, s))
+    if not a or not b or not finished(a) or not finished(b):
+        return None
+    return paired_t_verdict(by_seed(PPL, a), by_seed(PPL, b))
+
+
+def pct(values) -> str:
+    return " and ".join(f"{float(s):.0%}" for s in values)
+
+
+def across(cells, crit, ours, base, sparsities) -> tuple[str, list]:
+    """How `ours` compares with `base` at each sparsity, in words ('beats uniform at 60% and 70%'), and the
+    sparsities at which it beats it."""
+    words = {}
+    for s in sparsities:
+        v = compare(cells, crit, ours, base, s)
+        words[s] = "failed against" if v is None else {"beats": "beats", "loses to": "loses to",
+                                                        "within noise": "is within noise of",
+                                                        "no verdict": "has no verdict (one seed) against"}[v.word]
+    name = "uniform" if base == "uniform" else row_label(base)
+    groups = {}
+    for s, w in words.items():
+        groups.setdefault(w, []).append(s)
+    text = ", ".join(f"{w} {name} at {pct(ss)}" for w, ss in groups.items())
+    return text, groups.get("beats", [])
+
+
+def ranking(wins: list, sparsities, what: str) -> str:
+    """What DLP beating (or not) a control of the same spread says about DLP's ranking of blocks."""
+    if len(wins) == len(sparsities):
+        return f"DLP's ranking of blocks matters beyond {what}"
+    if not wins:
+        return f"nothing here shows DLP's ranking of blocks doing better than {what}"
+    return f"DLP's ranking of blocks matters beyond {what} at {pct(wins)} only"
+
+
+def sentence(cells, crit, alloc, sparsities, allocations) -> str:
+    """What the row shows, in one plain sentence built from its verdicts."""
+    if alloc == "uniform":
+        return "Every block at the target: the reference for the rows below."
+    vs_uniform = across(cells, crit, alloc, "uniform", sparsities)[0] if "uniform" in allocations else ""
+    subject = {"dlp": "DLP", "linear": "A ramp over depth that reads no data",
+               "shuffled": "DLP's sparsities shuffled across blocks",
+               "reversed": "DLP's sparsities in reverse block order",
+               "owl_matched": "OWL at DLP's spread"}.get(alloc, row_label(alloc))
+    plural = alloc in ("shuffled", "reversed")
+    if plural:  # "sparsities ... are": put the verbs in the plural
+        vs_uniform = (vs_uniform.replace("beats", "beat").replace("loses to", "lose to").replace("is within", "are within")
+                      .replace("has no", "have no"))
+    control = {"linear": "a plain ramp over depth", "shuffled": "the spread it allows (its sparsities in any order)",
+               "reversed": "the spread it allows (its sparsities in reverse order)",
+               "owl_matched": "OWL's ranking at the same spread"}
+    if alloc == "dlp" or alloc not in control or "dlp" not in allocations:
+        return f"{subject} {vs_uniform}."
+    dlp_vs, wins = across(cells, crit, "dlp", alloc, sparsities)
+    return f"{subject} {vs_uniform}; DLP {dlp_vs}: {ranking(wins, sparsities, control[alloc])}."
+
+
+def render(model, preset, criteria, allocations, sparsities, seeds, cells, elapsed) -> tuple[str, str, list, list]:
+    header = ["Allocation", *(f"{float(s):.0%}" for s in sparsities), "What it shows"]
+    md = [f"# Ablation: ranking or spread? WikiText-2 perplexity of {model}", "",
+          f"Mean ± standard deviation over {len(seeds)} calibration seed{'s' if len(seeds) > 1 else ''} "
+          f"({', '.join(map(str, seeds))}); lower is better. Every non-uniform row spans the same spread of block "
+          "sparsities (0.15 either side of the target). Verdicts: paired two-sided t-test over seeds on log "
+          "perplexity at 5% (experiments/verdicts.py); 'within noise' when it does not reject."]
+    csv_rows = [["criterion", "allocation", "sparsity", "mean", "std", "n", "seeds"]]
+    wb_rows = []
+    for crit in criteria:
+        rows = []
+        for alloc in allocations:
+            stats = [summary(PPL, cells[(crit, alloc, s)]) for s in sparsities]
+            said = sentence(cells, crit, alloc, sparsities, allocations)
+            rows.append([row_label(alloc), *(x.text() for x in stats), said])
+            for s, x in zip(sparsities, stats):
+                csv_rows.append([crit, alloc, s, f"{x.mean:.6g}" if x.n else "failed", f"{x.std:.6g}" if x.n else "",
+                                 x.n, " ".join(str(r["config"]["seed"]) for r in finished(cells[(crit, alloc, s)]))])
+            wb_rows.append([CRITERIA[crit].label, row_label(alloc),
+                            *(v for x in stats for v in (x.mean if x.n else None, x.std if x.n else None, x.n)), said])
+        md += ["", f"## {CRITERIA[crit].label}", "", *md_table(header, rows)]
+    by_model = {(k, model): v for k, v in cells.items()}
+    md += ["", "Measured on:", *provenance_lines(by_model, [model], preset), "",
+           f"Table rendered in {elapsed:.0f} s (cells reused from results/runs/ count as 0)."]
+    buf = io.StringIO()
+    csv.writer(buf).writerows(csv_rows)
+    wb_columns = ["Method", "Layerwise", *(c for s in sparsities for c in (f"{float(s):.0%} mean", f"{float(s):.0%} std",
+                                                                             f"{float(s):.0%} seeds")), "What it shows"]
+    return "\n".join(md) + "\n", buf.getvalue(), wb_columns, wb_rows
+
+
+def build(model="smollm2-135m", preset="cpu", seeds=None, extra=(), out_dir=ROOT / "results", criteria=None,
+          allocations=None, sparsities=None):
+    start = time.time()
+    sweep = sweep_lists()
+    criteria = criteria or sweep["criterion"]
+    allocations = allocations or sweep["allocation"]
+    sparsities = sparsities or [float(s) for s in sweep["sparsity"]]
+    seeds = seeds or [int(s) for s in sweep["seed"]]
+    check_choices([f"model={model}", f"preset={preset}", f"criterion={','.join(criteria)}",
+                   f"allocation={','.join(allocations)}"])
+    wandb_cfg = compose_config([f"preset={preset}", *extra])["wandb"]
+    cells = collect(model, preset, criteria, allocations, sparsities, seeds, list(extra))
+    md, csv_text, columns, rows = render(model, preset, criteria, allocations, sparsities, seeds, cells,
+                                         time.time() - start)
+    out_dir = Path(out_dir)
+    write_atomic(out_dir / f"{EXPERIMENT}.md", md.encode())
+    write_atomic(out_dir / f"{EXPERIMENT}.csv", csv_text.encode())
+    notes = [r[-1] for r in rows]
+    tracking.log_table_quietly(EXPERIMENT, columns, rows, wandb_cfg, group=EXPERIMENT, notes=notes)
+    return md, cells
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument("--preset", default="cpu")
+    parser.add_argument("--seeds", default=None, help="comma-separated calibration seeds (default: the config's)")
+    parser.add_argument("--criteria", default=None)
+    parser.add_argument("--allocations", default=None)
+    parser.add_argument("--sparsities", default=None, help="comma-separated, e.g. 0.6,0.7")
+    parser.add_argument("--out", default=str(ROOT / "results"))
+    parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for every cell")
+    args = parser.parse_args(argv)
+    split = lambda text: text.split(",") if text else None  # noqa: E731
+    try:
+        md, _ = build(args.model, args.preset, parse_seeds(args.seeds), args.overrides, args.out,
+                      split(args.criteria), split(args.allocations), parse_sparsities(args.sparsities))
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    print(md)
+
+
+if __name__ == "__main__":
+    main()

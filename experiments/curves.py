@@ -1,0 +1,149 @@
+"""Perplexity against sparsity, per criterion: where allocations start to matter.
+
+`python -m experiments.curves --model smollm2-135m --preset cpu --seeds 0,1,2` runs the missing cells (uniform,
+OWL, DLP and the linear ramp under Wanda and SparseGPT at 30% to 80%, once per calibration seed; finished
+records are reused) and writes results/curves-<model>.{png,csv}: one panel per criterion, WikiText-2 perplexity
+on a log axis, mean over seeds with ± one standard deviation as error bars, the dense model as a dashed line.
+"""
+import argparse
+import csv
+import io
+import sys
+import time
+from pathlib import Path
+
+from dlp.errors import UserError
+from dlp.io import write_atomic
+from dlp.paths import ROOT
+from dlp.registry import ALLOCATIONS, CRITERIA
+
+from . import tracking
+from .cells import run_cell
+from .config import compose_config
+from .tables import finished, parse_seeds, parse_sparsities, summary
+from .validation import check_choices
+
+NAME = "curves"
+CRITERIA_DEFAULT = ["wanda", "sparsegpt"]
+ALLOCATIONS_DEFAULT = ["uniform", "owl", "dlp", "linear"]
+SPARSITIES_DEFAULT = [0.3, 0.4, 0.5, 0.6, 0.7, 0.8]
+PPL = lambda r: r["metrics"]["ppl"]  # noqa: E731
+
+
+def collect(model, preset, criteria, allocations, sparsities, seeds, extra):
+    """(criterion, allocation, sparsity) -> records, one per seed; ("none", "-", 0.0) -> the dense record."""
+    base = [f"model={model}", f"preset={preset}"]
+    cells = {("none", "-", 0.0): [run_cell([*base, "criterion=none", *extra], group=NAME)]}
+    for crit in criteria:
+        for alloc in allocations:
+            for s in sparsities:
+                cells[(crit, alloc, s)] = [run_cell([*base, f"criterion={crit}", f"allocation={alloc}", f"sparsity={s}",
+                                                     *extra, f"seed={seed}"], group=NAME) for seed in seeds]
+    return cells
+
+
+def points(cells, crit, alloc, sparsities):
+    """(sparsity, summary) for each sparsity with a finished cell."""
+    out = []
+    for s in sparsities:
+        x = summary(PPL, cells[(crit, alloc, s)])
+        if x.n:
+            out.append((s, x))
+    return out
+
+
+def draw(cells, model, criteria, allocations, sparsities, title, path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(criteria), figsize=(5.5 * len(criteria), 4.2), squeeze=False, sharey=True)
+    dense = summary(PPL, cells[("none", "-", 0.0)])
+    for ax, crit in zip(axes[0], criteria):
+        for i, alloc in enumerate(allocations):
+            pts = points(cells, crit, alloc, sparsities)
+            if pts:
+                ax.errorbar([100 * s for s, _ in pts], [x.mean for _, x in pts], yerr=[x.std for _, x in pts],
+                            marker="o", ms=3, capsize=3, color=f"C{i}", label=ALLOCATIONS[alloc].label)
+        if dense.n:
+            ax.axhline(dense.mean, color="gray", ls="--", lw=1, label=f"dense ({dense.mean:.1f})")
+        ax.set_yscale("log")
+        ax.set_title(CRITERIA[crit].label)
+        ax.set_xlabel("target sparsity (%)")
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=8)
+    axes[0][0].set_ylabel("WikiText-2 perplexity (log)")
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name("." + path.name + ".tmp.png")
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    tmp.replace(path)
+    return path
+
+
+def table_rows(cells, criteria, allocations, sparsities) -> list[list]:
+    rows = []
+    dense = finished(cells[("none", "-", 0.0)])
+    if dense:
+        rows.append(["none", "-", 0.0, PPL(dense[0]), 0.0, 1, ""])
+    for crit in criteria:
+        for alloc in allocations:
+            for s in sparsities:
+                records = finished(cells[(crit, alloc, s)])
+                x = summary(PPL, records)
+                rows.append([crit, alloc, s, x.mean if x.n else None, x.std if x.n else None, x.n,
+                             " ".join(str(r["config"]["seed"]) for r in records)])
+    return rows
+
+
+def build(model="smollm2-135m", preset="cpu", seeds=None, extra=(), out_dir=ROOT / "results", criteria=None,
+          allocations=None, sparsities=None):
+    start = time.time()
+    criteria = criteria or CRITERIA_DEFAULT
+    allocations = allocations or ALLOCATIONS_DEFAULT
+    sparsities = sparsities or SPARSITIES_DEFAULT
+    seeds = seeds or [0, 1, 2]
+    check_choices([f"model={model}", f"preset={preset}", f"criterion={','.join(criteria)}",
+                   f"allocation={','.join(allocations)}"])
+    wandb_cfg = compose_config([f"preset={preset}", *extra])["wandb"]
+    cells = collect(model, preset, criteria, allocations, sparsities, seeds, list(extra))
+    out_dir = Path(out_dir)
+    ok = next((r for records in cells.values() for r in finished(records) if r["data"].get("calibration")), None)
+    corpus = ok["metrics"]["eval_corpus"] if ok else "?"
+    title = f"{model}, {preset} preset, ppl on {corpus}; mean ± std over seeds {', '.join(map(str, seeds))}"
+    png = draw(cells, model, criteria, allocations, sparsities, title, out_dir / f"{NAME}-{model}.png")
+    columns = ["criterion", "allocation", "sparsity", "ppl_mean", "ppl_std", "n", "seeds"]
+    rows = table_rows(cells, criteria, allocations, sparsities)
+    buf = io.StringIO()
+    csv.writer(buf).writerows([columns, *([f"{v:.6g}" if isinstance(v, float) else v for v in r] for r in rows)])
+    write_atomic(out_dir / f"{NAME}-{model}.csv", buf.getvalue().encode())
+    tracking.log_table_quietly(f"{NAME}-{model}", columns, rows, wandb_cfg, group=NAME, figures={"curves": png})
+    print(f"{png}\n{out_dir / f'{NAME}-{model}.csv'} ({time.time() - start:.0f} s)")
+    return png, cells
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument("--preset", default="cpu")
+    parser.add_argument("--seeds", default=None, help="comma-separated calibration seeds (default 0,1,2)")
+    parser.add_argument("--criteria", default=None, help=f"comma-separated (default {','.join(CRITERIA_DEFAULT)})")
+    parser.add_argument("--allocations", default=None, help=f"comma-separated (default {','.join(ALLOCATIONS_DEFAULT)})")
+    parser.add_argument("--sparsities", default=None, help="comma-separated (default 0.3 to 0.8 by 0.1)")
+    parser.add_argument("--out", default=str(ROOT / "results"))
+    parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for every cell")
+    args = parser.parse_args(argv)
+    split = lambda text: text.split(",") if text else None  # noqa: E731
+    try:
+        build(args.model, args.preset, parse_seeds(args.seeds), args.overrides, args.out, split(args.criteria),
+              split(args.allocations), parse_sparsities(args.sparsities))
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,127 @@
+"""Tables over calibration seeds, the ablation and the curves, on the tiny model; and their W&B tables."""
+import csv
+import json
+from pathlib import Path
+
+import pytest
+
+from conftest import tiny_overrides
+from experiments import ablation, curves, tables
+from experiments.verdicts import summarize
+
+
+@pytest.fixture
+def offline_wandb(tmp_path, monkeypatch):
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
+    monkeypatch.setenv("HOME", str(tmp_path))
+    return ["wandb.mode=offline", f"wandb.dir={tmp_path / 'wb'}"]
+
+
+def logged_table(wb_dir: Path, name: str) -> dict:
+    (path,) = wb_dir.glob(f"wandb/offline-run-*/files/media/table/{name}_*.table.json")
+    return json.loads(path.read_text())
+
+
+def overrides_without_wandb(workspace, results):
+    return [o for o in tiny_overrides(workspace, results) if not o.startswith("wandb.")]
+
+
+def test_table_over_three_seeds(workspace, tmp_path, offline_wandb):
+    extra = overrides_without_wandb(workspace, "seeded_runs") + offline_wandb
+    md, cells = tables.table1(["smollm2-135m"], "cpu", 0.7, extra, tmp_path, criteria=["wanda"],
+                              allocations=["uniform", "dlp"], seeds=[0, 1, 2])
+    dense = cells[(("Dense", "-"), "smollm2-135m")]
+    assert len(dense) == 3 and len({r["key"] for r in dense}) == 1  # one dense record serves every seed
+    uniform, dlp = (cells[(("Wanda", a), "smollm2-135m")] for a in ("Uniform", "DLP"))
+    assert [r["config"]["seed"] for r in dlp] == [0, 1, 2] and len({r["key"] for r in dlp}) == 3
+    ppl = [r["metrics"]["ppl"] for r in dlp]
+    s = summarize(ppl)
+    row = next(line for line in md.splitlines() if line.startswith("| Wanda | DLP |"))
+    assert row == f"| Wanda | DLP | {s.mean:.2f} ± {s.std:.2f} |"
+    assert "Mean ± standard deviation over 3 calibration seeds (0, 1, 2;" in md
+    statement = next(line for line in md.splitlines() if line.startswith("- smollm2-135m, Wanda: DLP"))
+    assert "over 3 seeds" in statement and ("within noise" in statement or "uniform (" in statement)
+    with open(tmp_path / "table1-3seeds.csv", newline="") as f:
+        rows = list(csv.reader(f))
+    assert rows[0] == ["Method", "Layerwise", "smollm2-135m", "smollm2-135m std", "smollm2-135m n"]
+    assert rows[2] == ["Wanda", "Uniform", *(lambda x: [f"{x.mean:.2f}", f"{x.std:.2f}", "3"])(
+        summarize(r["metrics"]["ppl"] for r in uniform))]
+    assert rows[1][4] == "1"  # dense: one record
+    assert "$\\pm$" in (tmp_path / "table1-3seeds.tex").read_text()
+    assert not (tmp_path / "table1.md").exists()  # the single-seed table is not overwritten
+    logged = logged_table(tmp_path / "wb", "table1")
+    assert logged["columns"] == ["Method", "Layerwise", "smollm2-135m mean", "smollm2-135m std",
+                                 "smollm2-135m seeds", "smollm2-135m vs uniform"]
+    by_row = {tuple(r[:2]): r[2:] for r in logged["data"]}
+    assert by_row[("Wanda", "DLP")][:3] == [pytest.approx(s.mean), pytest.approx(s.std), 3]
+    assert by_row[("Wanda", "DLP")][3] in ("beats", "loses to", "within noise")
+    assert logged_table(tmp_path / "wb", "verdicts")["data"][0][0] == statement[2:]
+
+
+def test_one_seed_renders_as_before(workspace, tmp_path):
+    """--seeds 0 is the config's own seed: the same records, the same table as no seeds at all."""
+    extra = tiny_overrides(workspace, "seeded_runs")
+    plain, _ = tables.table1(["smollm2-135m"], "cpu", 0.7, extra, tmp_path / "a", criteria=["wanda"],
+                             allocations=["uniform", "dlp"])
+    seeded, _ = tables.table1(["smollm2-135m"], "cpu", 0.7, extra, tmp_path / "b", criteria=["wanda"],
+                              allocations=["uniform", "dlp"], seeds=[0])
+    strip = lambda md: md.split("\nTable rendered in")[0]  # noqa: E731
+    assert strip(plain) == strip(seeded) and "±" not in plain
+    assert "1 seed: no verdict (needs 2 or more)" in plain
+    assert (tmp_path / "a" / "table1.csv").read_text() == (tmp_path / "b" / "table1.csv").read_text()
+
+
+def test_ablation_rows_sentences_and_shared_records(workspace, tmp_path, offline_wandb):
+    extra = overrides_without_wandb(workspace, "seeded_runs") + offline_wandb
+    md, cells = ablation.build("smollm2-135m", "cpu", [0, 1], extra, tmp_path, criteria=["wanda"],
+                               sparsities=[0.5, 0.7])
+    rows = [line for line in md.splitlines() if line.startswith("| ")]
+    assert rows[0] == "| Allocation | 50% | 70% | What it shows |"
+    assert [r.split(" | ")[0][2:] for r in rows[1:]] == ["Uniform", "Linear (α = 0.15)", "Shuffled DLP",
+                                                          "Reversed DLP", "OWL (λ = 0.15)", "DLP (α = 0.15)"]
+    assert all(r.endswith(". |") for r in rows[1:])  # every row says in a sentence what it shows
+    assert "DLP is within noise of" in md or "DLP beats" in md or "DLP loses" in md
+    shuffled = cells[("wanda", "shuffled", 0.7)]
+    assert [r["allocation"]["order"] for r in shuffled][0] != [r["allocation"]["order"] for r in shuffled][1]
+    owl = cells[("wanda", "owl_matched", 0.7)][0]
+    assert owl["config"]["allocation"] == {"name": "owl", "m": 5.0, "lam": 0.15}
+    assert max(owl["sparsity"]["per_block_target"]) - min(owl["sparsity"]["per_block_target"]) == pytest.approx(0.3)
+    # the ablation's uniform and DLP cells at 70% are Table 1's records (same key): nothing computed twice
+    _, t1 = tables.table1(["smollm2-135m"], "cpu", 0.7, tiny_overrides(workspace, "seeded_runs"), tmp_path / "t1",
+                          criteria=["wanda"], allocations=["uniform", "dlp"], seeds=[0, 1])
+    assert [r["key"] for r in t1[(("Wanda", "DLP"), "smollm2-135m")]] == [r["key"] for r in cells[("wanda", "dlp", 0.7)]]
+    with open(tmp_path / "ablation.csv", newline="") as f:
+        assert len(list(csv.reader(f))) == 1 + 6 * 2
+    logged = logged_table(tmp_path / "wb", "ablation")
+    assert len(logged["data"]) == 6 and logged["columns"][-1] == "What it shows"
+
+
+def test_curves_png_csv_and_wandb_figure(workspace, tmp_path, offline_wandb):
+    extra = overrides_without_wandb(workspace, "seeded_runs") + offline_wandb
+    png, cells = curves.build("smollm2-135m", "cpu", [0, 1], extra, tmp_path, allocations=["uniform", "linear"],
+                              sparsities=[0.3, 0.5])
+    assert png.exists() and png.stat().st_size > 10_000
+    with open(tmp_path / "curves-smollm2-135m.csv", newline="") as f:
+        rows = list(csv.reader(f))
+    assert rows[0] == ["criterion", "allocation", "sparsity", "ppl_mean", "ppl_std", "n", "seeds"]
+    assert len(rows) == 1 + 1 + 2 * 2 * 2 and rows[1][:2] == ["none", "-"]
+    linear = next(r for r in rows if r[:3] == ["sparsegpt", "linear", "0.5"])
+    x = summarize(r["metrics"]["ppl"] for r in cells[("sparsegpt", "linear", 0.5)])
+    assert float(linear[3]) == pytest.approx(x.mean, rel=1e-5) and linear[5:] == ["2", "0 1"]
+    assert list((tmp_path / "wb").glob("wandb/offline-run-*/files/media/images/curves_*.png"))
+
+
+@pytest.mark.parametrize("main, argv, line", [
+    (tables.main, ["table1", "--seeds", "0,a"], "error: seeds must be comma-separated integers"),
+    (tables.main, ["table1", "--seeds", "1,1"], "error: seeds must differ"),
+    (ablation.main, ["--sparsities", "0.6,1.5"], "error: "),
+    (ablation.main, ["--allocations", "uniform,nosuch"], "error: unknown allocation 'nosuch'"),
+    (curves.main, ["--criteria", "wanda,foo"], "error: unknown criterion 'foo'"),
+    (curves.main, ["--sparsities", "0.5,x"], "error: sparsities must be comma-separated numbers"),
+])
+def test_bad_input_is_one_line(main, argv, line, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and err.startswith(line) and err.count("\n") == 1
