@@ -22,7 +22,7 @@ def gather(model, criterion, sparsity, preset="cpu", extra=(), allocations=None)
     allocations = list(allocations or ALLOCATIONS)
     check_choices([f"criterion={criterion}", f"allocation={','.join(allocations)}"])
     return {alloc: run_cell([f"model={model}", f"preset={preset}", f"criterion={criterion}", f"allocation={alloc}",
-                             f"sparsity={sparsity}", *extra]) for alloc in allocations}
+                             f"sparsity={sparsity}", *extra], group="plots") for alloc in allocations}
 
 
 def draw(records: dict, title: str, path: Path) -> Path:

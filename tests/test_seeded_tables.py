@@ -125,3 +125,27 @@ def test_bad_input_is_one_line(main, argv, line, capsys):
         main(argv)
     err = capsys.readouterr().err
     assert exit_.value.code == 2 and err.startswith(line) and err.count("\n") == 1
+
+
+def test_ablation_grid_sweeps_seeds_with_hydra(workspace, tmp_path, monkeypatch):
+    """`python -m experiments.run -m +experiment=ablation` sweeps the experiment's seeds; a shuffled run's order
+    follows its run's seed. The command line narrows the other sweep keys to one cell each."""
+    import sys
+
+    from hydra.core.global_hydra import GlobalHydra
+
+    from experiments import run
+
+    results = tmp_path / "runs"
+    overrides = [o if not o.startswith("results_dir=") else f"results_dir={results}" for o in tiny_overrides(workspace)]
+    monkeypatch.setattr(sys, "argv", ["run", "-m", "+experiment=ablation", "criterion=wanda", "allocation=shuffled",
+                                      "sparsity=0.5", f"hydra.sweep.dir={tmp_path / 'sweep'}", *overrides])
+    try:
+        run.cli()
+    finally:
+        GlobalHydra.instance().clear()
+    records = sorted((json.loads(p.read_text()) for p in results.glob("*.json")), key=lambda r: r["config"]["seed"])
+    assert [r["config"]["seed"] for r in records] == [0, 1, 2]
+    assert [r["config"]["allocation"]["seed"] for r in records] == [0, 1, 2]
+    from baselines.allocations.shuffled import shuffled_order
+    assert all(r["allocation"]["order"] == shuffled_order(3, r["config"]["seed"]) for r in records)
