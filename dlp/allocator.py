@@ -14,6 +14,7 @@ class Allocator:
     name: str = ""  # set by @register_allocation (dlp.registry)
     label: str = ""  # how tables print it
     score_label: str = "score"  # what `Allocation.scores` holds, for plots
+    control: bool = False  # a control to compare with (dlp.registry.register_allocation)
 
     def allocate(self, model, calib_ids, target: float, batch_size: int | str, progress: bool = True,
                  model_id: dict | None = None) -> Allocation:

@@ -41,9 +41,11 @@ def register_criterion(name: str, label: str | None = None):
     return _register(CRITERIA, Criterion, "criterion", name, label)
 
 
-def register_allocation(name: str, label: str | None = None, score_label: str = "score"):
-    """`score_label` names the per-block statistic the allocation ranks by, for plots."""
-    return _register(ALLOCATIONS, Allocator, "allocation", name, label, score_label=score_label)
+def register_allocation(name: str, label: str | None = None, score_label: str = "score", control: bool = False):
+    """`score_label` names the per-block statistic the allocation ranks by, for plots. A `control` (a depth ramp,
+    another allocation's sparsities reordered) exists to be compared with, in the ablation and the curves; the
+    bench and the layer-importance plots leave controls out by default."""
+    return _register(ALLOCATIONS, Allocator, "allocation", name, label, score_label=score_label, control=control)
 
 
 def parameters(cls: type) -> dict:

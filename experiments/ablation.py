@@ -8,24 +8,21 @@ calibration seed. It writes results/ablation.{md,csv}: WikiText-2 perplexity as 
 row one plain sentence of what the row shows, from the verdicts of experiments.verdicts (a paired t-test over
 seeds on log perplexity).
 """
-import argparse
 import csv
+import functools
 import io
-import sys
 import time
 from pathlib import Path
 
-from omegaconf import OmegaConf
-
-from dlp.errors import UserError
 from dlp.io import write_atomic
 from dlp.paths import ROOT
-from dlp.registry import CRITERIA
+from dlp.registry import ALLOCATIONS, CRITERIA
 
 from . import tracking
 from .cells import run_cell
+from .commandline import grid_options, grid_parser, one_line_errors
 from .config import compose_config
-from .tables import by_seed, finished, md_table, parse_seeds, parse_sparsities, provenance_lines, summary
+from .tables import by_seed, finished, md_table, provenance_lines, summary, sweep_lists
 from .validation import check_choices
 from .verdicts import Verdict, paired_t_verdict
 
@@ -33,17 +30,10 @@ EXPERIMENT = "ablation"
 PPL = lambda r: r["metrics"]["ppl"]  # noqa: E731
 
 
-def sweep_lists(name: str = EXPERIMENT) -> dict[str, list[str]]:
-    """The experiment config's sweep, as lists of choices per key."""
-    params = OmegaConf.load(ROOT / "conf" / "experiment" / f"{name}.yaml").hydra.sweeper.params
-    return {k: str(v).split(",") for k, v in params.items()}
-
-
+@functools.lru_cache(maxsize=None)
 def row_label(choice: str) -> str:
     """An allocation choice as a row names it: its method's label and the parameters that set its spread or
     its source (a YAML variant such as owl_matched is the method with other parameters)."""
-    from dlp.registry import ALLOCATIONS
-
     cfg = compose_config([f"allocation={choice}"])["allocation"]
     cls = ALLOCATIONS[cfg["name"]]
     if "of" in cfg:
@@ -159,7 +149,7 @@ def render(model, preset, criteria, allocations, sparsities, seeds, cells, elaps
 def build(model="smollm2-135m", preset="cpu", seeds=None, extra=(), out_dir=ROOT / "results", criteria=None,
           allocations=None, sparsities=None):
     start = time.time()
-    sweep = sweep_lists()
+    sweep = sweep_lists(EXPERIMENT)
     criteria = criteria or sweep["criterion"]
     allocations = allocations or sweep["allocation"]
     sparsities = sparsities or [float(s) for s in sweep["sparsity"]]
@@ -179,23 +169,10 @@ def build(model="smollm2-135m", preset="cpu", seeds=None, extra=(), out_dir=ROOT
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="smollm2-135m")
-    parser.add_argument("--preset", default="cpu")
-    parser.add_argument("--seeds", default=None, help="comma-separated calibration seeds (default: the config's)")
-    parser.add_argument("--criteria", default=None)
-    parser.add_argument("--allocations", default=None)
-    parser.add_argument("--sparsities", default=None, help="comma-separated, e.g. 0.6,0.7")
-    parser.add_argument("--out", default=str(ROOT / "results"))
-    parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for every cell")
-    args = parser.parse_args(argv)
-    split = lambda text: text.split(",") if text else None  # noqa: E731
-    try:
-        md, _ = build(args.model, args.preset, parse_seeds(args.seeds), args.overrides, args.out,
-                      split(args.criteria), split(args.allocations), parse_sparsities(args.sparsities))
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)
+    args = grid_parser(__doc__.splitlines()[0], {
+        "seeds": "the experiment config's", "criteria": "the experiment config's",
+        "allocations": "the experiment config's", "sparsities": "the experiment config's"}).parse_args(argv)
+    md, _ = one_line_errors(lambda: build(**grid_options(args)))
     print(md)
 
 

@@ -5,22 +5,21 @@ OWL, DLP and the linear ramp under Wanda and SparseGPT at 30% to 80%, once per c
 records are reused) and writes results/curves-<model>.{png,csv}: one panel per criterion, WikiText-2 perplexity
 on a log axis, mean over seeds with ± one standard deviation as error bars, the dense model as a dashed line.
 """
-import argparse
 import csv
 import io
-import sys
 import time
 from pathlib import Path
 
-from dlp.errors import UserError
 from dlp.io import write_atomic
 from dlp.paths import ROOT
 from dlp.registry import ALLOCATIONS, CRITERIA
 
 from . import tracking
 from .cells import run_cell
+from .commandline import grid_options, grid_parser, one_line_errors
 from .config import compose_config
-from .tables import finished, parse_seeds, parse_sparsities, summary
+from .plots import save_figure
+from .tables import finished, summary
 from .validation import check_choices
 
 NAME = "curves"
@@ -76,12 +75,7 @@ def draw(cells, model, criteria, allocations, sparsities, title, path: Path) -> 
     axes[0][0].set_ylabel("WikiText-2 perplexity (log)")
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name("." + path.name + ".tmp.png")
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    tmp.replace(path)
-    return path
+    return save_figure(fig, path)
 
 
 def table_rows(cells, criteria, allocations, sparsities) -> list[list]:
@@ -126,23 +120,10 @@ def build(model="smollm2-135m", preset="cpu", seeds=None, extra=(), out_dir=ROOT
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="smollm2-135m")
-    parser.add_argument("--preset", default="cpu")
-    parser.add_argument("--seeds", default=None, help="comma-separated calibration seeds (default 0,1,2)")
-    parser.add_argument("--criteria", default=None, help=f"comma-separated (default {','.join(CRITERIA_DEFAULT)})")
-    parser.add_argument("--allocations", default=None, help=f"comma-separated (default {','.join(ALLOCATIONS_DEFAULT)})")
-    parser.add_argument("--sparsities", default=None, help="comma-separated (default 0.3 to 0.8 by 0.1)")
-    parser.add_argument("--out", default=str(ROOT / "results"))
-    parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for every cell")
-    args = parser.parse_args(argv)
-    split = lambda text: text.split(",") if text else None  # noqa: E731
-    try:
-        build(args.model, args.preset, parse_seeds(args.seeds), args.overrides, args.out, split(args.criteria),
-              split(args.allocations), parse_sparsities(args.sparsities))
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)
+    args = grid_parser(__doc__.splitlines()[0], {
+        "seeds": "0,1,2", "criteria": ",".join(CRITERIA_DEFAULT), "allocations": ",".join(ALLOCATIONS_DEFAULT),
+        "sparsities": "0.3 to 0.8 by 0.1"}).parse_args(argv)
+    one_line_errors(lambda: build(**grid_options(args)))
 
 
 if __name__ == "__main__":

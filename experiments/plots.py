@@ -1,25 +1,25 @@
 """Layer-importance figures from run records: each block's score and resulting sparsity, per allocation.
 
 `python -m experiments.plots --model smollm2-135m --criterion wanda --sparsity 0.7` runs the missing cells
-(every registered allocation with that criterion, or those of `--allocations`), then draws `results/figures/<model>_<criterion>_s<s>.png`:
+(every registered allocation but the controls, with that criterion, or those of `--allocations`), then draws
+`results/figures/<model>_<criterion>_s<s>.png`:
 top, each allocation's per-block score (normalised to its own maximum: the scores are in different units);
 bottom, the target sparsity per block with the measured one as dots.
 """
 import argparse
-import sys
 from pathlib import Path
 
-from dlp.errors import UserError
 from dlp.paths import ROOT
 from dlp.registry import ALLOCATIONS
 
 from . import methods  # noqa: F401  (every criterion and allocation registered)
 from .cells import run_cell
+from .commandline import one_line_errors
 from .validation import check_choices
 
 
 def gather(model, criterion, sparsity, preset="cpu", extra=(), allocations=None):
-    allocations = list(allocations or ALLOCATIONS)
+    allocations = list(allocations or (name for name, cls in ALLOCATIONS.items() if not cls.control))
     check_choices([f"criterion={criterion}", f"allocation={','.join(allocations)}"])
     return {alloc: run_cell([f"model={model}", f"preset={preset}", f"criterion={criterion}", f"allocation={alloc}",
                              f"sparsity={sparsity}", *extra], group="plots") for alloc in allocations}
@@ -54,6 +54,13 @@ def draw(records: dict, title: str, path: Path) -> Path:
     bottom.set_ylabel("sparsity (line: target, dots: actual)")
     bottom.legend(fontsize=8)
     fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def save_figure(fig, path: Path) -> Path:
+    """Write a figure atomically (a reader never sees half a png) and free it."""
+    import matplotlib.pyplot as plt
+
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name("." + path.name + ".tmp.png")
     fig.savefig(tmp, dpi=120)
@@ -77,15 +84,11 @@ def main(argv=None):
     parser.add_argument("--criterion", default="wanda")
     parser.add_argument("--sparsity", type=float, default=0.7)
     parser.add_argument("--preset", default="cpu")
-    parser.add_argument("--allocations", default=None, help="comma-separated (default: every registered one)")
+    parser.add_argument("--allocations", default=None, help="comma-separated (default: every registered one but the controls)")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args(argv)
-    try:
-        print(figure(args.model, args.criterion, args.sparsity, args.preset, args.overrides,
-                     allocations=args.allocations.split(",") if args.allocations else None))
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)
+    print(one_line_errors(lambda: figure(args.model, args.criterion, args.sparsity, args.preset, args.overrides,
+                                         allocations=args.allocations.split(",") if args.allocations else None)))
 
 
 if __name__ == "__main__":

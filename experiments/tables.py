@@ -18,22 +18,20 @@ which says "within noise" when the difference is not consistent. One seed render
 import argparse
 import csv
 import io
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from dlp.errors import UserError
 from dlp.io import write_atomic
 from dlp.paths import ROOT
-from dlp.pattern import check_sparsity
 from dlp.registry import ALLOCATIONS, CRITERIA
 
 from . import methods  # noqa: F401  (every criterion and allocation registered)
 from . import tracking
 from .cells import run_cell
+from .commandline import one_line_errors, parse_seeds
 from .config import compose_config
 from .records import commit_label, machine_line
 from .validation import check_choices
@@ -56,12 +54,18 @@ class Grid:
     sparsity: float
 
 
+def sweep_lists(experiment: str) -> dict[str, list[str]]:
+    """An experiment config's sweep (conf/experiment/<experiment>.yaml), as a list of choices per key."""
+    params = OmegaConf.load(ROOT / "conf" / "experiment" / f"{experiment}.yaml").hydra.sweeper.params
+    return {k: str(v).split(",") for k, v in params.items()}
+
+
 def grid(table: str, criteria: list[str] | None = None, allocations: list[str] | None = None,
          sparsity: float | None = None) -> Grid:
     """The table's experiment config, with any of its criteria, allocations or sparsity replaced."""
     experiment = OmegaConf.load(ROOT / "conf" / "experiment" / f"{table}.yaml")
-    sweep = experiment.hydra.sweeper.params
-    g = Grid(criteria or str(sweep.criterion).split(","), allocations or str(sweep.allocation).split(","),
+    sweep = sweep_lists(table)
+    g = Grid(criteria or sweep["criterion"], allocations or sweep["allocation"],
              float(experiment.sparsity if sparsity is None else sparsity))
     check_choices([f"criterion={','.join(g.criteria)}", f"allocation={','.join(g.allocations)}"])
     return g
@@ -306,30 +310,6 @@ def table2(models, preset="cpu", sparsity=None, extra=(), out_dir=ROOT / "result
     return build("table2", models, preset, sparsity, extra, out_dir, **options)
 
 
-def parse_seeds(text: str | None) -> list[int] | None:
-    if not text:
-        return None
-    try:
-        seeds = [int(s) for s in text.split(",")]
-    except ValueError:
-        raise UserError(f"seeds must be comma-separated integers such as 0,1,2 (got '{text}')") from None
-    if len(set(seeds)) != len(seeds):
-        raise UserError(f"seeds must differ from each other (got '{text}')")
-    return seeds
-
-
-def parse_sparsities(text: str | None) -> list[float] | None:
-    if not text:
-        return None
-    try:
-        values = [float(s) for s in text.split(",")]
-    except ValueError:
-        raise UserError(f"sparsities must be comma-separated numbers such as 0.6,0.7 (got '{text}')") from None
-    for s in values:
-        check_sparsity(s)
-    return values
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("table", choices=sorted(METRICS))
@@ -345,12 +325,9 @@ def main(argv=None):
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for every cell")
     args = parser.parse_args(argv)
     split = lambda text: text.split(",") if text else None  # noqa: E731
-    try:
-        md, _ = build(args.table, args.models.split(","), args.preset, args.sparsity, args.overrides, args.out,
-                      split(args.criteria), split(args.allocations), parse_seeds(args.seeds))
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)
+    md, _ = one_line_errors(lambda: build(args.table, args.models.split(","), args.preset, args.sparsity,
+                                          args.overrides, args.out, split(args.criteria), split(args.allocations),
+                                          parse_seeds(args.seeds)))
     print(md)
 
 

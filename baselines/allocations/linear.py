@@ -19,7 +19,7 @@ def linear_sparsities(n_blocks: int, target: float, alpha: float) -> tuple[list[
     return densities_to_sparsities(minmax(-np.arange(n_blocks, dtype=np.float64), alpha), target)
 
 
-@register_allocation("linear", label="Linear", score_label="depth")
+@register_allocation("linear", label="Linear", score_label="depth", control=True)
 class Linear(Allocator):
     def __init__(self, alpha: float = 0.15):
         if not 0 < alpha < 0.5:

@@ -8,7 +8,7 @@ from dlp.registry import register_allocation
 from ._reorder import Reordered
 
 
-@register_allocation("reversed", label="Reversed", score_label="source score")
+@register_allocation("reversed", label="Reversed", score_label="source score", control=True)
 class Reversed(Reordered):
     def order(self, n_blocks: int) -> list[int]:
         return list(range(n_blocks - 1, -1, -1))

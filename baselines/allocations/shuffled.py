@@ -15,7 +15,7 @@ def shuffled_order(n_blocks: int, seed: int) -> list[int]:
     return [int(i) for i in np.random.default_rng(seed).permutation(n_blocks)]
 
 
-@register_allocation("shuffled", label="Shuffled", score_label="source score")
+@register_allocation("shuffled", label="Shuffled", score_label="source score", control=True)
 class Shuffled(Reordered):
     def __init__(self, of: str = "dlp", seed: int = 0):
         super().__init__(of)
