@@ -164,7 +164,9 @@ def build(model="smollm2-135m", preset="cpu", seeds=None, extra=(), out_dir=ROOT
     write_atomic(out_dir / f"{EXPERIMENT}.md", md.encode())
     write_atomic(out_dir / f"{EXPERIMENT}.csv", csv_text.encode())
     notes = [r[-1] for r in rows]
-    tracking.log_table_quietly(EXPERIMENT, columns, rows, wandb_cfg, group=EXPERIMENT, notes=notes)
+    tracking.log_table_quietly(EXPERIMENT, columns, rows, wandb_cfg, group=EXPERIMENT, notes=notes,
+                               settings={"model": model, "preset": preset, "seeds": seeds, "sparsities": sparsities,
+                                         "criteria": criteria, "allocations": allocations, "overrides": list(extra)})
     return md, cells
 
 

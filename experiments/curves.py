@@ -114,7 +114,9 @@ def build(model="smollm2-135m", preset="cpu", seeds=None, extra=(), out_dir=ROOT
     buf = io.StringIO()
     csv.writer(buf).writerows([columns, *([f"{v:.6g}" if isinstance(v, float) else v for v in r] for r in rows)])
     write_atomic(out_dir / f"{NAME}-{model}.csv", buf.getvalue().encode())
-    tracking.log_table_quietly(f"{NAME}-{model}", columns, rows, wandb_cfg, group=NAME, figures={"curves": png})
+    tracking.log_table_quietly(f"{NAME}-{model}", columns, rows, wandb_cfg, group=NAME, figures={"curves": png},
+                               settings={"model": model, "preset": preset, "seeds": seeds, "sparsities": sparsities,
+                                         "criteria": criteria, "allocations": allocations, "overrides": list(extra)})
     print(f"{png}\n{out_dir / f'{NAME}-{model}.csv'} ({time.time() - start:.0f} s)")
     return png, cells
 

@@ -298,7 +298,9 @@ def build(table, models, preset="cpu", sparsity=None, extra=(), out_dir=ROOT / "
     for suffix, text in (("md", md), ("csv", csv_text), ("tex", tex)):
         write_atomic(out_dir / f"{stem}.{suffix}", text.encode())
     tracking.log_table_quietly(table, *wandb_table(table, g, cells, models), wandb_cfg, group=table,
-                               notes=notes(table, g, cells, models))
+                               notes=notes(table, g, cells, models),
+                               settings={"models": models, "preset": preset, "seeds": seeds, "sparsity": g.sparsity,
+                                         "criteria": g.criteria, "allocations": g.allocations, "overrides": list(extra)})
     return md, cells
 
 

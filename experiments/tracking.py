@@ -56,23 +56,24 @@ def _init(wb: dict, mode: str, name: str, group: str | None, config: dict, job_t
 
 
 def log_table_quietly(name: str, columns: list[str], data: list[list], wb: dict, group: str | None = None,
-                      notes: list[str] = (), figures: dict | None = None) -> None:
+                      notes: list[str] = (), figures: dict | None = None, settings: dict | None = None) -> None:
     """Log an assembled table; a logging failure only warns, the table's files are already written."""
     try:
-        log_table(name, columns, data, wb, group, notes, figures)
+        log_table(name, columns, data, wb, group, notes, figures, settings)
     except Exception as exc:
         print(f"warning: W&B logging of {name} failed: {type(exc).__name__}: {exc}", file=sys.stderr)
 
 
 def log_table(name: str, columns: list[str], data: list[list], wb: dict, group: str | None = None,
-              notes: list[str] = (), figures: dict | None = None) -> str | None:
-    """Log a table (and its figures, name -> png path) as a run of its own; returns its local folder."""
+              notes: list[str] = (), figures: dict | None = None, settings: dict | None = None) -> str | None:
+    """Log a table (and its figures, name -> png path) as a run of its own, its grid (`settings`: models,
+    preset, seeds, ...) as the run's config; returns its local folder."""
     mode = resolve_mode(wb.get("mode", "auto"))
     if mode == "disabled":
         return None
     import wandb
 
-    run = _init(wb, mode, name, group, {"table": name, "columns": columns}, job_type="table")
+    run = _init(wb, mode, name, group, {"table": name, **(settings or {})}, job_type="table")
     try:
         run.log({name: wandb.Table(columns=columns, data=data),
                  "verdicts": wandb.Table(columns=["statement"], data=[[n] for n in notes]),

@@ -57,6 +57,10 @@ def test_table_over_three_seeds(workspace, tmp_path, offline_wandb):
     assert by_row[("Wanda", "DLP")][:3] == [pytest.approx(s.mean), pytest.approx(s.std), 3]
     assert by_row[("Wanda", "DLP")][3] in ("beats", "loses to", "within noise")
     assert logged_table(tmp_path / "wb", "verdicts")["data"][0][0] == statement[2:]
+    (table_run,) = {p.parents[3] for p in (tmp_path / "wb").glob("wandb/offline-run-*/files/media/table/table1_*")}
+    (log,) = table_run.glob("run-*.wandb")  # the offline log `wandb sync` uploads: it holds the run's config
+    data = log.read_bytes()
+    assert b"seeds" in data and b"[0,1,2]" in data  # the grid's seeds, JSON in the run's config record
 
 
 def test_one_seed_renders_as_before(workspace, tmp_path):
