@@ -48,6 +48,11 @@ def register_allocation(name: str, label: str | None = None, score_label: str = 
     return _register(ALLOCATIONS, Allocator, "allocation", name, label, score_label=score_label, control=control)
 
 
+def studied_allocations() -> list[str]:
+    """Every registered allocation but the controls: what the bench and the layer-importance plots default to."""
+    return [name for name, cls in ALLOCATIONS.items() if not cls.control]
+
+
 def parameters(cls: type) -> dict:
     """A method's parameters and their defaults, from its constructor: what its YAML may set."""
     return {name: p.default for name, p in inspect.signature(cls.__init__).parameters.items()

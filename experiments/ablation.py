@@ -22,12 +22,12 @@ from . import tracking
 from .cells import run_cell
 from .commandline import grid_options, grid_parser, one_line_errors
 from .config import compose_config
-from .tables import by_seed, finished, md_table, provenance_lines, summary, sweep_lists
+from .tables import (by_seed, experiment_config, finished, md_table, ppl, provenance_lines, seeds_text, summary,
+                     sweep_lists)
 from .validation import check_choices
 from .verdicts import Verdict, paired_t_verdict
 
 EXPERIMENT = "ablation"
-PPL = lambda r: r["metrics"]["ppl"]  # noqa: E731
 
 
 @functools.lru_cache(maxsize=None)
@@ -60,7 +60,7 @@ def compare(cells, crit, ours, base, s) -> Verdict | None:
     a, b = cells.get((crit, ours, s)), cells.get((crit, base, s))
     if not a or not b or not finished(a) or not finished(b):
         return None
-    return paired_t_verdict(by_seed(PPL, a), by_seed(PPL, b))
+    return paired_t_verdict(by_seed(ppl, a), by_seed(ppl, b))
 
 
 def pct(values) -> str:
@@ -127,12 +127,12 @@ def render(model, preset, criteria, allocations, sparsities, seeds, cells, elaps
     for crit in criteria:
         rows = []
         for alloc in allocations:
-            stats = [summary(PPL, cells[(crit, alloc, s)]) for s in sparsities]
+            stats = [summary(ppl, cells[(crit, alloc, s)]) for s in sparsities]
             said = sentence(cells, crit, alloc, sparsities, allocations)
             rows.append([row_label(alloc), *(x.text() for x in stats), said])
             for s, x in zip(sparsities, stats):
                 csv_rows.append([crit, alloc, s, f"{x.mean:.6g}" if x.n else "failed", f"{x.std:.6g}" if x.n else "",
-                                 x.n, " ".join(str(r["config"]["seed"]) for r in finished(cells[(crit, alloc, s)]))])
+                                 x.n, seeds_text(cells[(crit, alloc, s)])])
             wb_rows.append([CRITERIA[crit].label, row_label(alloc),
                             *(v for x in stats for v in (x.mean if x.n else None, x.std if x.n else None, x.n)), said])
         md += ["", f"## {CRITERIA[crit].label}", "", *md_table(header, rows)]
@@ -149,7 +149,7 @@ def render(model, preset, criteria, allocations, sparsities, seeds, cells, elaps
 def build(model="smollm2-135m", preset="cpu", seeds=None, extra=(), out_dir=ROOT / "results", criteria=None,
           allocations=None, sparsities=None):
     start = time.time()
-    sweep = sweep_lists(EXPERIMENT)
+    sweep = sweep_lists(experiment_config(EXPERIMENT))
     criteria = criteria or sweep["criterion"]
     allocations = allocations or sweep["allocation"]
     sparsities = sparsities or [float(s) for s in sweep["sparsity"]]

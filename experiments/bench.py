@@ -34,7 +34,7 @@ from dlp.engine import walk, watch_walks
 from dlp.models import DTYPES, load_model, resolve_device
 from dlp.perplexity import CHUNK_TOKENS, window_losses
 from dlp.prune import prune_model
-from dlp.registry import ALLOCATIONS, CRITERIA, make_allocator, make_criterion
+from dlp.registry import ALLOCATIONS, CRITERIA, make_allocator, make_criterion, studied_allocations
 from dlp.selfcheck import check_walk
 from dlp.stats import SQNORM, LinearStats
 from dlp.structure import find_blocks
@@ -66,8 +66,7 @@ def default_methods() -> list[tuple[str, str]]:
     cost no more than what they copy) under Wanda (whose statistic DLP and OWL rank by), uniform first; then
     every other criterion that reads calibration statistics under uniform (one that reads none, magnitude, does
     no walk worth timing)."""
-    allocations = sorted((name for name, cls in ALLOCATIONS.items() if not cls.control),
-                         key=lambda name: name != "uniform")
+    allocations = sorted(studied_allocations(), key=lambda name: name != "uniform")
     return ([("wanda", a) for a in allocations]
             + [(c, "uniform") for c, cls in CRITERIA.items() if cls.needs and c != "wanda"])
 

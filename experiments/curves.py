@@ -19,14 +19,13 @@ from .cells import run_cell
 from .commandline import grid_options, grid_parser, one_line_errors
 from .config import compose_config
 from .plots import save_figure
-from .tables import finished, summary
+from .tables import finished, ppl, seeds_text, summary
 from .validation import check_choices
 
 NAME = "curves"
 CRITERIA_DEFAULT = ["wanda", "sparsegpt"]
 ALLOCATIONS_DEFAULT = ["uniform", "owl", "dlp", "linear"]
 SPARSITIES_DEFAULT = [0.3, 0.4, 0.5, 0.6, 0.7, 0.8]
-PPL = lambda r: r["metrics"]["ppl"]  # noqa: E731
 
 
 def collect(model, preset, criteria, allocations, sparsities, seeds, extra):
@@ -45,7 +44,7 @@ def points(cells, crit, alloc, sparsities):
     """(sparsity, summary) for each sparsity with a finished cell."""
     out = []
     for s in sparsities:
-        x = summary(PPL, cells[(crit, alloc, s)])
+        x = summary(ppl, cells[(crit, alloc, s)])
         if x.n:
             out.append((s, x))
     return out
@@ -58,7 +57,7 @@ def draw(cells, model, criteria, allocations, sparsities, title, path: Path) -> 
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, len(criteria), figsize=(5.5 * len(criteria), 4.2), squeeze=False, sharey=True)
-    dense = summary(PPL, cells[("none", "-", 0.0)])
+    dense = summary(ppl, cells[("none", "-", 0.0)])
     for ax, crit in zip(axes[0], criteria):
         for i, alloc in enumerate(allocations):
             pts = points(cells, crit, alloc, sparsities)
@@ -82,14 +81,13 @@ def table_rows(cells, criteria, allocations, sparsities) -> list[list]:
     rows = []
     dense = finished(cells[("none", "-", 0.0)])
     if dense:
-        rows.append(["none", "-", 0.0, PPL(dense[0]), 0.0, 1, ""])
+        rows.append(["none", "-", 0.0, ppl(dense[0]), 0.0, 1, ""])
     for crit in criteria:
         for alloc in allocations:
             for s in sparsities:
-                records = finished(cells[(crit, alloc, s)])
-                x = summary(PPL, records)
+                x = summary(ppl, cells[(crit, alloc, s)])
                 rows.append([crit, alloc, s, x.mean if x.n else None, x.std if x.n else None, x.n,
-                             " ".join(str(r["config"]["seed"]) for r in records)])
+                             seeds_text(cells[(crit, alloc, s)])])
     return rows
 
 

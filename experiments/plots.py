@@ -10,7 +10,7 @@ import argparse
 from pathlib import Path
 
 from dlp.paths import ROOT
-from dlp.registry import ALLOCATIONS
+from dlp.registry import ALLOCATIONS, studied_allocations
 
 from . import methods  # noqa: F401  (every criterion and allocation registered)
 from .cells import run_cell
@@ -19,7 +19,7 @@ from .validation import check_choices
 
 
 def gather(model, criterion, sparsity, preset="cpu", extra=(), allocations=None):
-    allocations = list(allocations or (name for name, cls in ALLOCATIONS.items() if not cls.control))
+    allocations = list(allocations or studied_allocations())
     check_choices([f"criterion={criterion}", f"allocation={','.join(allocations)}"])
     return {alloc: run_cell([f"model={model}", f"preset={preset}", f"criterion={criterion}", f"allocation={alloc}",
                              f"sparsity={sparsity}", *extra], group="plots") for alloc in allocations}
@@ -84,7 +84,8 @@ def main(argv=None):
     parser.add_argument("--criterion", default="wanda")
     parser.add_argument("--sparsity", type=float, default=0.7)
     parser.add_argument("--preset", default="cpu")
-    parser.add_argument("--allocations", default=None, help="comma-separated (default: every registered one but the controls)")
+    parser.add_argument("--allocations", default=None,
+                        help="comma-separated (default: every registered one but the controls)")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args(argv)
     print(one_line_errors(lambda: figure(args.model, args.criterion, args.sparsity, args.preset, args.overrides,

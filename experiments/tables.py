@@ -39,9 +39,14 @@ from .verdicts import Summary, Verdict, bootstrap_verdict, describe, paired_exam
 
 UNIFORM = "uniform"  # the allocation every other is compared with
 
+def ppl(record: dict) -> float:
+    """A record's perplexity on its evaluation corpus: the metric of Table 1, the ablation and the curves."""
+    return record["metrics"]["ppl"]
+
+
 # name -> (metric of a record, its label, lower is better)
 METRICS = {
-    "table1": (lambda r: r["metrics"]["ppl"], "WikiText-2 perplexity", True),
+    "table1": (ppl, "WikiText-2 perplexity", True),
     "table2": (lambda r: 100 * r["metrics"]["zeroshot"]["mean_acc"], "mean zero-shot accuracy (%, acc) over 7 tasks",
                False),
 }
@@ -54,17 +59,20 @@ class Grid:
     sparsity: float
 
 
-def sweep_lists(experiment: str) -> dict[str, list[str]]:
-    """An experiment config's sweep (conf/experiment/<experiment>.yaml), as a list of choices per key."""
-    params = OmegaConf.load(ROOT / "conf" / "experiment" / f"{experiment}.yaml").hydra.sweeper.params
-    return {k: str(v).split(",") for k, v in params.items()}
+def experiment_config(experiment: str):
+    return OmegaConf.load(ROOT / "conf" / "experiment" / f"{experiment}.yaml")
+
+
+def sweep_lists(experiment_cfg) -> dict[str, list[str]]:
+    """An experiment config's sweep (`hydra.sweeper.params`), as a list of choices per key."""
+    return {k: str(v).split(",") for k, v in experiment_cfg.hydra.sweeper.params.items()}
 
 
 def grid(table: str, criteria: list[str] | None = None, allocations: list[str] | None = None,
          sparsity: float | None = None) -> Grid:
     """The table's experiment config, with any of its criteria, allocations or sparsity replaced."""
-    experiment = OmegaConf.load(ROOT / "conf" / "experiment" / f"{table}.yaml")
-    sweep = sweep_lists(table)
+    experiment = experiment_config(table)
+    sweep = sweep_lists(experiment)
     g = Grid(criteria or sweep["criterion"], allocations or sweep["allocation"],
              float(experiment.sparsity if sparsity is None else sparsity))
     check_choices([f"criterion={','.join(g.criteria)}", f"allocation={','.join(g.allocations)}"])
@@ -114,6 +122,11 @@ def summary(metric, records: list[dict]) -> Summary:
 
 def by_seed(metric, records: list[dict]) -> dict:
     return {r["config"]["seed"]: metric(r) for r in finished(records)}
+
+
+def seeds_text(records: list[dict]) -> str:
+    """The seeds of a cell's finished records, as csv files list them: '0 1 2'."""
+    return " ".join(str(r["config"]["seed"]) for r in finished(records))
 
 
 def verdict(table, ours: list[dict], base: list[dict]) -> Verdict:

@@ -13,6 +13,8 @@ from pathlib import Path
 
 from dlp.paths import ROOT
 
+from .records import is_dense
+
 
 def _has_api_key() -> bool:
     if os.environ.get("WANDB_API_KEY"):
@@ -32,17 +34,22 @@ def resolve_mode(mode: str) -> str:
 
 
 def run_name(cfg: dict) -> str:
-    if cfg["criterion"]["name"] == "none" or float(cfg["sparsity"]) == 0:
+    if is_dense(cfg):
         return f"{cfg['model']['name']}-dense"
     return f"{cfg['model']['name']}-{cfg['criterion']['name']}-{cfg['allocation']['name']}-s{cfg['sparsity']}"
 
 
-def log_quietly(record: dict, wb: dict, group: str | None = None) -> None:
-    """Log a freshly finished run; a logging failure only warns, it never loses the run."""
+def _quietly(what: str, log) -> None:
+    """W&B logging never loses a run or a table (both are on disk already): a failure only warns."""
     try:
-        log_record(record, wb, group)
+        log()
     except Exception as exc:
-        print(f"warning: W&B logging failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+        print(f"warning: W&B logging{what} failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+
+
+def log_quietly(record: dict, wb: dict, group: str | None = None) -> None:
+    """Log a freshly finished run (a failure only warns)."""
+    _quietly("", lambda: log_record(record, wb, group))
 
 
 def _init(wb: dict, mode: str, name: str, group: str | None, config: dict, job_type: str | None = None):
@@ -57,11 +64,8 @@ def _init(wb: dict, mode: str, name: str, group: str | None, config: dict, job_t
 
 def log_table_quietly(name: str, columns: list[str], data: list[list], wb: dict, group: str | None = None,
                       notes: list[str] = (), figures: dict | None = None, settings: dict | None = None) -> None:
-    """Log an assembled table; a logging failure only warns, the table's files are already written."""
-    try:
-        log_table(name, columns, data, wb, group, notes, figures, settings)
-    except Exception as exc:
-        print(f"warning: W&B logging of {name} failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+    """Log an assembled table (a failure only warns)."""
+    _quietly(f" of {name}", lambda: log_table(name, columns, data, wb, group, notes, figures, settings))
 
 
 def log_table(name: str, columns: list[str], data: list[list], wb: dict, group: str | None = None,
