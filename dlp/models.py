@@ -4,7 +4,7 @@ from pathlib import Path
 
 import torch
 
-from . import embedded
+from . import checkpoint, embedded
 from .compute_dtype import check_compute_dtype, set_compute_dtype
 from .errors import UserError
 from .experts import expose_experts
@@ -45,8 +45,13 @@ def load_model(path: str, dtype: str = "float32", device: str = "auto", device_m
     kwargs = {"dtype": DTYPES[dtype]}
     if device_map:
         kwargs["device_map"] = device_map
+    fmt = checkpoint.sparse_format(source) if prov["source"] == "local" else None
     try:
-        model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
+        if fmt:  # a pruned model saved by this suite: transformers alone would leave its matrices random
+            prov["sparse_format"] = fmt
+            model = checkpoint.load_sparse(source, **kwargs)
+        else:
+            model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
         tokenizer = AutoTokenizer.from_pretrained(source)
     except Exception as exc:
         if path not in embedded.MODELS:

@@ -28,8 +28,9 @@ def eval_corpus(cfg: dict):
                         path=ev.get("path"))
 
 
-def execute(cfg: dict) -> dict:
-    """Do the run; returns the record (status ok). Raises UserError on bad input."""
+def execute(cfg: dict, hold: dict | None = None) -> dict:
+    """Do the run; returns the record (status ok). Raises UserError on bad input. `hold`, a dict, receives the
+    pruned model and its tokenizer (to save them) instead of letting them go with the run."""
     validate(cfg)
     timings = {}
     t = time.perf_counter()
@@ -106,11 +107,14 @@ def execute(cfg: dict) -> dict:
                      "target_met": abs(actual["overall"] - target) <= 0.005},
         "timings_s": timings,
     })
+    if hold is not None:
+        hold.update(model=model, tokenizer=tokenizer)
     return record
 
 
-def run(cfg: dict) -> tuple[Path, dict, bool]:
-    """Run (or reuse) one config. Returns (record path, record, reused). Failures are recorded, then raised."""
+def run(cfg: dict, hold: dict | None = None) -> tuple[Path, dict, bool]:
+    """Run (or reuse) one config. Returns (record path, record, reused). Failures are recorded, then raised.
+    `hold` as for `execute` (left empty when the record is reused: nothing was pruned)."""
     path = records.record_path(cfg)
     if not cfg.get("force"):
         existing = records.load_record(path)
@@ -122,7 +126,7 @@ def run(cfg: dict) -> tuple[Path, dict, bool]:
     environment = records.environment()
     base = {"key": records.run_key(cfg), "config": cfg, "started_unix": started}
     try:
-        record = execute(cfg)
+        record = execute(cfg, hold)
     except Exception as exc:
         failed = {**base, "status": "failed", "error": f"{type(exc).__name__}: {exc}",
                   "traceback": None if isinstance(exc, UserError) else traceback.format_exc(),

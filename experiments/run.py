@@ -3,6 +3,7 @@
 Bad input prints one line (`error: ...`) and exits with status 2; in a sweep (`-m`) a failed cell is
 recorded with its error and the sweep goes on.
 """
+import json
 import sys
 from pathlib import Path
 
@@ -14,7 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 from dlp.errors import UserError
 from dlp.paths import ROOT
 
-from . import methods, pipeline, tracking
+from . import export, methods, pipeline, records, tracking
 from .validation import check_choices
 
 
@@ -31,8 +32,15 @@ def summary(path, record, reused) -> str:
 def main(cfg: DictConfig) -> None:
     plain = OmegaConf.to_container(cfg, resolve=True)
     multirun = HydraConfig.get().mode == RunMode.MULTIRUN
+    save = plain.get("save")
+    hold = {} if save else None
     try:
-        path, record, reused = pipeline.run(plain)
+        if save:  # refused before any work: an existing folder, a dense model, a format the pattern does not fit
+            export.check_request(records.record_path(plain), plain, plain["export"])
+        path, record, reused = pipeline.run(plain, hold)
+        if save:
+            folder = export.export(path, record, plain["export"], hold.get("model"), hold.get("tokenizer"),
+                                   None if reused else record)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         if not multirun:
@@ -44,6 +52,8 @@ def main(cfg: DictConfig) -> None:
         print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
         return
     print(summary(path, record, reused))
+    if save:
+        print(export.summary(folder, json.loads((folder / "export.json").read_text())))
     if not reused:
         group = "/".join(Path(HydraConfig.get().sweep.dir).parts[-2:]) if multirun else None
         tracking.log_quietly(record, plain["wandb"], group)

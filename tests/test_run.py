@@ -153,8 +153,8 @@ def test_record_names_the_commit_the_run_started_on(workspace, tmp_path, monkeyp
     monkeypatch.setattr(records, "git_commit", lambda: dict(commit))
     run_for_real = pipeline.execute
 
-    def execute_while_the_checkout_moves(cfg):
-        out = run_for_real(cfg)
+    def execute_while_the_checkout_moves(cfg, hold=None):
+        out = run_for_real(cfg, hold)
         commit["commit"] = "moved-to"
         return out
 
