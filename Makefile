@@ -17,7 +17,7 @@ PRESET ?= cpu
 # ablation and the curves to three).
 SEEDS ?=
 
-.PHONY: install run table1 table2 ablation curves plots bench bench-gpu test test-fast clean-cache
+.PHONY: install run table1 table2 ablation curves recovery plots bench bench-gpu test test-fast clean-cache
 
 $(VENV)/.installed: pyproject.toml assets/wheels.txt
 	$(PYTHON) -m venv $(VENV)
@@ -44,6 +44,10 @@ table2: install
 ablation: install
 	$(PY) -m experiments.ablation --model $(FIRST_MODEL) --preset $(PRESET) --seeds $(or $(SEEDS),0$(comma)1$(comma)2)
 
+# LoRA recovery under the mask: uniform, OWL and DLP before and after, every pruned weight still zero.
+recovery: install
+	$(PY) -m experiments.recovery_table --model $(FIRST_MODEL) --preset $(PRESET) $(if $(SEEDS),--seeds $(SEEDS))
+
 # Perplexity against sparsity (30% to 80%) for uniform, OWL, DLP and the linear ramp, with seed error bars.
 curves: install
 	$(PY) -m experiments.curves --model $(FIRST_MODEL) --preset $(PRESET) --seeds $(or $(SEEDS),0$(comma)1$(comma)2)
@@ -54,11 +58,13 @@ plots: install
 # Speed and memory against this machine's matmul peak (results/bench.md); see experiments/bench.py.
 bench: install
 	$(PY) -m experiments.bench $(BENCH_ARGS)
+	$(PY) -m experiments.bench_sparse24 --out results/bench-sparse24
 
 # The same on a GPU: a LLaMA-2-7B-shaped model with random weights, bf16, 128 x 2048 calibration.
 bench-gpu: install
 	$(PY) -m experiments.bench --shape llama2-7b --dtypes bfloat16 --device cuda --nsamples 128 --seqlen 2048 \
 		--eval-windows 32 --eval-seqlen 2048 --out results/bench-llama2-7b-gpu $(BENCH_ARGS)
+	$(PY) -m experiments.bench_sparse24 --out results/bench-sparse24
 
 test: install
 	$(PY) -m pytest -q

@@ -1,7 +1,7 @@
 """Run records: one JSON file per run, keyed by a hash of what determines its numbers.
 
 Options that cannot change the numbers (progress bars, forcing, where results go, the walk's self-check, which
-only stops a run, saving the pruned model) are left out of the key,
+only stops a run, saving or recovering the pruned model) are left out of the key,
 so the same config finds its record again and is not recomputed unless forced.
 """
 import hashlib
@@ -17,7 +17,7 @@ from dlp.io import write_json_atomic
 from dlp.paths import ROOT
 from dlp.registry import DENSE
 
-NOT_IN_KEY = ("force", "progress", "results_dir", "wandb", "selfcheck", "save", "export")
+NOT_IN_KEY = ("force", "progress", "results_dir", "wandb", "selfcheck", "save", "export", "recovery")
 
 
 def is_dense(cfg: dict) -> bool:

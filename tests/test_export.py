@@ -198,3 +198,13 @@ def test_two_four_run_exports_in_the_24_layout(workspace, tmp_path):
     assert config["sparsity_config"]["format"] == "sparse-24-bitmask"
     assert config["sparsity_config"]["sparsity_structure"] == "2:4" and "lm_head" in config["sparsity_config"]["ignore"]
     shutil.rmtree(folder)
+
+
+def test_two_four_speed_is_not_claimed_without_a_capable_gpu(tmp_path):
+    """Without a CUDA device of compute capability 8.0 the 2:4 speed bench says why and measures nothing."""
+    from experiments import bench_sparse24
+    if bench_sparse24.unavailable() is None:
+        pytest.skip("a capable GPU is here: tests/test_gpu.py measures")
+    done = cli("experiments.bench_sparse24", "--out", str(tmp_path / "sparse24"))
+    assert done.returncode == 0 and "speed not measured" in done.stdout and len(done.stdout.splitlines()) == 1
+    assert list(tmp_path.iterdir()) == []

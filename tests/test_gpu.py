@@ -84,3 +84,21 @@ def test_sparsegpt_on_the_gpu_in_bfloat16_keeps_its_sparsity_and_quality():
     ppl = {k: math.exp(window_losses(m.float(), ev.to(next(m.parameters()).device), 32, 4, 2, False)
                        .double().mean().item()) for k, m in models.items()}
     assert ppl["cuda"] == pytest.approx(ppl["cpu"], rel=0.02)
+
+
+@pytest.mark.skipif(torch.cuda.is_available() and torch.cuda.get_device_capability() < (8, 0),
+                    reason="2:4 sparse kernels need compute capability 8.0")
+def test_two_four_kernels_give_the_dense_product_and_a_report():
+    """The semi-structured sparse product of a 2:4 weight is the dense product of the same weight (float16
+    accumulation aside), and the bench reports one row per shape x batch x length."""
+    from torch.sparse import to_sparse_semi_structured
+    from experiments import bench_sparse24
+    w = bench_sparse24.two_four(128, 128, torch.float16, CUDA)
+    x = torch.randn(64, 128, dtype=torch.float16, device=CUDA)
+    dense = torch.nn.functional.linear(x, w).float()
+    sparse = torch.nn.functional.linear(x, to_sparse_semi_structured(w)).float()
+    assert ((sparse - dense).abs().max() / dense.abs().max()).item() < 1e-2
+    rows = bench_sparse24.measure(bench_sparse24.SHAPES["tiny"], [1, 4], [64], torch.float16, repeats=3)
+    assert [(r["batch"], r["length"]) for r in rows] == [(1, 64), (4, 64)]
+    assert all(r["sparse_weight_bytes"] < r["dense_weight_bytes"] for r in rows)
+    assert "| proj | 128x128 | 1 x 64 |" in bench_sparse24.report(rows, "gpu", "float16")
