@@ -86,6 +86,16 @@ def test_round_trip_is_bit_exact_for_every_family(tmp_path, family, fmt):
     assert (tmp_path / checkpoint.WEIGHTS).stat().st_size < 0.75 * (tmp_path / "dense" / checkpoint.WEIGHTS).stat().st_size
 
 
+@pytest.mark.parametrize("fmt", checkpoint.FORMATS)
+def test_bfloat16_round_trip_keeps_its_dtype_and_bits(tmp_path, fmt):
+    model = pruned("llama", fmt).to(torch.bfloat16)
+    checkpoint.save_sparse(model, tmp_path, fmt)
+    loaded = checkpoint.load_sparse(tmp_path)
+    for key, value in model.state_dict().items():
+        got = loaded.state_dict()[key]
+        assert got.dtype == torch.bfloat16 and torch.equal(got.view(torch.int16), value.view(torch.int16)), key
+
+
 def test_every_pruned_tensor_is_compressed_and_nothing_else(tmp_path):
     from safetensors import safe_open
     model = pruned("mixtral", checkpoint.SPARSE_BITMASK)
