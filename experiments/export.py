@@ -82,9 +82,11 @@ def reproduce(record: dict) -> tuple[dict, object, object]:
     return fresh, hold["model"], hold["tokenizer"]
 
 
-def export(record_path: Path, record: dict, options: dict, model=None, tokenizer=None, measured: dict | None = None) -> Path:
+def export(record_path: Path, record: dict, options: dict, model=None, tokenizer=None, measured: dict | None = None,
+           recovered: dict | None = None) -> Path:
     """Write the run's model into its folder (see the module's doc). `model`/`tokenizer`/`measured` come from
-    the run that just pruned it; without them the record's config is pruned again."""
+    the run that just pruned it; without them the record's config is pruned again. `recovered`, a LoRA recovery
+    record (experiments.recover), says that `model` is the recovered one: it is saved beside the run's record."""
     check_request(record_path, record["config"], options)
     folder = target_folder(record_path, options)
     fmt = checkpoint.choose_format(record["config"].get("pattern"), options.get("format") or "auto")
@@ -108,12 +110,14 @@ def export(record_path: Path, record: dict, options: dict, model=None, tokenizer
                           "dense_weights_bytes": dense_bytes},
                 "matrices": matrices, "exported_unix": started}
         write_json_atomic(staging / "run_record.json", record)
+        if recovered:
+            write_json_atomic(staging / "recovery_record.json", recovered)
         info["sizes"]["ratio_to_dense"] = info["sizes"]["weights_bytes"] / dense_bytes
         write_json_atomic(staging / "export.json", info)
         if options.get("check", True):
             info["load_check"] = load_back_in_new_process(staging)
             write_json_atomic(staging / "export.json", info)
-        (staging / "README.md").write_text(model_card(record, info))
+        (staging / "README.md").write_text(model_card(record, info, recovered))
         if folder.exists():  # overwrite=true, checked above
             shutil.rmtree(folder)
         folder.parent.mkdir(parents=True, exist_ok=True)
@@ -165,7 +169,7 @@ def check_folder(folder: Path) -> dict:
             "wall_s": time.time() - started}
 
 
-def model_card(record: dict, info: dict) -> str:
+def model_card(record: dict, info: dict, recovered: dict | None = None) -> str:
     cfg, sp = record["config"], record["sparsity"]
     prov = record.get("model_provenance", {})
     base = prov.get("id") or prov.get("repo") or prov.get("path") or cfg["model"]["path"]
@@ -182,7 +186,7 @@ commit {records.commit_label(record.get('environment', {}))}. Actual sparsity of
 {sp['actual']:.4f}; per-block targets: {targets}.
 
 Perplexity on {record['metrics']['eval_corpus']} ({record['metrics']['eval']['windows']} windows of
-{record['metrics']['eval']['seqlen']} tokens): {record['metrics']['ppl']:.4f} in the run
+{record['metrics']['eval']['seqlen']} tokens): {record['metrics']['ppl']:.4f} in the run{recovery_text(recovered)}
 {'' if check is None else f"and {check['ppl']:.4f} loaded back from this folder in a new process"}.
 
 ## Format
@@ -202,6 +206,14 @@ Plain `AutoModelForCausalLM.from_pretrained` does not decompress this layout (tr
 decompression) and would leave the pruned matrices randomly initialised. `run_record.json` is the full run
 record; `export.json` lists every matrix's zero count and mask digest.
 """
+
+
+def recovery_text(recovered: dict | None) -> str:
+    if not recovered:
+        return ","
+    rec, m = recovered["recovery"], recovered["metrics"]
+    return (f", {m['ppl_after']:.4f} after LoRA recovery merged through the mask (rank {rec['rank']}, "
+            f"{rec['steps']} steps, {recovered['tokens']} tokens, lr {rec['lr']}: recovery_record.json),")
 
 
 def parse(argv: list[str]) -> tuple[list[str], dict]:

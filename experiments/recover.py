@@ -1,5 +1,6 @@
-"""`python -m experiments.recover RECORD.json | OVERRIDES... [recovery.steps=...]`: LoRA recovery of a pruned run
-that keeps its sparsity (dlp.masked_lora), recorded in `results/recovery/`.
+"""`python -m experiments.recover RECORD.json | OVERRIDES... [recovery.steps=...] [recovery.save=true]`: LoRA
+recovery of a pruned run that keeps its sparsity (dlp.masked_lora), recorded in `results/recovery/`; with
+`recovery.save=true` the recovered model is exported as a sparse checkpoint (experiments.export, `export.*`).
 
 The run's model is pruned again from its record (checked against its per-matrix sparsities, as an export is),
 LoRA adapters (PEFT) are trained on windows of the run's calibration corpus (drawn with `recovery.seed`, never
@@ -29,7 +30,7 @@ from . import export, pipeline, records
 from .commandline import one_line_errors
 from .config import compose_config
 
-NOT_IN_KEY = ("results_dir", "progress")
+NOT_IN_KEY = ("results_dir", "progress", "save")
 
 
 def recovery_key(record: dict, rec: dict) -> str:
@@ -125,7 +126,8 @@ def evaluate(model, tokenizer, cfg: dict) -> float:
                       ev["batch_size"], cfg["progress"])["ppl"]
 
 
-def recover(record_path: Path, record: dict, rec: dict, progress: bool = True) -> dict:
+def recover(record_path: Path, record: dict, rec: dict, progress: bool = True, hold: dict | None = None) -> dict:
+    """The recovery record; `hold`, a dict, receives the recovered model and its tokenizer."""
     from peft import LoraConfig, get_peft_model
 
     check_settings(rec)
@@ -176,6 +178,8 @@ def recover(record_path: Path, record: dict, rec: dict, progress: bool = True) -
         zeroshot = evaluate_zeroshot(merged, tokenizer, zs["tasks"], zs.get("limit"), zs.get("batch_size", 8),
                                      zs.get("add_bos_token", False), zs.get("source", "auto"))
         timings["zeroshot"] = time.perf_counter() - t
+    if hold is not None:
+        hold.update(model=merged, tokenizer=tokenizer)
     return {
         "status": "ok", "key": recovery_key(record, rec), "run_record": str(record_path), "run_key": record["key"],
         "recovery": rec, "training_data": data,
@@ -195,17 +199,27 @@ def recover(record_path: Path, record: dict, rec: dict, progress: bool = True) -
     }
 
 
-def run(record_path: Path, rec: dict, force: bool = False, progress: bool = True) -> tuple[Path, dict, bool]:
-    """Recover (or reuse the recovery record of) one finished pruned run."""
+def run(record_path: Path, rec: dict, force: bool = False, progress: bool = True,
+        export_options: dict | None = None) -> tuple[Path, dict, bool]:
+    """Recover (or reuse the recovery record of) one finished pruned run. With `recovery.save` the recovered
+    model is exported too (experiments.export, `export_options`), so it is recovered again even when recorded."""
     record = export.finished_record(record_path)
     check_settings(rec)
     path = recovery_path(record_path, record, rec)
-    if not force:
+    save = rec.get("save")
+    if save:  # refused before any work, as an export is
+        export.check_request(path, record["config"], export_options or {})
+    elif not force:
         done = records.load_record(path)
         if done is not None:
             return path, done, True
-    result = recover(record_path, record, rec, progress)
+    hold = {} if save else None
+    result = recover(record_path, record, rec, progress, hold)
     write_json_atomic(path, result)
+    if save:
+        result["export"] = str(export.export(path, record, export_options or {}, hold["model"], hold["tokenizer"],
+                                             {"metrics": {"ppl": result["metrics"]["ppl_after"]}}, recovered=result))
+        write_json_atomic(path, result)
     return path, result, False
 
 
@@ -219,16 +233,19 @@ def summary(path: Path, result: dict, reused: bool) -> str:
 
 
 def main(argv: list[str]) -> None:
-    rest = [a for a in argv if not a.startswith("recovery.")]
+    settings = [a for a in argv if a.startswith(("recovery.", "export."))]
+    rest = [a for a in argv if a not in settings]
     if len(rest) == 1 and rest[0].endswith(".json"):
         record_path = Path(rest[0])
-        cfg = compose_config([a for a in argv if a.startswith("recovery.")])
+        cfg = compose_config(settings)
     else:
         cfg = compose_config(argv)
         record_path = records.record_path(cfg)
     path, result, reused = one_line_errors(lambda: run(record_path, cfg["recovery"], cfg.get("force", False),
-                                                       cfg.get("progress", True)))
+                                                       cfg.get("progress", True), cfg["export"]))
     print(summary(path, result, reused))
+    if result.get("export"):
+        print(export.summary(Path(result["export"]), json.loads((Path(result["export"]) / "export.json").read_text())))
 
 
 if __name__ == "__main__":

@@ -173,3 +173,17 @@ def test_recovery_table_rows(apart, tmp_path):
         assert f"| {m['ppl_before']:.2f} | {m['ppl_after']:.2f} |" in line
     assert "6 steps of 4 x 32 tokens (768 tokens)" in md
     assert len((tmp_path / "recovery.csv").read_text().splitlines()) == 3
+
+
+def test_recovered_model_is_exported_with_its_zeros(apart, tmp_path):
+    done = cli(*apart, "recovery.save=true", f"export.dir={tmp_path}")
+    assert done.returncode == 0, done.stderr
+    folder = Path(done.stdout.split("model: ")[1].strip())
+    result = json.loads((folder / "recovery_record.json").read_text())
+    info = json.loads((folder / "export.json").read_text())
+    assert info["ppl_exported"] == result["metrics"]["ppl_after"] == info["load_check"]["ppl"]
+    assert info["load_check"]["same_zeros"] and result["zeros"]["all_kept"]
+    assert sum(m["zeros"] for m in info["matrices"].values()) == result["zeros"]["after"]
+    assert "after LoRA recovery merged through the mask" in (folder / "README.md").read_text()
+    again = cli(*apart, "recovery.save=true", f"export.dir={tmp_path}")
+    assert again.returncode == 2 and "exists; pass overwrite=true" in again.stderr
