@@ -45,7 +45,7 @@ def load_model(path: str, dtype: str = "float32", device: str = "auto", device_m
     kwargs = {"dtype": DTYPES[dtype]}
     if device_map:
         kwargs["device_map"] = device_map
-    fmt = checkpoint.sparse_format(source) if prov["source"] == "local" else None
+    fmt = checkpoint.sparse_format(source) if prov.get("source") == "local" else None
     try:
         if fmt:  # a pruned model saved by this suite: transformers alone would leave its matrices random
             prov["sparse_format"] = fmt

@@ -172,7 +172,7 @@ def check_folder(folder: Path) -> dict:
 def model_card(record: dict, info: dict, recovered: dict | None = None) -> str:
     cfg, sp = record["config"], record["sparsity"]
     prov = record.get("model_provenance", {})
-    base = prov.get("id") or prov.get("repo") or prov.get("path") or cfg["model"]["path"]
+    base = prov.get("id") or prov.get("origin") or prov.get("path") or cfg["model"]["path"]
     calib = record["data"].get("calibration", {})
     check = info.get("load_check")
     sizes = info["sizes"]
