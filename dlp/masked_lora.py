@@ -12,19 +12,13 @@ import types
 import torch
 import torch.nn.functional as F
 
-from .structure import find_blocks, find_linears
+from .checkpoint import pruned_weights
 
 
 def pruned_linear_names(model) -> list[str]:
-    """Full module paths of the decoder blocks' nn.Linear layers (the matrices pruning changed). Fused expert
+    """Full module paths of the decoder blocks' Linear layers (the matrices pruning changed). Fused expert
     tensors have no Linear module for LoRA to wrap and are left as they are."""
-    layout = find_blocks(model)
-    names = []
-    for i, block in enumerate(layout.blocks):
-        modules = dict(block.named_modules())
-        names += [f"{layout.path}.{i}.{name}" for name, layer in find_linears(block).items()
-                  if modules.get(name) is layer and type(layer) is torch.nn.Linear]
-    return names
+    return [key.removesuffix(".weight") for key in pruned_weights(model) if key.endswith(".weight")]
 
 
 def lora_layers(peft_model) -> dict:

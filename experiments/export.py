@@ -29,7 +29,7 @@ from . import pipeline, records
 from .commandline import one_line_errors
 from .config import compose_config
 
-OPTIONS = {"out": "out", "format": "format", "overwrite": "overwrite", "check": "check"}
+OPTIONS = ("out", "format", "overwrite", "check")
 TRUE, FALSE = ("true", "1", "yes"), ("false", "0", "no")
 
 
@@ -45,13 +45,14 @@ def check_target(folder: Path, options: dict) -> None:
         raise UserError(f"{folder} exists; pass overwrite=true to replace it")
 
 
-def check_request(record_path: Path, cfg: dict, options: dict) -> None:
+def check_request(record_path: Path, cfg: dict, options: dict) -> str:
     """Everything that refuses an export before any work: a target folder already there, a dense model, a
-    format the pattern does not fit."""
+    format the pattern does not fit. Returns the format."""
     if records.is_dense(cfg):
         raise UserError("the dense model has nothing pruned to compress: export a pruned run")
-    checkpoint.choose_format(cfg.get("pattern"), options.get("format") or "auto")
+    fmt = checkpoint.choose_format(cfg.get("pattern"), options.get("format") or "auto")
     check_target(target_folder(record_path, options), options)
+    return fmt
 
 
 def finished_record(path: Path) -> dict:
@@ -87,9 +88,8 @@ def export(record_path: Path, record: dict, options: dict, model=None, tokenizer
     """Write the run's model into its folder (see the module's doc). `model`/`tokenizer`/`measured` come from
     the run that just pruned it; without them the record's config is pruned again. `recovered`, a LoRA recovery
     record (experiments.recover), says that `model` is the recovered one: it is saved beside the run's record."""
-    check_request(record_path, record["config"], options)
+    fmt = check_request(record_path, record["config"], options)
     folder = target_folder(record_path, options)
-    fmt = checkpoint.choose_format(record["config"].get("pattern"), options.get("format") or "auto")
     started = time.time()
     if model is None:
         measured, model, tokenizer = reproduce(record)
@@ -146,7 +146,6 @@ def load_back_in_new_process(folder: Path) -> dict:
 def check_folder(folder: Path) -> dict:
     """The load-back check itself, run in the new process."""
     from dlp.models import load_model
-    from dlp.perplexity import perplexity
 
     folder = Path(folder)
     record = json.loads((folder / "run_record.json").read_text())
@@ -160,9 +159,7 @@ def check_folder(folder: Path) -> dict:
     differ = [key for key, m in info["matrices"].items()
               if key not in state or int((state[key] == 0).sum()) != m["zeros"]
               or checkpoint.mask_digest(state[key]) != m["mask_sha256"]]
-    ev = cfg["eval"]
-    ppl = perplexity(model, pipeline.eval_corpus(cfg), tokenizer, ev["seqlen"], ev.get("max_windows"),
-                     ev["batch_size"], progress=False)["ppl"]
+    ppl = pipeline.evaluate(model, tokenizer, {**cfg, "progress": False})["ppl"]
     return {"loader": provenance.get("sparse_format") and "dlp.checkpoint.load_sparse (transformers + compressed-tensors)",
             "ppl": ppl, "ppl_exported": info["ppl_exported"], "same_ppl": ppl == info["ppl_exported"],
             "matrices": len(info["matrices"]), "same_zeros": not differ, "zeros_differ": differ[:5],
@@ -225,7 +222,7 @@ def parse(argv: list[str]) -> tuple[list[str], dict]:
                 if value.lower() not in TRUE + FALSE:
                     raise UserError(f"{key} must be true or false (got '{value}')")
                 value = value.lower() in TRUE
-            options[OPTIONS[key]] = value
+            options[key] = value
         else:
             rest.append(arg)
     return rest, options
@@ -243,12 +240,7 @@ def main(argv: list[str]) -> None:
         record_path = records.record_path(cfg)
         options = {"dir": cfg["export"]["dir"], **options}
 
-    def go():
-        record = finished_record(record_path)
-        check_request(record_path, record["config"], options)
-        return export(record_path, record, options)
-
-    folder = one_line_errors(go)
+    folder = one_line_errors(lambda: export(record_path, finished_record(record_path), options))
     info = json.loads((folder / "export.json").read_text())
     print(summary(folder, info))
 

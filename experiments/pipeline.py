@@ -28,6 +28,18 @@ def eval_corpus(cfg: dict):
                         path=ev.get("path"))
 
 
+def calibration_corpus(cfg: dict):
+    d = cfg["data"]
+    return corpora.load(d["corpus"], path=d.get("path"), per_line=d.get("mode") == "documents")
+
+
+def evaluate(model, tokenizer, cfg: dict, corpus=None) -> dict:
+    """Perplexity on the run's evaluation corpus, as the run measures it (dlp.perplexity's dict)."""
+    ev = cfg["eval"]
+    return perplexity(model, corpus or eval_corpus(cfg), tokenizer, ev["seqlen"], ev.get("max_windows"),
+                      ev["batch_size"], cfg["progress"])
+
+
 def execute(cfg: dict, hold: dict | None = None) -> dict:
     """Do the run; returns the record (status ok). Raises UserError on bad input. `hold`, a dict, receives the
     pruned model and its tokenizer (to save them) instead of letting them go with the run."""
@@ -45,7 +57,7 @@ def execute(cfg: dict, hold: dict | None = None) -> dict:
     if not records.is_dense(cfg):
         d = cfg["data"]
         t = time.perf_counter()
-        calib_corpus = corpora.load(d["corpus"], path=d.get("path"), per_line=d.get("mode") == "documents")
+        calib_corpus = calibration_corpus(cfg)
         calib = calibration_windows(calib_corpus, tokenizer, d["nsamples"], d["seqlen"], cfg["seed"], d["mode"])
         record["data"]["calibration"] = {**calib_corpus.provenance(), "nsamples": d["nsamples"],
                                          "seqlen": d["seqlen"], "tokens": int(calib.numel()), "mode": d["mode"],
@@ -79,9 +91,8 @@ def execute(cfg: dict, hold: dict | None = None) -> dict:
 
     actual = measure_sparsity(model)
     t = time.perf_counter()
-    ev = cfg["eval"]
     corpus = eval_corpus(cfg)
-    ppl = perplexity(model, corpus, tokenizer, ev["seqlen"], ev.get("max_windows"), ev["batch_size"], cfg["progress"])
+    ppl = evaluate(model, tokenizer, cfg, corpus)
     record["data"]["evaluation"] = {**corpus.provenance(), "tokens": ppl["corpus_tokens"]}
     timings["evaluation"] = time.perf_counter() - t
 

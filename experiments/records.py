@@ -37,9 +37,13 @@ def key_payload(cfg: dict) -> dict:
     return payload
 
 
+def short_hash(payload: dict) -> str:
+    """12 hex digits of the sha256 of `payload` as sorted JSON: the key of a record."""
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
 def run_key(cfg: dict) -> str:
-    blob = json.dumps(key_payload(cfg), sort_keys=True, default=str).encode()
-    return hashlib.sha256(blob).hexdigest()[:12]
+    return short_hash(key_payload(cfg))
 
 
 def record_path(cfg: dict) -> Path:

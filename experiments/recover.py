@@ -9,7 +9,6 @@ to be exactly zero, and the merged model evaluated as the run was. The record ho
 after (and with the unmerged adapters when they were trained unmasked), steps, tokens, learning rate, the
 training losses, timings, and zero-shot accuracy after recovery when the run's config asks for it.
 """
-import hashlib
 import json
 import sys
 import time
@@ -20,11 +19,9 @@ import torch
 from tqdm.auto import tqdm
 
 from dlp import masked_lora
-from dlp.data import corpora
 from dlp.data.calibration import calibration_windows
 from dlp.errors import UserError
 from dlp.io import write_json_atomic
-from dlp.perplexity import perplexity
 
 from . import export, pipeline, records
 from .commandline import one_line_errors
@@ -34,8 +31,7 @@ NOT_IN_KEY = ("results_dir", "progress", "save")
 
 
 def recovery_key(record: dict, rec: dict) -> str:
-    payload = {"run": record["key"], **{k: v for k, v in rec.items() if k not in NOT_IN_KEY}}
-    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
+    return records.short_hash({"run": record["key"], **{k: v for k, v in rec.items() if k not in NOT_IN_KEY}})
 
 
 def recovery_path(record_path: Path, record: dict, rec: dict) -> Path:
@@ -60,8 +56,7 @@ def check_settings(rec: dict) -> None:
 
 def training_corpus(cfg: dict):
     """The run's calibration corpus, refused when it is the evaluation text (recovery would train on the test)."""
-    d = cfg["data"]
-    corpus = corpora.load(d["corpus"], path=d.get("path"), per_line=d.get("mode") == "documents")
+    corpus = pipeline.calibration_corpus(cfg)
     if corpus.provenance().get("sha256") == pipeline.eval_corpus(cfg).provenance().get("sha256"):
         raise UserError(f"the calibration corpus {corpus.name} is the evaluation text: recovery would train on it")
     return corpus
@@ -120,17 +115,11 @@ def lora_targets(names: list[str], targets) -> list[str]:
     return chosen
 
 
-def evaluate(model, tokenizer, cfg: dict) -> float:
-    ev = cfg["eval"]
-    return perplexity(model, pipeline.eval_corpus(cfg), tokenizer, ev["seqlen"], ev.get("max_windows"),
-                      ev["batch_size"], cfg["progress"])["ppl"]
-
-
 def recover(record_path: Path, record: dict, rec: dict, progress: bool = True, hold: dict | None = None) -> dict:
-    """The recovery record; `hold`, a dict, receives the recovered model and its tokenizer."""
+    """The recovery record (settings already checked by `run`); `hold`, a dict, receives the recovered model
+    and its tokenizer."""
     from peft import LoraConfig, get_peft_model
 
-    check_settings(rec)
     # PEFT still calls a transformers method that warns of its own renaming on every model it wraps
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
     cfg = {**record["config"], "progress": progress}
@@ -160,7 +149,7 @@ def recover(record_path: Path, record: dict, rec: dict, progress: bool = True, h
     ppl_adapters = None
     if not rec["mask_training"]:  # the unmasked adapters are another function than the merged model: measure it
         t = time.perf_counter()
-        ppl_adapters = evaluate(peft_model, tokenizer, cfg)
+        ppl_adapters = pipeline.evaluate(peft_model, tokenizer, cfg)["ppl"]
         timings["evaluation_adapters"] = time.perf_counter() - t
     merged = masked_lora.merge_through_mask(peft_model)
     zeros_after = masked_lora.zero_counts(merged, names)
@@ -168,7 +157,7 @@ def recover(record_path: Path, record: dict, rec: dict, progress: bool = True, h
     if changed:
         raise AssertionError(f"the merge unmasked weights in {len(changed)} matrices, e.g. {changed[0]}")
     t = time.perf_counter()
-    ppl_after = evaluate(merged, tokenizer, cfg)
+    ppl_after = pipeline.evaluate(merged, tokenizer, cfg)["ppl"]
     timings["evaluation"] = time.perf_counter() - t
     zeroshot = None
     zs = cfg.get("zeroshot") or {}
