@@ -16,6 +16,12 @@ PRESET ?= cpu
 # Calibration seeds, each cell run once per seed: make table1 SEEDS=0,1,2 (tables default to one seed, the
 # ablation and the curves to three).
 SEEDS ?=
+# Run the missing cells of a table as one Hydra multirun through a launcher (conf/hydra/launcher/ or Hydra's own):
+# make table1 LAUNCHER=joblib, or LAUNCHER=slurm OVERRIDES="hydra.launcher.partition=gpu hydra.launcher.timeout_min=600".
+# Default: one after another in this process. OVERRIDES also takes config overrides for every cell.
+LAUNCHER ?=
+OVERRIDES ?=
+GRID_OPTIONS = $(if $(LAUNCHER),--launcher $(LAUNCHER)) $(OVERRIDES)
 
 .PHONY: install run table1 table2 ablation curves recovery plots bench bench-gpu test test-fast clean-cache
 
@@ -35,22 +41,22 @@ run: install
 	$(PY) -m experiments.run model=smollm2-135m criterion=wanda allocation=uniform sparsity=0.5 preset=cpu
 
 table1: install
-	$(PY) -m experiments.tables table1 --models $(MODELS) --preset $(PRESET) --seeds $(or $(SEEDS),0)
+	$(PY) -m experiments.tables table1 --models $(MODELS) --preset $(PRESET) --seeds $(or $(SEEDS),0) $(GRID_OPTIONS)
 
 table2: install
-	$(PY) -m experiments.tables table2 --models $(MODELS) --preset $(PRESET) --seeds $(or $(SEEDS),0)
+	$(PY) -m experiments.tables table2 --models $(MODELS) --preset $(PRESET) --seeds $(or $(SEEDS),0) $(GRID_OPTIONS)
 
 # Ranking or spread? Controls at DLP's spread, per criterion, at 60% and 70% (conf/experiment/ablation.yaml).
 ablation: install
-	$(PY) -m experiments.ablation --model $(FIRST_MODEL) --preset $(PRESET) --seeds $(or $(SEEDS),0$(comma)1$(comma)2)
+	$(PY) -m experiments.ablation --model $(FIRST_MODEL) --preset $(PRESET) --seeds $(or $(SEEDS),0$(comma)1$(comma)2) $(GRID_OPTIONS)
 
 # LoRA recovery under the mask: uniform, OWL and DLP before and after, every pruned weight still zero.
 recovery: install
-	$(PY) -m experiments.recovery_table --model $(FIRST_MODEL) --preset $(PRESET) $(if $(SEEDS),--seeds $(SEEDS))
+	$(PY) -m experiments.recovery_table --model $(FIRST_MODEL) --preset $(PRESET) $(if $(SEEDS),--seeds $(SEEDS)) $(GRID_OPTIONS)
 
 # Perplexity against sparsity (30% to 80%) for uniform, OWL, DLP and the linear ramp, with seed error bars.
 curves: install
-	$(PY) -m experiments.curves --model $(FIRST_MODEL) --preset $(PRESET) --seeds $(or $(SEEDS),0$(comma)1$(comma)2)
+	$(PY) -m experiments.curves --model $(FIRST_MODEL) --preset $(PRESET) --seeds $(or $(SEEDS),0$(comma)1$(comma)2) $(GRID_OPTIONS)
 
 plots: install
 	$(PY) -m experiments.plots --model $(FIRST_MODEL) --preset $(PRESET)

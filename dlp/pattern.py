@@ -17,8 +17,8 @@ class NM:
         return f"{self.n}:{self.m}"
 
 
-def parse_pattern(text: str | None, sparsity: float) -> NM | None:
-    """'unstructured' → None; '2:4' → NM(2, 4). N:M fixes the sparsity, so any other target is refused."""
+def parse_form(text: str | None) -> NM | None:
+    """'unstructured' → None; '2:4' → NM(2, 4); anything else, N >= M included, is refused in one line."""
     if text in (None, "", "unstructured"):
         return None
     try:
@@ -26,7 +26,16 @@ def parse_pattern(text: str | None, sparsity: float) -> NM | None:
     except ValueError:
         raise UserError(f"pattern must be 'unstructured' or 'N:M' such as 2:4 (got '{text}')") from None
     if not 0 < n < m:
-        raise UserError(f"pattern {text}: need 0 < N < M")
+        raise UserError(f"pattern {text}: need 0 < N < M (N of every M weights pruned)")
+    return NM(n, m)
+
+
+def parse_pattern(text: str | None, sparsity: float) -> NM | None:
+    """parse_form, and N:M fixes the sparsity, so any other target is refused."""
+    nm = parse_form(text)
+    if nm is None:
+        return None
+    n, m = nm.n, nm.m
     if abs(sparsity - n / m) > 1e-9:
         raise UserError(f"pattern {n}:{m} prunes exactly {n / m:g} of the weights; set sparsity={n / m:g} "
                         f"(got {sparsity:g})")

@@ -13,6 +13,7 @@ import torch
 from .compute_dtype import compute_dtype_of
 from .engine import walk
 from .io import sha256_bytes, write_json_atomic
+from .locks import computing
 from .paths import cache_dir
 from .scores import wanda_scores
 from .select import RadixSelect
@@ -71,14 +72,30 @@ def cached_profile(model, calib_ids, model_id: dict, outlier_m: float, batch_siz
     if compute is not None:  # passes under autocast give other scores; named only when set, so that the
         model_id = {**model_id, "compute_dtype": str(compute).removeprefix("torch.")}  # old keys stay valid
     path = Path(cache_dir()) / "profiles" / f"{profile_key(model_id, calib_ids, outlier_m)}.json"
-    if path.exists():
-        try:
-            data = json.loads(path.read_text())
-            if data.get("version") == FORMAT_VERSION and all("median" in b for b in data["blocks"]):
-                return data["blocks"], True
-            raise ValueError("missing fields")
-        except (ValueError, KeyError, TypeError) as exc:
-            log.warning("corrupt profile cache %s (%s): recomputing it", path, exc)
-    blocks = compute_profile(model, calib_ids, outlier_m, batch_size, progress)
-    write_json_atomic(path, {"version": FORMAT_VERSION, "model": model_id, "M": outlier_m, "blocks": blocks})
+    blocks = read_profile(path, warn=True)
+    if blocks is not None:
+        return blocks, True
+    # Jobs of a sweep that need the same profile compute it once: the others wait, then read it.
+    with computing(path, "a dense profile"):
+        blocks = read_profile(path, warn=False)
+        if blocks is not None:
+            return blocks, True
+        blocks = compute_profile(model, calib_ids, outlier_m, batch_size, progress)
+        write_json_atomic(path, {"version": FORMAT_VERSION, "model": model_id, "M": outlier_m, "blocks": blocks})
     return blocks, False
+
+
+def read_profile(path: Path, warn: bool) -> list[dict] | None:
+    """The cached profile at `path`, or None when absent or unreadable (a truncated or corrupt file is said in
+    one line when `warn`, and recomputed)."""
+    if not path.exists():
+        return None
+    try:
+        data = json.loads(path.read_text())
+        if data.get("version") == FORMAT_VERSION and all("median" in b for b in data["blocks"]):
+            return data["blocks"]
+        raise ValueError("missing fields")
+    except (ValueError, KeyError, TypeError) as exc:
+        if warn:
+            log.warning("corrupt profile cache %s (%s): recomputing it", path, exc)
+        return None

@@ -19,7 +19,7 @@ from dlp.paths import ROOT
 from dlp.registry import ALLOCATIONS, CRITERIA
 
 from . import tracking
-from .cells import run_cell
+from .cells import cell_overrides, launcher_overrides, run_cells
 from .commandline import grid_options, grid_parser, one_line_errors
 from .config import compose_config
 from .tables import (by_seed, experiment_config, finished, md_table, ppl, provenance_lines, seeds_text, summary,
@@ -43,17 +43,12 @@ def row_label(choice: str) -> str:
     return f"{cls.label} ({', '.join(shown)})" if shown else cls.label
 
 
-def collect(model, preset, criteria, allocations, sparsities, seeds, extra):
+def collect(model, preset, criteria, allocations, sparsities, seeds, extra, launcher=None):
     """(criterion, allocation, sparsity) -> that cell's records, one per seed."""
-    cells = {}
-    for crit in criteria:
-        for alloc in allocations:
-            for s in sparsities:
-                cells[(crit, alloc, s)] = [
-                    run_cell([f"+experiment={EXPERIMENT}", f"model={model}", f"preset={preset}", f"criterion={crit}",
-                              f"allocation={alloc}", f"sparsity={s}", *extra, f"seed={seed}"], group=EXPERIMENT)
-                    for seed in seeds]
-    return cells
+    grid = {(crit, alloc, s): [[f"+experiment={EXPERIMENT}", f"model={model}", f"preset={preset}", f"criterion={crit}",
+                                f"allocation={alloc}", f"sparsity={s}", *extra, f"seed={seed}"] for seed in seeds]
+            for crit in criteria for alloc in allocations for s in sparsities}
+    return run_cells(grid, EXPERIMENT, launcher)
 
 
 def compare(cells, crit, ours, base, s) -> Verdict | None:
@@ -147,8 +142,9 @@ def render(model, preset, criteria, allocations, sparsities, seeds, cells, elaps
 
 
 def build(model="smollm2-135m", preset="cpu", seeds=None, extra=(), out_dir=ROOT / "results", criteria=None,
-          allocations=None, sparsities=None):
+          allocations=None, sparsities=None, launcher=None):
     start = time.time()
+    launch, extra = launcher_overrides(launcher, list(extra)), cell_overrides(list(extra))
     sweep = sweep_lists(experiment_config(EXPERIMENT))
     criteria = criteria or sweep["criterion"]
     allocations = allocations or sweep["allocation"]
@@ -157,7 +153,7 @@ def build(model="smollm2-135m", preset="cpu", seeds=None, extra=(), out_dir=ROOT
     check_choices([f"model={model}", f"preset={preset}", f"criterion={','.join(criteria)}",
                    f"allocation={','.join(allocations)}"])
     wandb_cfg = compose_config([f"preset={preset}", *extra])["wandb"]
-    cells = collect(model, preset, criteria, allocations, sparsities, seeds, list(extra))
+    cells = collect(model, preset, criteria, allocations, sparsities, seeds, list(extra), launch)
     md, csv_text, columns, rows = render(model, preset, criteria, allocations, sparsities, seeds, cells,
                                          time.time() - start)
     out_dir = Path(out_dir)

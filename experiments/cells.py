@@ -1,10 +1,22 @@
-"""Run a grid of configs in-process, reusing finished records; a failed cell is recorded and skipped."""
+"""Run a grid of configs, reusing finished records; a failed cell is reported and skipped.
+
+By default the cells run in this process, one after another. With a launcher (`joblib`, `slurm`, any config in
+conf/hydra/launcher/ or installed with Hydra) the cells without a finished record run as one Hydra multirun
+through it (hydra_plugins/dlp_bench/cells_sweeper.py), each job writing its record as `experiments.run` does; the grid
+then reads every record back. Either way the numbers come from the same `pipeline.run`.
+"""
+import json
+import subprocess
 import sys
+import time
 
 from dlp.errors import UserError
+from dlp.io import write_atomic
+from dlp.paths import ROOT
 
-from . import pipeline, tracking
+from . import pipeline, records, tracking
 from .config import compose_config
+from .validation import validate
 
 
 def run_cell(overrides: list[str], group: str = "tables") -> dict:
@@ -13,12 +25,87 @@ def run_cell(overrides: list[str], group: str = "tables") -> dict:
     try:
         cfg = compose_config(overrides)
         path, record, reused = pipeline.run(cfg)
-    except Exception as exc:  # recorded by pipeline.run; the grid goes on
-        kind = "" if isinstance(exc, UserError) else f"{type(exc).__name__}: "
-        print(f"error in cell {' '.join(overrides)}: {kind}{exc}", file=sys.stderr)
-        return {"status": "failed", "error": f"{kind}{exc}", "overrides": overrides}
+    except Exception as exc:  # the grid goes on
+        return failed(overrides, exc)
     how = "reused" if reused else f"ran in {record['wall_s']:.0f} s"
     print(f"{' '.join(overrides)}: ppl {record['metrics']['ppl']:.3f} ({how}) -> {path}", flush=True)
     if not reused:
         tracking.log_quietly(record, cfg["wandb"], group=group)
     return record
+
+
+def failed(overrides: list[str], exc: Exception) -> dict:
+    kind = "" if isinstance(exc, UserError) else f"{type(exc).__name__}: "
+    print(f"error in cell {' '.join(overrides)}: {kind}{exc}", file=sys.stderr)
+    return {"status": "failed", "error": f"{kind}{exc}", "overrides": overrides}
+
+
+def refusal(overrides: list[str]) -> UserError | None:
+    """Why the cell's config is bad input (composed and validated, nothing loaded), or None."""
+    try:
+        validate(compose_config(overrides))
+    except UserError as exc:
+        return exc
+    return None
+
+
+def read_cell(overrides: list[str]) -> dict | None:
+    """The cell's finished record, or None."""
+    cfg = compose_config(overrides)
+    return pipeline.finished_record(cfg, records.record_path(cfg))
+
+
+def launcher_overrides(launcher: str | None, extra: list[str] = ()) -> list[str] | None:
+    """The Hydra overrides that pick a launcher (`hydra/launcher=joblib`) and set its options (`hydra.launcher.*`
+    from `extra`); None for the default, this process."""
+    if not launcher:
+        return None
+    return [f"hydra/launcher={launcher}", *(o for o in extra if o.startswith("hydra."))]
+
+
+def cell_overrides(extra: list[str]) -> list[str]:
+    """The overrides meant for every cell, leaving out the launcher's own (`hydra.*`)."""
+    return [o for o in extra if not o.startswith("hydra.")]
+
+
+def run_cells(grid: dict, group: str, launcher: list[str] | None = None) -> dict:
+    """{key: [overrides per seed]} -> {key: [record per seed]} (failed cells as {"status": "failed", ...}).
+    Every cell is checked first: when all are bad input (a bad override, a missing file) that is one line and no
+    work; when only some are, those are failed cells and the others run."""
+    unique = list({tuple(o): o for cells in grid.values() for o in cells}.values())
+    refused = {tuple(o): refusal(o) for o in unique}
+    if unique and all(refused.values()):
+        raise refused[tuple(unique[0])]
+    if launcher is not None:
+        missing = [o for o in unique if not refused[tuple(o)] and read_cell(o) is None]
+        if missing:
+            launch(missing, group, launcher)
+    out = {}
+    for key, cells in grid.items():
+        out[key] = []
+        for overrides in cells:
+            if refused[tuple(overrides)]:
+                out[key].append(failed(overrides, refused[tuple(overrides)]))
+            elif launcher is None:
+                out[key].append(run_cell(overrides, group))
+            else:
+                record = read_cell(overrides)
+                out[key].append(record or failed(overrides, RuntimeError("no finished record after the launcher ran")))
+    return out
+
+
+def launch(missing: list[list[str]], group: str, launcher: list[str]) -> None:
+    """One multirun of `experiments.run` over exactly these cells, through the launcher; its jobs' output goes
+    to this console. A job that fails leaves its cell without a record; the others go on."""
+    stamp = time.strftime("%Y-%m-%d/%H-%M-%S")
+    sweep_dir = ROOT / "results" / "hydra" / "cells" / group / stamp
+    cells_file = sweep_dir / "cells.json"
+    write_atomic(cells_file, json.dumps(missing, indent=1).encode())
+    print(f"{len(missing)} cells without a finished record: running them through {launcher[0]} "
+          f"({sweep_dir})", flush=True)
+    cmd = [sys.executable, "-m", "experiments.run", "-m", "hydra/sweeper=cells", f"hydra.sweeper.cells={cells_file}",
+           f"hydra.sweep.dir={sweep_dir}", f"wandb.group={group}", *launcher]
+    done = subprocess.run(cmd, cwd=ROOT)
+    if done.returncode != 0:
+        print(f"the launcher exited with status {done.returncode}; cells without a record are reported failed",
+              file=sys.stderr)

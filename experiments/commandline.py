@@ -41,6 +41,10 @@ def parse_sparsities(text: str | None) -> list[float] | None:
     return values
 
 
+LAUNCHER_HELP = ("run the missing cells as one Hydra multirun through this launcher (joblib, slurm, submitit_local, "
+                 "...); default: one after another in this process")
+
+
 def grid_parser(description: str, defaults: dict[str, str]) -> argparse.ArgumentParser:
     """--model, --preset, --seeds, --criteria, --allocations, --sparsities, --out and Hydra overrides; `defaults`
     says in the help what each list option falls back to."""
@@ -50,7 +54,9 @@ def grid_parser(description: str, defaults: dict[str, str]) -> argparse.Argument
     for option in ("seeds", "criteria", "allocations", "sparsities"):
         parser.add_argument(f"--{option}", default=None, help=f"comma-separated (default {defaults[option]})")
     parser.add_argument("--out", default=str(ROOT / "results"))
-    parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for every cell")
+    parser.add_argument("--launcher", default=None, help=LAUNCHER_HELP)
+    parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for every cell (hydra.launcher.* for the "
+                        "launcher)")
     return parser
 
 
@@ -59,4 +65,4 @@ def grid_options(args) -> dict:
     split = lambda text: text.split(",") if text else None  # noqa: E731
     return {"model": args.model, "preset": args.preset, "seeds": parse_seeds(args.seeds), "extra": args.overrides,
             "out_dir": args.out, "criteria": split(args.criteria), "allocations": split(args.allocations),
-            "sparsities": parse_sparsities(args.sparsities)}
+            "sparsities": parse_sparsities(args.sparsities), "launcher": args.launcher}

@@ -15,7 +15,7 @@ from dlp.paths import ROOT
 from dlp.registry import ALLOCATIONS, CRITERIA
 
 from . import tracking
-from .cells import run_cell
+from .cells import cell_overrides, launcher_overrides, run_cells
 from .commandline import grid_options, grid_parser, one_line_errors
 from .config import compose_config
 from .plots import save_figure
@@ -28,16 +28,16 @@ ALLOCATIONS_DEFAULT = ["uniform", "owl", "dlp", "linear"]
 SPARSITIES_DEFAULT = [0.3, 0.4, 0.5, 0.6, 0.7, 0.8]
 
 
-def collect(model, preset, criteria, allocations, sparsities, seeds, extra):
+def collect(model, preset, criteria, allocations, sparsities, seeds, extra, launcher=None):
     """(criterion, allocation, sparsity) -> records, one per seed; ("none", "-", 0.0) -> the dense record."""
     base = [f"model={model}", f"preset={preset}"]
-    cells = {("none", "-", 0.0): [run_cell([*base, "criterion=none", *extra], group=NAME)]}
+    grid = {("none", "-", 0.0): [[*base, "criterion=none", *extra]]}
     for crit in criteria:
         for alloc in allocations:
             for s in sparsities:
-                cells[(crit, alloc, s)] = [run_cell([*base, f"criterion={crit}", f"allocation={alloc}", f"sparsity={s}",
-                                                     *extra, f"seed={seed}"], group=NAME) for seed in seeds]
-    return cells
+                grid[(crit, alloc, s)] = [[*base, f"criterion={crit}", f"allocation={alloc}", f"sparsity={s}", *extra,
+                                           f"seed={seed}"] for seed in seeds]
+    return run_cells(grid, NAME, launcher)
 
 
 def points(cells, crit, alloc, sparsities):
@@ -92,8 +92,9 @@ def table_rows(cells, criteria, allocations, sparsities) -> list[list]:
 
 
 def build(model="smollm2-135m", preset="cpu", seeds=None, extra=(), out_dir=ROOT / "results", criteria=None,
-          allocations=None, sparsities=None):
+          allocations=None, sparsities=None, launcher=None):
     start = time.time()
+    launch, extra = launcher_overrides(launcher, list(extra)), cell_overrides(list(extra))
     criteria = criteria or CRITERIA_DEFAULT
     allocations = allocations or ALLOCATIONS_DEFAULT
     sparsities = sparsities or SPARSITIES_DEFAULT
@@ -101,7 +102,7 @@ def build(model="smollm2-135m", preset="cpu", seeds=None, extra=(), out_dir=ROOT
     check_choices([f"model={model}", f"preset={preset}", f"criterion={','.join(criteria)}",
                    f"allocation={','.join(allocations)}"])
     wandb_cfg = compose_config([f"preset={preset}", *extra])["wandb"]
-    cells = collect(model, preset, criteria, allocations, sparsities, seeds, list(extra))
+    cells = collect(model, preset, criteria, allocations, sparsities, seeds, list(extra), launch)
     out_dir = Path(out_dir)
     ok = next((r for records in cells.values() for r in finished(records) if r["data"].get("calibration")), None)
     corpus = ok["metrics"]["eval_corpus"] if ok else "?"

@@ -10,6 +10,7 @@ from dlp.coverage import coverage, decoder_sparsity
 from dlp.data import corpora
 from dlp.data.calibration import calibration_windows
 from dlp.errors import UserError
+from dlp.locks import computing
 from dlp.models import load_model
 from dlp.pattern import parse_pattern
 from dlp.perplexity import perplexity
@@ -45,6 +46,11 @@ def execute(cfg: dict, hold: dict | None = None) -> dict:
     pruned model and its tokenizer (to save them) instead of letting them go with the run."""
     validate(cfg)
     timings = {}
+    # Both corpora are read before the model: a problem with either costs seconds, not a pruning run.
+    t = time.perf_counter()
+    corpus = eval_corpus(cfg)
+    calib_corpus = None if records.is_dense(cfg) else calibration_corpus(cfg)
+    timings["corpora"] = time.perf_counter() - t
     t = time.perf_counter()
     torch.manual_seed(cfg["seed"])
     m = cfg["model"]
@@ -57,7 +63,6 @@ def execute(cfg: dict, hold: dict | None = None) -> dict:
     if not records.is_dense(cfg):
         d = cfg["data"]
         t = time.perf_counter()
-        calib_corpus = calibration_corpus(cfg)
         calib = calibration_windows(calib_corpus, tokenizer, d["nsamples"], d["seqlen"], cfg["seed"], d["mode"])
         record["data"]["calibration"] = {**calib_corpus.provenance(), "nsamples": d["nsamples"],
                                          "seqlen": d["seqlen"], "tokens": int(calib.numel()), "mode": d["mode"],
@@ -91,7 +96,6 @@ def execute(cfg: dict, hold: dict | None = None) -> dict:
 
     actual = measure_sparsity(model)
     t = time.perf_counter()
-    corpus = eval_corpus(cfg)
     ppl = evaluate(model, tokenizer, cfg, corpus)
     record["data"]["evaluation"] = {**corpus.provenance(), "tokens": ppl["corpus_tokens"]}
     timings["evaluation"] = time.perf_counter() - t
@@ -123,14 +127,50 @@ def execute(cfg: dict, hold: dict | None = None) -> dict:
     return record
 
 
+def adopt_legacy(cfg: dict, path: Path) -> dict | None:
+    """A finished record made when keys held the local data folder's path rather than its content: reused, and
+    saved under the content key, when the corpora it recorded still read the same text."""
+    legacy = records.record_path(cfg, records.legacy_run_key(cfg))
+    if legacy == path:
+        return None
+    record = records.load_record(legacy, warn=False)
+    if record is None:
+        return None
+    for section, loader, recorded in (("eval", eval_corpus, "evaluation"), ("data", calibration_corpus, "calibration")):
+        prov = record.get("data", {}).get(recorded)
+        if prov is not None and corpora.local_file(cfg[section]) is not None:
+            if prov.get("sha256") != loader(cfg).provenance()["sha256"]:
+                return None
+    record = {**record, "key": records.run_key(cfg), "legacy_key": records.legacy_run_key(cfg)}
+    records.save_record(path, record)
+    return record
+
+
+def finished_record(cfg: dict, path: Path, warn: bool = True) -> dict | None:
+    """The run's finished record, unless forced to run again (`warn`: say in one line that a record is unreadable)."""
+    if cfg.get("force"):
+        return None
+    return records.load_record(path, warn) or adopt_legacy(cfg, path)
+
+
 def run(cfg: dict, hold: dict | None = None) -> tuple[Path, dict, bool]:
-    """Run (or reuse) one config. Returns (record path, record, reused). Failures are recorded, then raised.
-    `hold` as for `execute` (left empty when the record is reused: nothing was pruned)."""
+    """Run (or reuse) one config. Returns (record path, record, reused). Bad input is refused (UserError) before
+    any work and leaves no record; a failure once the run has started is recorded, then raised. Two processes
+    asking for the same run compute it once: the second waits and reuses the first's record. `hold` as for
+    `execute` (left empty when the record is reused: nothing was pruned)."""
+    validate(cfg)
     path = records.record_path(cfg)
-    if not cfg.get("force"):
-        existing = records.load_record(path)
+    existing = finished_record(cfg, path)
+    if existing is not None:
+        return path, existing, True
+    with computing(path, "this run"):
+        existing = finished_record(cfg, path, warn=False)  # finished by another process while this one waited
         if existing is not None:
             return path, existing, True
+        return path, execute_and_record(cfg, path, hold), False
+
+
+def execute_and_record(cfg: dict, path: Path, hold: dict | None) -> dict:
     started = time.time()
     # Read before the run: the commit is that of the code this process loaded, even if the checkout moves on
     # while it runs (a long cell, a sweep).
@@ -138,14 +178,14 @@ def run(cfg: dict, hold: dict | None = None) -> tuple[Path, dict, bool]:
     base = {"key": records.run_key(cfg), "config": cfg, "started_unix": started}
     try:
         record = execute(cfg, hold)
-    except Exception as exc:
+    except Exception as exc:  # the run had started (a model loaded): its failure is a result, recorded
         failed = {**base, "status": "failed", "error": f"{type(exc).__name__}: {exc}",
                   "traceback": None if isinstance(exc, UserError) else traceback.format_exc(),
                   "environment": environment}
-        if records.load_record(path) is None:  # a forced rerun that fails never replaces a finished record
+        if records.load_record(path, warn=False) is None:  # a forced rerun that fails never replaces a finished record
             records.save_record(path, failed)
         raise
     record = {**base, **record, "environment": environment, **records.peak_memory(),
               "wall_s": time.time() - started}
     records.save_record(path, record)
-    return path, record, False
+    return record

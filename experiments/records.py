@@ -4,8 +4,10 @@ Options that cannot change the numbers (progress bars, forcing, where results go
 only stops a run, saving or recovering the pruned model) are left out of the key,
 so the same config finds its record again and is not recomputed unless forced.
 """
+import functools
 import hashlib
 import json
+import logging
 import os
 import platform
 import resource
@@ -13,10 +15,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-from dlp.io import write_json_atomic
+from dlp.data import corpora
+from dlp.io import sha256_file, write_json_atomic
 from dlp.paths import ROOT
 from dlp.registry import DENSE
 
+log = logging.getLogger(__name__)
 NOT_IN_KEY = ("force", "progress", "results_dir", "wandb", "selfcheck", "save", "export", "recovery")
 
 
@@ -24,7 +28,8 @@ def is_dense(cfg: dict) -> bool:
     return cfg["criterion"]["name"] == DENSE or float(cfg["sparsity"]) == 0.0
 
 
-def key_payload(cfg: dict) -> dict:
+def legacy_key_payload(cfg: dict) -> dict:
+    """The key as it was before corpora entered it by content: with the local data folder's path."""
     payload = {k: v for k, v in cfg.items() if k not in NOT_IN_KEY}
     if isinstance(payload.get("model"), dict) and payload["model"].get("compute_dtype") is None:
         # compute_dtype: null is how every run was made before the option existed: their keys stay the same
@@ -37,6 +42,31 @@ def key_payload(cfg: dict) -> dict:
     return payload
 
 
+def file_digest(path: Path) -> str:
+    """sha256 of a file, computed once per process for each version of it (path, size, modification time)."""
+    path = Path(path).resolve()
+    stat = path.stat()
+    return _digest(str(path), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=64)
+def _digest(path: str, size: int, mtime_ns: int) -> str:
+    return sha256_file(Path(path))
+
+
+def key_payload(cfg: dict) -> dict:
+    """What determines a run's numbers. A corpus read from a local file enters by its content, not by the path
+    it was reached by: the same text in another folder (or through a relative path) finds the same record."""
+    payload = legacy_key_payload(cfg)
+    for name in ("data", "eval"):
+        section = payload.get(name)
+        file = corpora.local_file(section) if isinstance(section, dict) else None
+        if file is not None:
+            payload[name] = {**{k: v for k, v in section.items() if k not in ("path", "data_dir")},
+                             "content_sha256": file_digest(file)}
+    return payload
+
+
 def short_hash(payload: dict) -> str:
     """12 hex digits of the sha256 of `payload` as sorted JSON: the key of a record."""
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:12]
@@ -46,7 +76,11 @@ def run_key(cfg: dict) -> str:
     return short_hash(key_payload(cfg))
 
 
-def record_path(cfg: dict) -> Path:
+def legacy_run_key(cfg: dict) -> str:
+    return short_hash(legacy_key_payload(cfg))
+
+
+def record_path(cfg: dict, key: str | None = None) -> Path:
     if is_dense(cfg):
         stem = f"{cfg['model']['name']}_dense"
     else:
@@ -54,16 +88,22 @@ def record_path(cfg: dict) -> Path:
         stem = f"{cfg['model']['name']}_{cfg['criterion']['name']}_{cfg['allocation']['name']}_s{cfg['sparsity']}{pattern}"
     if (cfg.get("zeroshot") or {}).get("enabled"):
         stem += "_zs"
-    return Path(cfg["results_dir"]) / f"{stem}_{run_key(cfg)}.json"
+    return Path(cfg["results_dir"]) / f"{stem}_{key or run_key(cfg)}.json"
 
 
-def load_record(path: Path) -> dict | None:
-    """The finished record at `path`, or None when absent, failed or unreadable (then it is recomputed)."""
+def load_record(path: Path, warn: bool = True) -> dict | None:
+    """The finished record at `path`, or None when absent, failed or unreadable (then it is recomputed; a
+    truncated or corrupt file is said in one line when `warn`)."""
     try:
         record = json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError):
+        ok = record.get("status") == "ok"
+    except FileNotFoundError:
         return None
-    return record if record.get("status") == "ok" else None
+    except (OSError, ValueError, AttributeError) as exc:
+        if warn:
+            log.warning("unreadable record %s (%s): recomputing it", path, str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+        return None
+    return record if ok else None
 
 
 def save_record(path: Path, record: dict) -> None:

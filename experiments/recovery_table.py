@@ -15,7 +15,7 @@ from dlp.paths import ROOT
 from dlp.registry import ALLOCATIONS, CRITERIA
 
 from . import recover, records
-from .cells import run_cell
+from .cells import cell_overrides, launcher_overrides, run_cells
 from .commandline import grid_options, grid_parser, one_line_errors
 from .config import compose_config
 from .tables import md_table
@@ -25,17 +25,21 @@ NAME = "recovery"
 DEFAULTS = {"criteria": "wanda", "allocations": "uniform,owl,dlp", "sparsities": "0.6", "seeds": "0"}
 
 
-def rows_for(model, preset, criteria, allocations, sparsities, seeds, extra) -> list[dict]:
-    """One row per cell: the run's record path and its recovery record (or the error that stopped either)."""
+def rows_for(model, preset, criteria, allocations, sparsities, seeds, extra, launcher=None) -> list[dict]:
+    """One row per cell: the run's record path and its recovery record (or the error that stopped either).
+    The pruning runs go first (through `launcher` when given); recovery then runs here, cell by cell."""
+    grid = {(crit, s, alloc, seed): [[f"model={model}", f"preset={preset}", f"criterion={crit}", f"allocation={alloc}",
+                                      f"sparsity={s}", *extra, f"seed={seed}"]]
+            for crit in criteria for s in sparsities for alloc in allocations for seed in seeds}
+    runs = run_cells(grid, NAME, launcher)
     rows = []
     for crit in criteria:
         for s in sparsities:
             for alloc in allocations:
                 for seed in seeds:
-                    overrides = [f"model={model}", f"preset={preset}", f"criterion={crit}", f"allocation={alloc}",
-                                 f"sparsity={s}", *extra, f"seed={seed}"]
+                    (overrides,) = grid[(crit, s, alloc, seed)]
                     row = {"criterion": crit, "allocation": alloc, "sparsity": s, "seed": seed}
-                    run = run_cell(overrides, group=NAME)
+                    (run,) = runs[(crit, s, alloc, seed)]
                     if run.get("status") != "ok":
                         rows.append({**row, "error": run.get("error")})
                         continue
@@ -93,8 +97,9 @@ def render(model, preset, rows, elapsed) -> tuple[str, str]:
 
 
 def build(model="smollm2-135m", preset="cpu", seeds=None, extra=(), out_dir=ROOT / "results", criteria=None,
-          allocations=None, sparsities=None):
+          allocations=None, sparsities=None, launcher=None):
     start = time.time()
+    launch, extra = launcher_overrides(launcher, list(extra)), cell_overrides(list(extra))
     criteria = criteria or DEFAULTS["criteria"].split(",")
     allocations = allocations or DEFAULTS["allocations"].split(",")
     sparsities = sparsities or [float(s) for s in DEFAULTS["sparsities"].split(",")]
@@ -102,7 +107,7 @@ def build(model="smollm2-135m", preset="cpu", seeds=None, extra=(), out_dir=ROOT
     check_choices([f"model={model}", f"preset={preset}", f"criterion={','.join(criteria)}",
                    f"allocation={','.join(allocations)}"])
     recover.check_settings(compose_config([f"preset={preset}", *extra])["recovery"])
-    rows = rows_for(model, preset, criteria, allocations, sparsities, seeds, list(extra))
+    rows = rows_for(model, preset, criteria, allocations, sparsities, seeds, list(extra), launch)
     md, csv_text = render(model, preset, rows, time.time() - start)
     out_dir = Path(out_dir)
     write_atomic(out_dir / f"{NAME}.md", md.encode())

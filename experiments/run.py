@@ -16,7 +16,7 @@ from dlp.errors import UserError
 from dlp.paths import ROOT
 
 from . import export, methods, pipeline, records, tracking
-from .validation import check_choices
+from .validation import check_choices, validate
 
 
 def summary(path, record, reused) -> str:
@@ -35,6 +35,7 @@ def main(cfg: DictConfig) -> None:
     save = plain.get("save")
     hold = {} if save else None
     try:
+        validate(plain)  # bad input is one line before anything is read, the record's path included
         if save:  # refused before any work: an existing folder, a dense model, a format the pattern does not fit
             export.check_request(records.record_path(plain), plain, plain["export"])
         path, record, reused = pipeline.run(plain, hold)
@@ -55,7 +56,8 @@ def main(cfg: DictConfig) -> None:
     if save:
         print(export.summary(folder, json.loads((folder / "export.json").read_text())))
     if not reused:
-        group = "/".join(Path(HydraConfig.get().sweep.dir).parts[-2:]) if multirun else None
+        # A sweep's runs appear together, unless a group is set (a table's cells run through a launcher)
+        group = "/".join(Path(HydraConfig.get().sweep.dir).parts[-2:]) if multirun and not plain["wandb"].get("group") else None
         tracking.log_quietly(record, plain["wandb"], group)
 
 

@@ -30,8 +30,8 @@ from dlp.registry import ALLOCATIONS, CRITERIA
 
 from . import methods  # noqa: F401  (every criterion and allocation registered)
 from . import tracking
-from .cells import run_cell
-from .commandline import one_line_errors, parse_seeds
+from .cells import cell_overrides, launcher_overrides, run_cells
+from .commandline import LAUNCHER_HELP, one_line_errors, parse_seeds
 from .config import compose_config
 from .records import commit_label, machine_line
 from .validation import check_choices
@@ -95,15 +95,14 @@ def seed_overrides(seeds) -> list[list[str]]:
     return [[f"seed={s}"] for s in seeds] if seeds else [[]]
 
 
-def collect(table, g: Grid, models, preset, extra, seeds=None):
+def collect(table, g: Grid, models, preset, extra, seeds=None, launcher=None):
     """(row, model) -> the records of that cell, one per seed (the dense row's is one record for every seed)."""
-    cells = {}
+    grid = {}
     for model in models:
         for row, overrides in table_rows(g):
-            cells[(row, model)] = [run_cell([f"+experiment={table}", f"model={model}", f"preset={preset}",
-                                             f"sparsity={g.sparsity}", *overrides, *extra, *seed], group=table)
-                                   for seed in seed_overrides(seeds)]
-    return cells
+            grid[(row, model)] = [[f"+experiment={table}", f"model={model}", f"preset={preset}",
+                                   f"sparsity={g.sparsity}", *overrides, *extra, *seed] for seed in seed_overrides(seeds)]
+    return run_cells(grid, table, launcher)
 
 
 def finished(records: list[dict]) -> list[dict]:
@@ -298,12 +297,16 @@ def wandb_table(table, g: Grid, cells, models) -> tuple[list[str], list[list]]:
 
 
 def build(table, models, preset="cpu", sparsity=None, extra=(), out_dir=ROOT / "results", criteria=None,
-          allocations=None, seeds=None):
+          allocations=None, seeds=None, launcher=None):
+    """`launcher`: run the missing cells through this Hydra launcher (experiments.cells); `hydra.*` overrides in
+    `extra` are its options."""
     start = time.time()
+    launch = launcher_overrides(launcher, list(extra))
+    extra = cell_overrides(list(extra))
     g = grid(table, criteria, allocations, sparsity)
     check_choices([f"model={','.join(models)}", f"preset={preset}"])  # one line now, not one failed cell per row
     wandb_cfg = compose_config([f"preset={preset}", *extra])["wandb"]  # also refuses bad overrides before any cell
-    cells = collect(table, g, models, preset, list(extra), seeds)
+    cells = collect(table, g, models, preset, list(extra), seeds, launch)
     md, csv_text, tex = render(table, g, cells, models, preset, time.time() - start, seeds)
     out_dir = Path(out_dir)
     # Several seeds go beside the single-seed table, not over it: results/table1-3seeds.md next to table1.md.
@@ -337,12 +340,14 @@ def main(argv=None):
     parser.add_argument("--seeds", default=None, help="comma-separated calibration seeds, each cell run once per "
                         "seed (default: the config's seed)")
     parser.add_argument("--out", default=str(ROOT / "results"))
-    parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for every cell")
-    args = parser.parse_args(argv)
+    parser.add_argument("--launcher", default=None, help=LAUNCHER_HELP)
+    parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for every cell (hydra.launcher.* for the "
+                        "launcher)")
+    args = parser.parse_intermixed_args(argv)  # overrides may follow the options, as `make table1 OVERRIDES=` puts them
     split = lambda text: text.split(",") if text else None  # noqa: E731
     md, _ = one_line_errors(lambda: build(args.table, args.models.split(","), args.preset, args.sparsity,
                                           args.overrides, args.out, split(args.criteria), split(args.allocations),
-                                          parse_seeds(args.seeds)))
+                                          parse_seeds(args.seeds), args.launcher))
     print(md)
 
 

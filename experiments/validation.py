@@ -2,9 +2,11 @@
 (`UserError`) and exit status 2, not minutes of loading and a traceback."""
 from dlp.batching import check_batch_size
 from dlp.compute_dtype import check_compute_dtype
+from dlp.data import corpora
 from dlp.errors import UserError
+from dlp.models import model_context
 from dlp.paths import ROOT
-from dlp.pattern import check_sparsity, parse_pattern
+from dlp.pattern import check_sparsity, parse_form, parse_pattern
 from dlp.registry import DENSE, make_allocator, make_criterion
 
 from . import methods
@@ -33,9 +35,51 @@ def check_choices(argv: list[str]) -> None:
                 raise UserError(f"unknown {group} '{choice}'; choose one of {', '.join(known)}")
 
 
-def validate(cfg: dict) -> None:
-    """A composed config: the values, and that each method exists and takes the parameters its YAML sets."""
+def check_count(name: str, value, minimum: int = 1, optional: bool = False) -> None:
+    """An integer setting (a count, a length, a batch size) of at least `minimum`; null too when `optional`."""
+    if value is None and optional:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise UserError(f"{name} must be an integer >= {minimum}{' or null' if optional else ''} (got {value!r})")
+
+
+def check_values(cfg: dict) -> None:
+    """The numbers of a run, each named as on the command line."""
+    parse_form(cfg["pattern"])  # first: N >= M would otherwise surface as an impossible sparsity
+    if isinstance(cfg["sparsity"], bool) or not isinstance(cfg["sparsity"], (int, float)):
+        raise UserError(f"sparsity must be a number in [0, 1) (got {cfg['sparsity']!r})")
     check_sparsity(cfg["sparsity"])
+    check_count("seed", cfg["seed"], minimum=0)
+    ev = cfg["eval"]
+    check_count("eval.seqlen", ev["seqlen"], minimum=2)
+    check_count("eval.max_windows", ev.get("max_windows"), optional=True)
+    check_count("eval.batch_size", ev["batch_size"])
+    if not is_dense(cfg):
+        check_count("data.nsamples", cfg["data"]["nsamples"])
+        check_count("data.seqlen", cfg["data"]["seqlen"], minimum=2)
+    zs = cfg.get("zeroshot") or {}
+    if zs.get("enabled"):
+        check_count("zeroshot.batch_size", zs.get("batch_size", 8))
+        check_count("zeroshot.limit", zs.get("limit"), optional=True)
+
+
+def check_sources(cfg: dict) -> None:
+    """The files and the model a run will read, before it reads them: each local corpus file as it will be
+    read, the model as a local folder or a hub id the hub can serve, and that no window exceeds its context."""
+    corpora.check_source(cfg["eval"])
+    if not is_dense(cfg):
+        corpora.check_source(cfg["data"])
+    context = model_context(cfg["model"]["path"])
+    for name, seqlen in (("eval.seqlen", cfg["eval"]["seqlen"]),
+                         *((("data.seqlen", cfg["data"]["seqlen"]),) if not is_dense(cfg) else ())):
+        if context is not None and seqlen > context:
+            raise UserError(f"{name}={seqlen} is longer than the model's context of {context} tokens")
+
+
+def validate(cfg: dict) -> None:
+    """A composed config: the values, that each method exists and takes the parameters its YAML sets, and the
+    data and model it names (read, but not loaded)."""
+    check_values(cfg)
     check_compute_dtype(cfg["model"].get("compute_dtype"), cfg["model"].get("dtype", "float32"))
     if cfg.get("preset") not in PRESETS:
         raise UserError(f"unknown preset '{cfg.get('preset')}'; choose one of {', '.join(PRESETS)}")
@@ -47,3 +91,4 @@ def validate(cfg: dict) -> None:
         parse_pattern(cfg["pattern"], cfg["sparsity"])
         if cfg["pattern"] not in (None, "unstructured") and cfg["allocation"]["name"] != "uniform":
             raise UserError("an N:M pattern fixes every matrix at N/M: use allocation=uniform with it")
+    check_sources(cfg)

