@@ -94,9 +94,20 @@ def run_cells(grid: dict, group: str, launcher: list[str] | None = None) -> dict
     return out
 
 
+# Launchers whose jobs run on this machine. Their jobs compute with this process's torch thread count (unless
+# the cells set `threads`): joblib would give each job cores / jobs threads, and SparseGPT's last bits depend on
+# the count, so a table's local jobs would not reproduce its in-process cells. Cluster jobs use their own CPUs.
+LOCAL_LAUNCHERS = ("basic", "joblib", "slurm_local", "submitit_local")
+
+
 def launch(missing: list[list[str]], group: str, launcher: list[str]) -> None:
     """One multirun of `experiments.run` over exactly these cells, through the launcher; its jobs' output goes
     to this console. A job that fails leaves its cell without a record; the others go on."""
+    import torch
+
+    local = launcher[0].removeprefix("hydra/launcher=") in LOCAL_LAUNCHERS
+    threads = [f"threads={torch.get_num_threads()}"] if local and not any(
+        o.startswith("threads=") for cell in missing for o in cell) else []
     stamp = time.strftime("%Y-%m-%d/%H-%M-%S")
     sweep_dir = ROOT / "results" / "hydra" / "cells" / group / stamp
     cells_file = sweep_dir / "cells.json"
@@ -104,7 +115,7 @@ def launch(missing: list[list[str]], group: str, launcher: list[str]) -> None:
     print(f"{len(missing)} cells without a finished record: running them through {launcher[0]} "
           f"({sweep_dir})", flush=True)
     cmd = [sys.executable, "-m", "experiments.run", "-m", "hydra/sweeper=cells", f"hydra.sweeper.cells={cells_file}",
-           f"hydra.sweep.dir={sweep_dir}", f"wandb.group={group}", *launcher]
+           f"hydra.sweep.dir={sweep_dir}", f"wandb.group={group}", *threads, *launcher]
     done = subprocess.run(cmd, cwd=ROOT)
     if done.returncode != 0:
         print(f"the launcher exited with status {done.returncode}; cells without a record are reported failed",

@@ -45,6 +45,7 @@ def execute(cfg: dict, hold: dict | None = None) -> dict:
     """Do the run; returns the record (status ok). Raises UserError on bad input. `hold`, a dict, receives the
     pruned model and its tokenizer (to save them) instead of letting them go with the run."""
     validate(cfg)
+    use_threads(cfg)
     timings = {}
     # Both corpora are read before the model: a problem with either costs seconds, not a pruning run.
     t = time.perf_counter()
@@ -170,7 +171,14 @@ def run(cfg: dict, hold: dict | None = None) -> tuple[Path, dict, bool]:
         return path, execute_and_record(cfg, path, hold), False
 
 
+def use_threads(cfg: dict) -> None:
+    """The run's torch CPU thread count, when the config sets one (before the record reads it)."""
+    if cfg.get("threads"):
+        torch.set_num_threads(cfg["threads"])
+
+
 def execute_and_record(cfg: dict, path: Path, hold: dict | None) -> dict:
+    use_threads(cfg)
     started = time.time()
     # Read before the run: the commit is that of the code this process loaded, even if the checkout moves on
     # while it runs (a long cell, a sweep).

@@ -1,7 +1,8 @@
 """Run records: one JSON file per run, keyed by a hash of what determines its numbers.
 
 Options that cannot change the numbers (progress bars, forcing, where results go, the walk's self-check, which
-only stops a run, saving or recovering the pruned model) are left out of the key,
+only stops a run, saving or recovering the pruned model) are left out of the key, and so is the CPU thread
+count, which can move SparseGPT's last bits as a different CPU can (each record names the count it ran with),
 so the same config finds its record again and is not recomputed unless forced.
 """
 import functools
@@ -21,7 +22,7 @@ from dlp.paths import ROOT
 from dlp.registry import DENSE
 
 log = logging.getLogger(__name__)
-NOT_IN_KEY = ("force", "progress", "results_dir", "wandb", "selfcheck", "save", "export", "recovery")
+NOT_IN_KEY = ("force", "progress", "results_dir", "wandb", "selfcheck", "save", "export", "recovery", "threads")
 
 
 def is_dense(cfg: dict) -> bool:

@@ -50,6 +50,7 @@ def check_values(cfg: dict) -> None:
         raise UserError(f"sparsity must be a number in [0, 1) (got {cfg['sparsity']!r})")
     check_sparsity(cfg["sparsity"])
     check_count("seed", cfg["seed"], minimum=0)
+    check_count("threads", cfg.get("threads"), optional=True)
     ev = cfg["eval"]
     check_count("eval.seqlen", ev["seqlen"], minimum=2)
     check_count("eval.max_windows", ev.get("max_windows"), optional=True)

@@ -5,6 +5,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 
 from conftest import tiny_overrides
 from experiments import tables
@@ -51,6 +52,8 @@ def test_table_through_a_launcher_is_the_sequential_table(workspace, sequential,
         assert record["status"] == "ok" and Path(record["config"]["results_dir"]).name == results
         assert record["metrics"]["ppl"] == seq_record["metrics"]["ppl"]
         assert record["sparsity"]["per_matrix"] == seq_record["sparsity"]["per_matrix"]
+        # local jobs compute with this process's thread count, not the launcher's share of the cores
+        assert record["environment"]["torch_threads"] == torch.get_num_threads()
     again, _ = table(workspace, tmp_path, results, launcher, options)
     assert "without a finished record" not in capfd.readouterr().out  # a warm rerun launches nothing
     assert without_timing(again) == without_timing(md)
