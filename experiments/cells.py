@@ -19,11 +19,11 @@ from .config import compose_config
 from .validation import validate
 
 
-def run_cell(overrides: list[str], group: str = "tables") -> dict:
+def run_cell(overrides: list[str], group: str = "tables", cfg: dict | None = None) -> dict:
     """The record of one cell (status ok or failed); never raises for a failure inside the run. A fresh run is
-    logged to W&B in `group`, beside the table that gathers it."""
+    logged to W&B in `group`, beside the table that gathers it. `cfg`: the overrides already composed."""
     try:
-        cfg = compose_config(overrides)
+        cfg = cfg or compose_config(overrides)
         path, record, reused = pipeline.run(cfg)
     except Exception as exc:  # the grid goes on
         return failed(overrides, exc)
@@ -40,18 +40,19 @@ def failed(overrides: list[str], exc: Exception) -> dict:
     return {"status": "failed", "error": f"{kind}{exc}", "overrides": overrides}
 
 
-def refusal(overrides: list[str]) -> UserError | None:
-    """Why the cell's config is bad input (composed and validated, nothing loaded), or None."""
+def prepare(overrides: list[str]) -> tuple[dict | None, Exception | None]:
+    """(the cell's composed config, None), or (None, why it is bad input): composed and validated, nothing
+    loaded. Composing is most of a warm cell's cost, so each cell is composed once."""
     try:
-        validate(compose_config(overrides))
-    except UserError as exc:
-        return exc
-    return None
+        cfg = compose_config(overrides)
+        validate(cfg)
+    except Exception as exc:  # UserError, or an override Hydra cannot compose
+        return None, exc
+    return cfg, None
 
 
-def read_cell(overrides: list[str]) -> dict | None:
+def read_cell(cfg: dict) -> dict | None:
     """The cell's finished record, or None."""
-    cfg = compose_config(overrides)
     return pipeline.finished_record(cfg, records.record_path(cfg))
 
 
@@ -73,23 +74,25 @@ def run_cells(grid: dict, group: str, launcher: list[str] | None = None) -> dict
     Every cell is checked first: when all are bad input (a bad override, a missing file) that is one line and no
     work; when only some are, those are failed cells and the others run."""
     unique = list({tuple(o): o for cells in grid.values() for o in cells}.values())
-    refused = {tuple(o): refusal(o) for o in unique}
-    if unique and all(refused.values()):
-        raise refused[tuple(unique[0])]
+    prepared = {tuple(o): prepare(o) for o in unique}
+    errors = [error for _, error in prepared.values()]
+    if unique and all(errors) and isinstance(errors[0], UserError):
+        raise errors[0]
     if launcher is not None:
-        missing = [o for o in unique if not refused[tuple(o)] and read_cell(o) is None]
+        missing = [o for o in unique if prepared[tuple(o)][0] is not None and read_cell(prepared[tuple(o)][0]) is None]
         if missing:
             launch(missing, group, launcher)
     out = {}
     for key, cells in grid.items():
         out[key] = []
         for overrides in cells:
-            if refused[tuple(overrides)]:
-                out[key].append(failed(overrides, refused[tuple(overrides)]))
+            cfg, error = prepared[tuple(overrides)]
+            if error is not None:
+                out[key].append(failed(overrides, error))
             elif launcher is None:
-                out[key].append(run_cell(overrides, group))
+                out[key].append(run_cell(overrides, group, cfg))
             else:
-                record = read_cell(overrides)
+                record = read_cell(cfg)
                 out[key].append(record or failed(overrides, RuntimeError("no finished record after the launcher ran")))
     return out
 
