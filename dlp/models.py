@@ -6,7 +6,7 @@ import torch
 
 from . import checkpoint, embedded
 from .compute_dtype import check_compute_dtype, set_compute_dtype
-from .errors import UserError
+from .errors import UserError, first_line
 from .experts import expose_experts
 from .hub import hub_reachable
 
@@ -60,8 +60,7 @@ def model_context(path: str) -> int | None:
     try:
         config = AutoConfig.from_pretrained(source)
     except Exception as exc:
-        first = (str(exc).splitlines() or [type(exc).__name__])[0]
-        raise UserError(f"could not read the config of model '{path}': {first}") from exc
+        raise UserError(f"could not read the config of model '{path}': {first_line(exc)}") from exc
     config = config.get_text_config() if hasattr(config, "get_text_config") else config
     for field in CONTEXT_FIELDS:
         value = getattr(config, field, None)
@@ -93,11 +92,10 @@ def load_model(path: str, dtype: str = "float32", device: str = "auto", device_m
         tokenizer = AutoTokenizer.from_pretrained(source)
     except Exception as exc:
         if path not in embedded.MODELS:
-            first = (str(exc).splitlines() or [type(exc).__name__])[0]
-            raise UserError(f"could not load model '{path}': {first}") from exc
+            raise UserError(f"could not load model '{path}': {first_line(exc)}") from exc
         # A corrupt conversion cache (interrupted copy, disk trouble): rebuild it from the GGUF once.
         logging.getLogger(__name__).warning("embedded model cache unreadable (%s): converting again",
-                                            (str(exc).splitlines() or [type(exc).__name__])[0])
+                                            first_line(exc))
         source = str(embedded.converted_folder(rebuild=True, alias=path))
         model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
         tokenizer = AutoTokenizer.from_pretrained(source)

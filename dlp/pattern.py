@@ -43,6 +43,9 @@ def parse_pattern(text: str | None, sparsity: float) -> NM | None:
 
 
 def check_sparsity(sparsity: float) -> float:
-    if not isinstance(sparsity, (int, float)) or not 0.0 <= float(sparsity) < 1.0:
+    # bool is an int to Python, but `sparsity=true` is a typo, not 100% or 0%.
+    if isinstance(sparsity, bool) or not isinstance(sparsity, (int, float)):
+        raise UserError(f"sparsity must be a number in [0, 1) (got {sparsity!r})")
+    if not 0.0 <= float(sparsity) < 1.0:
         raise UserError(f"sparsity must be in [0, 1) (got {sparsity})")
     return float(sparsity)

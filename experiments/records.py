@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 from dlp.data import corpora
+from dlp.errors import first_line
 from dlp.io import sha256_file, write_json_atomic
 from dlp.paths import ROOT
 from dlp.registry import DENSE
@@ -102,7 +103,7 @@ def load_record(path: Path, warn: bool = True) -> dict | None:
         return None
     except (OSError, ValueError, AttributeError) as exc:
         if warn:
-            log.warning("unreadable record %s (%s): recomputing it", path, str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+            log.warning("unreadable record %s (%s): recomputing it", path, first_line(exc))
         return None
     return record if ok else None
 

@@ -46,8 +46,6 @@ def check_count(name: str, value, minimum: int = 1, optional: bool = False) -> N
 def check_values(cfg: dict) -> None:
     """The numbers of a run, each named as on the command line."""
     parse_form(cfg["pattern"])  # first: N >= M would otherwise surface as an impossible sparsity
-    if isinstance(cfg["sparsity"], bool) or not isinstance(cfg["sparsity"], (int, float)):
-        raise UserError(f"sparsity must be a number in [0, 1) (got {cfg['sparsity']!r})")
     check_sparsity(cfg["sparsity"])
     check_count("seed", cfg["seed"], minimum=0)
     check_count("threads", cfg.get("threads"), optional=True)

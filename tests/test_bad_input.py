@@ -38,6 +38,18 @@ def cli(workspace, *overrides, env=None):
 
 
 ROWS = [  # (overrides, message); {f} is the folder of bad files
+    (["criterion.name=foo"], "unknown criterion 'foo'"),
+    (["criterion=bogus"], "criterion"),
+    (["preset=fast"], "preset"),
+    (["sparsity=1.0"], "sparsity must be in [0, 1) (got 1.0)"),
+    (["sparsity=-0.1"], "sparsity must be in [0, 1) (got -0.1)"),
+    (["sparsity=true"], "sparsity must be a number in [0, 1) (got True)"),
+    (["pattern=2:4", "sparsity=0.7"], "2:4 prunes exactly 0.5"),
+    (["model.path=/nonexistent/model"], "model path not found"),
+    (["data.batch_size=0"], "batch_size must be a positive integer or 'auto', got 0"),
+    (["data.batch_size=lots"], "batch_size must be a positive integer or 'auto', got 'lots'"),
+    (["model.compute_dtype=int8"], "unknown compute_dtype 'int8'"),
+    (["model.dtype=bfloat16", "model.compute_dtype=bfloat16"], "compute_dtype=bfloat16 needs dtype=float32"),
     (["sparsity=abc"], "sparsity must be a number in [0, 1) (got 'abc')"),
     (["data.path={f}/empty.txt"], "has no text (empty or only whitespace)"),
     (["data.path={f}/blank.txt"], "has no text (empty or only whitespace)"),
@@ -64,7 +76,8 @@ ROWS = [  # (overrides, message); {f} is the folder of bad files
 def test_bad_input_is_one_line_before_the_model_loads(workspace, files, overrides, message):
     runs = workspace / "bad-runs"
     shutil.rmtree(runs, ignore_errors=True)
-    result = cli(workspace, *(o.format(f=files) for o in overrides), f"model.path={files / 'weightless'}")
+    model = [] if any(o.startswith("model.path=") for o in overrides) else [f"model.path={files / 'weightless'}"]
+    result = cli(workspace, *model, *(o.format(f=files) for o in overrides))
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
