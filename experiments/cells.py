@@ -19,15 +19,48 @@ from .config import compose_config
 from .validation import validate
 
 
-def run_cell(overrides: list[str], group: str = "tables", cfg: dict | None = None) -> dict:
+class Pace:
+    """How far a grid's fresh cells have got, and the time left at the pace so far: a long grid (hours on a CPU)
+    says where it stands after every cell, with or without progress bars."""
+
+    def __init__(self, cells: list[list[str]]):
+        self.waiting = {tuple(o) for o in cells}
+        self.todo, self.done, self.started = len(self.waiting), 0, time.time()
+
+    def claims(self, overrides: list[str]) -> bool:
+        """Whether this cell is one to run and not yet counted (a cell shared by two rows counts once)."""
+        if tuple(overrides) not in self.waiting:
+            return False
+        self.waiting.discard(tuple(overrides))
+        return True
+
+    def step(self) -> str:
+        self.done += 1
+        left = self.todo - self.done
+        if left <= 0:
+            return f"{self.done}/{self.todo}"
+        return f"{self.done}/{self.todo}, ≈ {duration((time.time() - self.started) / self.done * left)} left"
+
+
+def duration(seconds: float) -> str:
+    minutes = round(seconds / 60)
+    return f"{minutes // 60} h {minutes % 60:02d} min" if minutes >= 60 else f"{max(minutes, 1)} min"
+
+
+def run_cell(overrides: list[str], group: str = "tables", cfg: dict | None = None, pace: Pace | None = None) -> dict:
     """The record of one cell (status ok or failed); never raises for a failure inside the run. A fresh run is
-    logged to W&B in `group`, beside the table that gathers it. `cfg`: the overrides already composed."""
+    logged to W&B in `group`, beside the table that gathers it. `cfg`: the overrides already composed; `pace`
+    counts the cells that had no record."""
     try:
         cfg = cfg or compose_config(overrides)
         path, record, reused = pipeline.run(cfg)
     except Exception as exc:  # the grid goes on
+        if pace is not None:
+            pace.step()
         return failed(overrides, exc)
     how = "reused" if reused else f"ran in {record['wall_s']:.0f} s"
+    if pace is not None:  # reused too: another process may have finished it meanwhile
+        how += f"; cell {pace.step()}"
     print(f"{' '.join(overrides)}: ppl {record['metrics']['ppl']:.3f} ({how}) -> {path}", flush=True)
     if not reused:
         tracking.log_quietly(record, cfg["wandb"], group=group)
@@ -78,10 +111,14 @@ def run_cells(grid: dict, group: str, launcher: list[str] | None = None) -> dict
     errors = [error for _, error in prepared.values()]
     if unique and all(errors) and isinstance(errors[0], UserError):
         raise errors[0]
-    if launcher is not None:
-        missing = [o for o in unique if prepared[tuple(o)][0] is not None and read_cell(prepared[tuple(o)][0]) is None]
-        if missing:
-            launch(missing, group, launcher)
+    todo = [o for o in unique if prepared[tuple(o)][0] is not None and read_cell(prepared[tuple(o)][0]) is None]
+    pace = None
+    if todo and launcher is not None:
+        launch(todo, group, launcher)
+    elif todo:
+        print(f"{len(todo)} of {len(unique)} cells without a finished record: running them here, one after another",
+              flush=True)
+        pace = Pace(todo)
     out = {}
     for key, cells in grid.items():
         out[key] = []
@@ -90,7 +127,7 @@ def run_cells(grid: dict, group: str, launcher: list[str] | None = None) -> dict
             if error is not None:
                 out[key].append(failed(overrides, error))
             elif launcher is None:
-                out[key].append(run_cell(overrides, group, cfg))
+                out[key].append(run_cell(overrides, group, cfg, pace if pace and pace.claims(overrides) else None))
             else:
                 record = read_cell(cfg)
                 out[key].append(record or failed(overrides, RuntimeError("no finished record after the launcher ran")))

@@ -1,10 +1,12 @@
 """Table 1, plots, the notebook and W&B logging, on the tiny model."""
 import json
 import os
+import re
 
 import pytest
 
 from conftest import tiny_overrides
+from experiments import cells as cells_module
 from experiments import plots, tables, tracking
 from experiments.cells import run_cell
 
@@ -34,17 +36,19 @@ def test_table1_layout_and_files(table):
     assert all("1 seed: no verdict (needs 2 or more)" in line for line in against)
 
 
-def test_table1_second_time_reuses_everything(table, workspace):
+def test_table1_second_time_reuses_everything(table, workspace, capsys):
     """Nothing runs again: every cell is the very record of the first time (same start time, same file)."""
     out, _, first = table
     files = {p: p.stat().st_mtime_ns for p in (workspace / "table_runs").glob("*.json")}
     _, cells = tables.table1(["smollm2-135m"], "cpu", 0.7, tiny_overrides(workspace, "table_runs"), out)
+    printed = capsys.readouterr().out
+    assert "without a finished record" not in printed and "; cell " not in printed
     assert all(r["status"] == "ok" for rs in cells.values() for r in rs)
     assert {k: rs[0]["started_unix"] for k, rs in cells.items()} == {k: rs[0]["started_unix"] for k, rs in first.items()}
     assert {p: p.stat().st_mtime_ns for p in (workspace / "table_runs").glob("*.json")} == files
 
 
-def test_failed_cell_is_shown_and_others_kept(workspace, tmp_path, monkeypatch):
+def test_failed_cell_is_shown_and_others_kept(workspace, tmp_path, monkeypatch, capsys):
     from dlp.dlp_allocation import DLP
 
     def broken(*args, **kwargs):
@@ -56,6 +60,24 @@ def test_failed_cell_is_shown_and_others_kept(workspace, tmp_path, monkeypatch):
     failed = [json.loads(p.read_text()) for p in (workspace / "failing_runs").glob("*_dlp_*.json")]
     assert len(failed) == 3 and all("simulated crash" in r["error"] for r in failed)
     assert cells[(("Wanda", "Uniform"), "smollm2-135m")][0]["status"] == "ok"
+    printed = capsys.readouterr().out
+    assert "10 of 10 cells without a finished record: running them here, one after another" in printed
+    counted = [int(k) for k in re.findall(r"; cell (\d+)/10", printed)]
+    assert len(counted) == 7 and counted == sorted(set(counted))  # the failed cells count too, in the order run
+
+
+def test_pace_counts_cells_once_and_extrapolates(monkeypatch):
+    now = [1000.0]
+    monkeypatch.setattr(cells_module.time, "time", lambda: now[0])
+    pace = cells_module.Pace([["a=1"], ["a=2"], ["a=3"], ["a=1"]])  # a cell shared by two rows is one cell
+    assert pace.todo == 3
+    assert pace.claims(["a=1"]) and not pace.claims(["a=1"]) and not pace.claims(["b=1"])
+    now[0] += 150
+    assert pace.step() == "1/3, ≈ 5 min left"  # two cells to go at 150 s each
+    now[0] += 7050
+    assert pace.step() == "2/3, ≈ 1 h 00 min left"
+    assert pace.step() == "3/3"
+    assert cells_module.duration(20) == "1 min" and cells_module.duration(125 * 60 + 10) == "2 h 05 min"
 
 
 def test_plots_from_records(workspace, tmp_path):
