@@ -131,20 +131,24 @@ def execute(cfg: dict, hold: dict | None = None) -> dict:
 def adopt_legacy(cfg: dict, path: Path) -> dict | None:
     """A finished record made when keys held the local data folder's path rather than its content: reused, and
     saved under the content key, when the corpora it recorded still read the same text."""
-    legacy = records.record_path(cfg, records.legacy_run_key(cfg))
-    if legacy == path:
-        return None
-    record = records.load_record(legacy, warn=False)
-    if record is None:
-        return None
+    for legacy_key in records.legacy_run_keys(cfg):
+        legacy = records.record_path(cfg, legacy_key)
+        record = None if legacy == path else records.load_record(legacy, warn=False)
+        if record is not None and same_corpora(record, cfg):
+            record = {**record, "key": records.run_key(cfg), "legacy_key": legacy_key}
+            records.save_record(path, record)
+            return record
+    return None
+
+
+def same_corpora(record: dict, cfg: dict) -> bool:
+    """Whether the local corpora the record names read today the text (sha256) it recorded."""
     for section, loader, recorded in (("eval", eval_corpus, "evaluation"), ("data", calibration_corpus, "calibration")):
         prov = record.get("data", {}).get(recorded)
         if prov is not None and corpora.local_file(cfg[section]) is not None:
             if prov.get("sha256") != loader(cfg).provenance()["sha256"]:
-                return None
-    record = {**record, "key": records.run_key(cfg), "legacy_key": records.legacy_run_key(cfg)}
-    records.save_record(path, record)
-    return record
+                return False
+    return True
 
 
 def finished_record(cfg: dict, path: Path, warn: bool = True) -> dict | None:

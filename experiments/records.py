@@ -82,6 +82,24 @@ def legacy_run_key(cfg: dict) -> str:
     return short_hash(legacy_key_payload(cfg))
 
 
+def legacy_run_keys(cfg: dict) -> list[str]:
+    """The path-keyed keys this config may have had: the corpus paths as written, and as the other spelling of
+    the same place (absolute for relative and back, from the working directory). `make` passes the data folder
+    as ../shared/data, a shell often as /abs/shared/data: the same files, which path keys told apart."""
+    keys = [legacy_run_key(cfg)]
+    for spell in (os.path.abspath, os.path.relpath):
+        other = {**cfg}
+        for name in ("data", "eval"):
+            section = cfg.get(name)
+            if isinstance(section, dict):
+                other[name] = {k: spell(v) if k in ("path", "data_dir") and isinstance(v, str) else v
+                               for k, v in section.items()}
+        key = legacy_run_key(other)
+        if key not in keys:
+            keys.append(key)
+    return keys
+
+
 def record_path(cfg: dict, key: str | None = None) -> Path:
     if is_dense(cfg):
         stem = f"{cfg['model']['name']}_dense"

@@ -150,7 +150,14 @@ def test_record_from_a_path_keyed_version_is_adopted(workspace):
     assert reused and again_path == path and again["metrics"] == record["metrics"]
     assert again["key"] == records.run_key(cfg) and again["legacy_key"] == records.legacy_run_key(cfg)
     path.unlink()
-    legacy_record = json.loads(legacy.read_text())
+    # Made with the same files written as relative paths (make passes the data folder that way): still found.
+    relative = {**cfg, **{name: {**cfg[name], "path": os.path.relpath(cfg[name]["path"])} for name in ("data", "eval")}}
+    assert records.legacy_run_key(relative) != records.legacy_run_key(cfg)
+    spelled = records.record_path(cfg, records.legacy_run_key(relative))
+    legacy.rename(spelled)
+    assert pipeline.finished_record(cfg, path)["legacy_key"] == records.legacy_run_key(relative)
+    path.unlink()
+    legacy_record = json.loads(spelled.read_text())
     legacy_record["data"]["evaluation"]["sha256"] = "0" * 64  # made from other text
-    legacy.write_text(json.dumps(legacy_record))
+    spelled.write_text(json.dumps(legacy_record))
     assert pipeline.finished_record(cfg, path) is None
