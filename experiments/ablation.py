@@ -22,10 +22,10 @@ from . import tracking
 from .cells import cell_overrides, launcher_overrides, run_cells
 from .commandline import grid_options, grid_parser, one_line_errors
 from .config import compose_config
-from .tables import (by_seed, experiment_config, finished, md_table, ppl, provenance_lines, seeds_text, summary,
-                     sweep_lists)
+from .tables import (VERDICT_COLUMNS, experiment_config, md_table, ppl, ppl_verdict, provenance_lines, seeds_text,
+                     summary, sweep_lists, verdict_columns)
 from .validation import check_choices
-from .verdicts import Verdict, paired_t_verdict
+from .verdicts import Verdict
 
 EXPERIMENT = "ablation"
 
@@ -53,9 +53,7 @@ def collect(model, preset, criteria, allocations, sparsities, seeds, extra, laun
 
 def compare(cells, crit, ours, base, s) -> Verdict | None:
     a, b = cells.get((crit, ours, s)), cells.get((crit, base, s))
-    if not a or not b or not finished(a) or not finished(b):
-        return None
-    return paired_t_verdict(by_seed(ppl, a), by_seed(ppl, b))
+    return ppl_verdict(a, b) if a and b else None
 
 
 def pct(values) -> str:
@@ -117,7 +115,7 @@ def render(model, preset, criteria, allocations, sparsities, seeds, cells, elaps
           f"({', '.join(map(str, seeds))}); lower is better. Every non-uniform row spans the same spread of block "
           "sparsities (0.15 either side of the target). Verdicts: paired two-sided t-test over seeds on log "
           "perplexity at 5% (experiments/verdicts.py); 'within noise' when it does not reject."]
-    csv_rows = [["criterion", "allocation", "sparsity", "mean", "std", "n", "seeds"]]
+    csv_rows = [["criterion", "allocation", "sparsity", "mean", "std", "n", "seeds", *VERDICT_COLUMNS]]
     wb_rows = []
     for crit in criteria:
         rows = []
@@ -126,8 +124,9 @@ def render(model, preset, criteria, allocations, sparsities, seeds, cells, elaps
             said = sentence(cells, crit, alloc, sparsities, allocations)
             rows.append([row_label(alloc), *(x.text() for x in stats), said])
             for s, x in zip(sparsities, stats):
+                v = None if alloc == "uniform" else compare(cells, crit, alloc, "uniform", s)
                 csv_rows.append([crit, alloc, s, f"{x.mean:.6g}" if x.n else "failed", f"{x.std:.6g}" if x.n else "",
-                                 x.n, seeds_text(cells[(crit, alloc, s)])])
+                                 x.n, seeds_text(cells[(crit, alloc, s)]), *verdict_columns(v)])
             wb_rows.append([CRITERIA[crit].label, row_label(alloc),
                             *(v for x in stats for v in (x.mean if x.n else None, x.std if x.n else None, x.n)), said])
         md += ["", f"## {CRITERIA[crit].label}", "", *md_table(header, rows)]

@@ -19,7 +19,7 @@ from .cells import cell_overrides, launcher_overrides, run_cells
 from .commandline import grid_options, grid_parser, one_line_errors
 from .config import compose_config
 from .plots import save_figure
-from .tables import finished, ppl, seeds_text, summary
+from .tables import VERDICT_COLUMNS, finished, ppl, ppl_verdict, seeds_text, summary, verdict_columns
 from .validation import check_choices
 
 NAME = "curves"
@@ -50,6 +50,14 @@ def points(cells, crit, alloc, sparsities):
     return out
 
 
+def against_uniform(cells, crit, alloc, s):
+    """The verdict of this point against uniform at the same criterion and sparsity (None for uniform itself,
+    or when uniform is not drawn)."""
+    if alloc == "uniform" or (crit, "uniform", s) not in cells:
+        return None
+    return ppl_verdict(cells[(crit, alloc, s)], cells[(crit, "uniform", s)])
+
+
 def draw(cells, model, criteria, allocations, sparsities, title, path: Path) -> Path:
     import matplotlib
 
@@ -63,7 +71,11 @@ def draw(cells, model, criteria, allocations, sparsities, title, path: Path) -> 
             pts = points(cells, crit, alloc, sparsities)
             if pts:
                 ax.errorbar([100 * s for s, _ in pts], [x.mean for _, x in pts], yerr=[x.std for _, x in pts],
-                            marker="o", ms=3, capsize=3, color=f"C{i}", label=ALLOCATIONS[alloc].label)
+                            marker="o", ms=4, mfc="white", capsize=3, color=f"C{i}", label=ALLOCATIONS[alloc].label)
+                # Filled: the point differs from uniform (or is uniform); hollow: within noise of it, or no verdict.
+                real = [(s, x) for s, x in pts if alloc == "uniform" or getattr(against_uniform(cells, crit, alloc, s),
+                                                                                 "real", False)]
+                ax.plot([100 * s for s, _ in real], [x.mean for _, x in real], "o", ms=4, color=f"C{i}")
         if dense.n:
             ax.axhline(dense.mean, color="gray", ls="--", lw=1, label=f"dense ({dense.mean:.1f})")
         ax.set_yscale("log")
@@ -72,7 +84,8 @@ def draw(cells, model, criteria, allocations, sparsities, title, path: Path) -> 
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=8)
     axes[0][0].set_ylabel("WikiText-2 perplexity (log)")
-    fig.suptitle(title, fontsize=10)
+    fig.suptitle(f"{title}\nfilled: differs from uniform (paired t-test over seeds on log ppl, 5%); hollow: within "
+                 "noise", fontsize=9)
     fig.tight_layout()
     return save_figure(fig, path)
 
@@ -81,13 +94,14 @@ def table_rows(cells, criteria, allocations, sparsities) -> list[list]:
     rows = []
     dense = finished(cells[("none", "-", 0.0)])
     if dense:
-        rows.append(["none", "-", 0.0, ppl(dense[0]), 0.0, 1, ""])
+        rows.append(["none", "-", 0.0, ppl(dense[0]), 0.0, 1, "", *verdict_columns(None)])
     for crit in criteria:
         for alloc in allocations:
             for s in sparsities:
                 x = summary(ppl, cells[(crit, alloc, s)])
+                v = against_uniform(cells, crit, alloc, s)
                 rows.append([crit, alloc, s, x.mean if x.n else None, x.std if x.n else None, x.n,
-                             seeds_text(cells[(crit, alloc, s)])])
+                             seeds_text(cells[(crit, alloc, s)]), *verdict_columns(v)])
     return rows
 
 
@@ -108,7 +122,7 @@ def build(model="smollm2-135m", preset="cpu", seeds=None, extra=(), out_dir=ROOT
     corpus = ok["metrics"]["eval_corpus"] if ok else "?"
     title = f"{model}, {preset} preset, ppl on {corpus}; mean ± std over seeds {', '.join(map(str, seeds))}"
     png = draw(cells, model, criteria, allocations, sparsities, title, out_dir / f"{NAME}-{model}.png")
-    columns = ["criterion", "allocation", "sparsity", "ppl_mean", "ppl_std", "n", "seeds"]
+    columns = ["criterion", "allocation", "sparsity", "ppl_mean", "ppl_std", "n", "seeds", *VERDICT_COLUMNS]
     rows = table_rows(cells, criteria, allocations, sparsities)
     buf = io.StringIO()
     csv.writer(buf).writerows([columns, *([f"{v:.6g}" if isinstance(v, float) else v for v in r] for r in rows)])

@@ -18,6 +18,7 @@ which says "within noise" when the difference is not consistent. One seed render
 import argparse
 import csv
 import io
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -135,6 +136,26 @@ def verdict(table, ours: list[dict], base: list[dict]) -> Verdict:
         pairs = paired_examples(finished(ours), finished(base))
         return bootstrap_verdict(*pairs, higher_is_better=not lower_better) if pairs else Verdict("no verdict", 0)
     return paired_t_verdict(by_seed(metric, ours), by_seed(metric, base), lower_better)
+
+
+def ppl_verdict(ours: list[dict], base: list[dict]) -> Verdict | None:
+    """Perplexity of `ours` against `base` (paired over the seeds both finished); None when either cell has no
+    finished record."""
+    if not finished(ours) or not finished(base):
+        return None
+    return paired_t_verdict(by_seed(ppl, ours), by_seed(ppl, base))
+
+
+VERDICT_COLUMNS = ["vs_uniform", "ratio_to_uniform", "p"]
+
+
+def verdict_columns(v: Verdict | None) -> list:
+    """A csv row's verdict against uniform: the word, the geometric-mean perplexity ratio over the paired seeds
+    and the test's p-value (empty where there is no comparison, or no test with one seed)."""
+    if v is None:
+        return ["", "", ""]
+    ratio = f"{math.exp(v.difference):.6g}" if v.difference is not None else ""
+    return [v.word, ratio, f"{v.p:.4g}" if v.p is not None else ""]
 
 
 def statement(subject: str, v: Verdict, ours: Summary, base: Summary, lower_better: bool, what="seeds") -> str:

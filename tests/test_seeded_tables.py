@@ -1,6 +1,7 @@
 """Tables over calibration seeds, the ablation and the curves, on the tiny model; and their W&B tables."""
 import csv
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -96,7 +97,12 @@ def test_ablation_rows_sentences_and_shared_records(workspace, tmp_path, offline
                           criteria=["wanda"], allocations=["uniform", "dlp"], seeds=[0, 1])
     assert [r["key"] for r in t1[(("Wanda", "DLP"), "smollm2-135m")]] == [r["key"] for r in cells[("wanda", "dlp", 0.7)]]
     with open(tmp_path / "ablation.csv", newline="") as f:
-        assert len(list(csv.reader(f))) == 1 + 6 * 2
+        table = list(csv.reader(f))
+    assert len(table) == 1 + 6 * 2 and table[0][-3:] == ["vs_uniform", "ratio_to_uniform", "p"]
+    for row in table[1:]:
+        assert (row[-3] == "") == (row[1] == "uniform")  # every other row says how it compares with uniform
+        if row[1] != "uniform":
+            assert row[-3] in ("beats", "loses to", "within noise") and float(row[-1]) <= 1
     logged = logged_table(tmp_path / "wb", "ablation")
     assert len(logged["data"]) == 6 and logged["columns"][-1] == "What it shows"
 
@@ -108,11 +114,21 @@ def test_curves_png_csv_and_wandb_figure(workspace, tmp_path, offline_wandb):
     assert png.exists() and png.stat().st_size > 10_000
     with open(tmp_path / "curves-smollm2-135m.csv", newline="") as f:
         rows = list(csv.reader(f))
-    assert rows[0] == ["criterion", "allocation", "sparsity", "ppl_mean", "ppl_std", "n", "seeds"]
+    assert rows[0] == ["criterion", "allocation", "sparsity", "ppl_mean", "ppl_std", "n", "seeds", "vs_uniform",
+                       "ratio_to_uniform", "p"]
     assert len(rows) == 1 + 1 + 2 * 2 * 2 and rows[1][:2] == ["none", "-"]
     linear = next(r for r in rows if r[:3] == ["sparsegpt", "linear", "0.5"])
     x = summarize(r["metrics"]["ppl"] for r in cells[("sparsegpt", "linear", 0.5)])
-    assert float(linear[3]) == pytest.approx(x.mean, rel=1e-5) and linear[5:] == ["2", "0 1"]
+    assert float(linear[3]) == pytest.approx(x.mean, rel=1e-5) and linear[5:7] == ["2", "0 1"]
+    # The verdict against uniform, recomputed by hand from the two seeds' records: t-test on log-ratios.
+    d = [math.log(a["metrics"]["ppl"] / b["metrics"]["ppl"])
+         for a, b in zip(cells[("sparsegpt", "linear", 0.5)], cells[("sparsegpt", "uniform", 0.5)])]
+    t = (sum(d) / 2) / (abs(d[0] - d[1]) / math.sqrt(2) / math.sqrt(2))  # mean / (sample std / sqrt(n)), n = 2
+    p = 2 * (0.5 - math.atan(abs(t)) / math.pi)  # Student's t with 1 degree of freedom is the Cauchy law
+    assert float(linear[8]) == pytest.approx(math.exp(sum(d) / 2), rel=1e-5)
+    assert float(linear[9]) == pytest.approx(p, rel=1e-3)
+    assert linear[7] == ("within noise" if p >= 0.05 else "beats" if sum(d) < 0 else "loses to")
+    assert all(r[7:] == ["", "", ""] for r in rows if r[1] in ("-", "uniform"))
     assert list((tmp_path / "wb").glob("wandb/offline-run-*/files/media/images/curves_*.png"))
 
 
