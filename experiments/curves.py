@@ -4,6 +4,8 @@
 OWL, DLP and the linear ramp under Wanda and SparseGPT at 30% to 80%, once per calibration seed; finished
 records are reused) and writes results/curves-<model>.{png,csv}: one panel per criterion, WikiText-2 perplexity
 on a log axis, mean over seeds with ± one standard deviation as error bars, the dense model as a dashed line.
+A point is filled where it differs from uniform at its sparsity (paired t-test over seeds on log perplexity, as
+in experiments/verdicts.py) and hollow where it is within noise; the csv carries that verdict, its ratio and p.
 """
 import csv
 import io
@@ -70,12 +72,14 @@ def draw(cells, model, criteria, allocations, sparsities, title, path: Path) -> 
         for i, alloc in enumerate(allocations):
             pts = points(cells, crit, alloc, sparsities)
             if pts:
+                # Uniform, the reference, is filled. Other allocations are filled where they differ from uniform and
+                # hollow where they are within noise of it (or have no verdict).
                 ax.errorbar([100 * s for s, _ in pts], [x.mean for _, x in pts], yerr=[x.std for _, x in pts],
-                            marker="o", ms=4, mfc="white", capsize=3, color=f"C{i}", label=ALLOCATIONS[alloc].label)
-                # Filled: the point differs from uniform (or is uniform); hollow: within noise of it, or no verdict.
-                real = [(s, x) for s, x in pts if alloc == "uniform" or getattr(against_uniform(cells, crit, alloc, s),
-                                                                                 "real", False)]
-                ax.plot([100 * s for s, _ in real], [x.mean for _, x in real], "o", ms=4, color=f"C{i}")
+                            marker="o", ms=4, mfc=None if alloc == "uniform" else "white", capsize=3, color=f"C{i}",
+                            label=ALLOCATIONS[alloc].label)
+                real = [(s, x) for s, x in pts if getattr(against_uniform(cells, crit, alloc, s), "real", False)]
+                ax.plot([100 * s for s, _ in real], [x.mean for _, x in real], "o", ms=4, color=f"C{i}",
+                        zorder=3)  # above errorbar's own markers (zorder 2.1)
         if dense.n:
             ax.axhline(dense.mean, color="gray", ls="--", lw=1, label=f"dense ({dense.mean:.1f})")
         ax.set_yscale("log")
