@@ -92,8 +92,8 @@ def legacy_run_keys(cfg: dict) -> list[str]:
         for name in ("data", "eval"):
             section = cfg.get(name)
             if isinstance(section, dict):
-                other[name] = {k: spell(v) if k in ("path", "data_dir") and isinstance(v, str) else v
-                               for k, v in section.items()}
+                other[name] = {k: spell(v) if k in ("path", "data_dir") and isinstance(v, str) and v else v
+                               for k, v in section.items()}  # "" is no folder (DLP_DATA_DIR unset): no spelling
         key = legacy_run_key(other)
         if key not in keys:
             keys.append(key)

@@ -161,3 +161,5 @@ def test_record_from_a_path_keyed_version_is_adopted(workspace):
     legacy_record["data"]["evaluation"]["sha256"] = "0" * 64  # made from other text
     spelled.write_text(json.dumps(legacy_record))
     assert pipeline.finished_record(cfg, path) is None
+    unset = {**cfg, **{name: {**cfg[name], "data_dir": "", "path": None} for name in ("data", "eval")}}  # no paths
+    assert records.legacy_run_keys(unset) == [records.legacy_run_key(unset)]
