@@ -25,7 +25,6 @@ from .config import compose_config
 from .tables import (VERDICT_COLUMNS, experiment_config, md_table, ppl, ppl_verdict, provenance_lines, seeds_text,
                      summary, sweep_lists, verdict_columns)
 from .validation import check_choices
-from .verdicts import Verdict
 
 EXPERIMENT = "ablation"
 
@@ -51,11 +50,6 @@ def collect(model, preset, criteria, allocations, sparsities, seeds, extra, laun
     return run_cells(grid, EXPERIMENT, launcher)
 
 
-def compare(cells, crit, ours, base, s) -> Verdict | None:
-    a, b = cells.get((crit, ours, s)), cells.get((crit, base, s))
-    return ppl_verdict(a, b) if a and b else None
-
-
 def pct(values) -> str:
     return " and ".join(f"{float(s):.0%}" for s in values)
 
@@ -65,7 +59,7 @@ def across(cells, crit, ours, base, sparsities) -> tuple[str, list]:
     sparsities at which it beats it."""
     words = {}
     for s in sparsities:
-        v = compare(cells, crit, ours, base, s)
+        v = ppl_verdict(cells, crit, ours, base, s)
         words[s] = "failed against" if v is None else {"beats": "beats", "loses to": "loses to",
                                                         "within noise": "is within noise of",
                                                         "no verdict": "has no verdict (one seed) against"}[v.word]
@@ -124,7 +118,7 @@ def render(model, preset, criteria, allocations, sparsities, seeds, cells, elaps
             said = sentence(cells, crit, alloc, sparsities, allocations)
             rows.append([row_label(alloc), *(x.text() for x in stats), said])
             for s, x in zip(sparsities, stats):
-                v = None if alloc == "uniform" else compare(cells, crit, alloc, "uniform", s)
+                v = ppl_verdict(cells, crit, alloc, "uniform", s)
                 csv_rows.append([crit, alloc, s, f"{x.mean:.6g}" if x.n else "failed", f"{x.std:.6g}" if x.n else "",
                                  x.n, seeds_text(cells[(crit, alloc, s)]), *verdict_columns(v)])
             wb_rows.append([CRITERIA[crit].label, row_label(alloc),

@@ -52,8 +52,11 @@ def run_cell(overrides: list[str], group: str = "tables", cfg: dict | None = Non
     logged to W&B in `group`, beside the table that gathers it. `cfg`: the overrides already composed; `pace`
     counts the cells that had no record."""
     try:
-        cfg = cfg or compose_config(overrides)
-        path, record, reused = pipeline.run(cfg)
+        if cfg is None:
+            cfg, checked = compose_config(overrides), False
+        else:
+            checked = True  # a grid's cells come from prepare(), validated
+        path, record, reused = pipeline.run(cfg, checked=checked)
     except Exception as exc:  # the grid goes on
         if pace is not None:
             pace.step()
@@ -61,10 +64,14 @@ def run_cell(overrides: list[str], group: str = "tables", cfg: dict | None = Non
     how = "reused" if reused else f"ran in {record['wall_s']:.0f} s"
     if pace is not None:  # reused too: another process may have finished it meanwhile
         how += f"; cell {pace.step()}"
-    print(f"{' '.join(overrides)}: ppl {record['metrics']['ppl']:.3f} ({how}) -> {path}", flush=True)
+    report(overrides, record, how, path)
     if not reused:
         tracking.log_quietly(record, cfg["wandb"], group=group)
     return record
+
+
+def report(overrides: list[str], record: dict, how: str, path) -> None:
+    print(f"{' '.join(overrides)}: ppl {record['metrics']['ppl']:.3f} ({how}) -> {path}", flush=True)
 
 
 def failed(overrides: list[str], exc: Exception) -> dict:
@@ -111,7 +118,9 @@ def run_cells(grid: dict, group: str, launcher: list[str] | None = None) -> dict
     errors = [error for _, error in prepared.values()]
     if unique and all(errors) and isinstance(errors[0], UserError):
         raise errors[0]
-    todo = [o for o in unique if prepared[tuple(o)][0] is not None and read_cell(prepared[tuple(o)][0]) is None]
+    # Each record is read once: the cells found here are reported from this scan, only the others run.
+    found = {key: read_cell(cfg) for key, (cfg, _) in prepared.items() if cfg is not None}
+    todo = [o for o in unique if tuple(o) in found and found[tuple(o)] is None]
     pace = None
     if todo and launcher is not None:
         launch(todo, group, launcher)
@@ -126,6 +135,9 @@ def run_cells(grid: dict, group: str, launcher: list[str] | None = None) -> dict
             cfg, error = prepared[tuple(overrides)]
             if error is not None:
                 out[key].append(failed(overrides, error))
+            elif found[tuple(overrides)] is not None:
+                out[key].append(found[tuple(overrides)])
+                report(overrides, found[tuple(overrides)], "reused", records.record_path(cfg))
             elif launcher is None:
                 out[key].append(run_cell(overrides, group, cfg, pace if pace and pace.claims(overrides) else None))
             else:

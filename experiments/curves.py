@@ -52,15 +52,14 @@ def points(cells, crit, alloc, sparsities):
     return out
 
 
-def against_uniform(cells, crit, alloc, s):
-    """The verdict of this point against uniform at the same criterion and sparsity (None for uniform itself,
-    or when uniform is not drawn)."""
-    if alloc == "uniform" or (crit, "uniform", s) not in cells:
-        return None
-    return ppl_verdict(cells[(crit, alloc, s)], cells[(crit, "uniform", s)])
+def against_uniform(cells, criteria, allocations, sparsities) -> dict:
+    """(criterion, allocation, sparsity) -> that point's verdict against uniform at the same criterion and
+    sparsity (None for uniform itself, or when uniform is not drawn); the figure and the csv read the same."""
+    return {(crit, alloc, s): ppl_verdict(cells, crit, alloc, "uniform", s)
+            for crit in criteria for alloc in allocations for s in sparsities}
 
 
-def draw(cells, model, criteria, allocations, sparsities, title, path: Path) -> Path:
+def draw(cells, verdicts, model, criteria, allocations, sparsities, title, path: Path) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -77,7 +76,7 @@ def draw(cells, model, criteria, allocations, sparsities, title, path: Path) -> 
                 ax.errorbar([100 * s for s, _ in pts], [x.mean for _, x in pts], yerr=[x.std for _, x in pts],
                             marker="o", ms=4, mfc=None if alloc == "uniform" else "white", capsize=3, color=f"C{i}",
                             label=ALLOCATIONS[alloc].label)
-                real = [(s, x) for s, x in pts if getattr(against_uniform(cells, crit, alloc, s), "real", False)]
+                real = [(s, x) for s, x in pts if getattr(verdicts[(crit, alloc, s)], "real", False)]
                 ax.plot([100 * s for s, _ in real], [x.mean for _, x in real], "o", ms=4, color=f"C{i}",
                         zorder=3)  # above errorbar's own markers (zorder 2.1)
         if dense.n:
@@ -94,7 +93,7 @@ def draw(cells, model, criteria, allocations, sparsities, title, path: Path) -> 
     return save_figure(fig, path)
 
 
-def table_rows(cells, criteria, allocations, sparsities) -> list[list]:
+def table_rows(cells, verdicts, criteria, allocations, sparsities) -> list[list]:
     rows = []
     dense = finished(cells[("none", "-", 0.0)])
     if dense:
@@ -103,9 +102,8 @@ def table_rows(cells, criteria, allocations, sparsities) -> list[list]:
         for alloc in allocations:
             for s in sparsities:
                 x = summary(ppl, cells[(crit, alloc, s)])
-                v = against_uniform(cells, crit, alloc, s)
                 rows.append([crit, alloc, s, x.mean if x.n else None, x.std if x.n else None, x.n,
-                             seeds_text(cells[(crit, alloc, s)]), *verdict_columns(v)])
+                             seeds_text(cells[(crit, alloc, s)]), *verdict_columns(verdicts[(crit, alloc, s)])])
     return rows
 
 
@@ -125,9 +123,10 @@ def build(model="smollm2-135m", preset="cpu", seeds=None, extra=(), out_dir=ROOT
     ok = next((r for records in cells.values() for r in finished(records) if r["data"].get("calibration")), None)
     corpus = ok["metrics"]["eval_corpus"] if ok else "?"
     title = f"{model}, {preset} preset, ppl on {corpus}; mean ± std over seeds {', '.join(map(str, seeds))}"
-    png = draw(cells, model, criteria, allocations, sparsities, title, out_dir / f"{NAME}-{model}.png")
+    verdicts = against_uniform(cells, criteria, allocations, sparsities)
+    png = draw(cells, verdicts, model, criteria, allocations, sparsities, title, out_dir / f"{NAME}-{model}.png")
     columns = ["criterion", "allocation", "sparsity", "ppl_mean", "ppl_std", "n", "seeds", *VERDICT_COLUMNS]
-    rows = table_rows(cells, criteria, allocations, sparsities)
+    rows = table_rows(cells, verdicts, criteria, allocations, sparsities)
     buf = io.StringIO()
     csv.writer(buf).writerows([columns, *([f"{v:.6g}" if isinstance(v, float) else v for v in r] for r in rows)])
     write_atomic(out_dir / f"{NAME}-{model}.csv", buf.getvalue().encode())

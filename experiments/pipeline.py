@@ -41,10 +41,12 @@ def evaluate(model, tokenizer, cfg: dict, corpus=None) -> dict:
                       ev["batch_size"], cfg["progress"])
 
 
-def execute(cfg: dict, hold: dict | None = None) -> dict:
+def execute(cfg: dict, hold: dict | None = None, checked: bool = False) -> dict:
     """Do the run; returns the record (status ok). Raises UserError on bad input. `hold`, a dict, receives the
-    pruned model and its tokenizer (to save them) instead of letting them go with the run."""
-    validate(cfg)
+    pruned model and its tokenizer (to save them) instead of letting them go with the run. `checked`: the caller
+    has validated `cfg` already."""
+    if not checked:
+        validate(cfg)
     use_threads(cfg)
     timings = {}
     # Both corpora are read before the model: a problem with either costs seconds, not a pruning run.
@@ -158,12 +160,13 @@ def finished_record(cfg: dict, path: Path, warn: bool = True) -> dict | None:
     return records.load_record(path, warn) or adopt_legacy(cfg, path)
 
 
-def run(cfg: dict, hold: dict | None = None) -> tuple[Path, dict, bool]:
+def run(cfg: dict, hold: dict | None = None, checked: bool = False) -> tuple[Path, dict, bool]:
     """Run (or reuse) one config. Returns (record path, record, reused). Bad input is refused (UserError) before
     any work and leaves no record; a failure once the run has started is recorded, then raised. Two processes
     asking for the same run compute it once: the second waits and reuses the first's record. `hold` as for
-    `execute` (left empty when the record is reused: nothing was pruned)."""
-    validate(cfg)
+    `execute` (left empty when the record is reused: nothing was pruned); `checked` as for `execute`."""
+    if not checked:
+        validate(cfg)
     path = records.record_path(cfg)
     existing = finished_record(cfg, path)
     if existing is not None:
@@ -189,7 +192,7 @@ def execute_and_record(cfg: dict, path: Path, hold: dict | None) -> dict:
     environment = records.environment()
     base = {"key": records.run_key(cfg), "config": cfg, "started_unix": started}
     try:
-        record = execute(cfg, hold)
+        record = execute(cfg, hold, checked=True)
     except Exception as exc:  # the run had started (a model loaded): its failure is a result, recorded
         failed = {**base, "status": "failed", "error": f"{type(exc).__name__}: {exc}",
                   "traceback": None if isinstance(exc, UserError) else traceback.format_exc(),

@@ -138,12 +138,14 @@ def verdict(table, ours: list[dict], base: list[dict]) -> Verdict:
     return paired_t_verdict(by_seed(metric, ours), by_seed(metric, base), lower_better)
 
 
-def ppl_verdict(ours: list[dict], base: list[dict]) -> Verdict | None:
-    """Perplexity of `ours` against `base` (paired over the seeds both finished); None when either cell has no
-    finished record."""
-    if not finished(ours) or not finished(base):
+def ppl_verdict(cells: dict, crit: str, ours: str, base: str, s: float) -> Verdict | None:
+    """In a grid of perplexity cells keyed (criterion, allocation, sparsity): allocation `ours` against `base`
+    under the same criterion and sparsity, paired over the seeds both finished. None for an allocation against
+    itself, or where either cell is not in the grid or has no finished record."""
+    a, b = cells.get((crit, ours, s)), cells.get((crit, base, s))
+    if ours == base or not a or not b or not finished(a) or not finished(b):
         return None
-    return paired_t_verdict(by_seed(ppl, ours), by_seed(ppl, base))
+    return verdict("table1", a, b)
 
 
 VERDICT_COLUMNS = ["vs_uniform", "ratio_to_uniform", "p"]

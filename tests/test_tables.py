@@ -36,12 +36,27 @@ def test_table1_layout_and_files(table):
     assert all("1 seed: no verdict (needs 2 or more)" in line for line in against)
 
 
-def test_table1_second_time_reuses_everything(table, workspace, capsys):
-    """Nothing runs again: every cell is the very record of the first time (same start time, same file)."""
+def test_table1_second_time_reuses_everything(table, workspace, capsys, monkeypatch):
+    """Nothing runs again: every cell is the very record of the first time (same start time, same file), each
+    record read and each cell validated once."""
+    from experiments import pipeline, records
+
     out, _, first = table
     files = {p: p.stat().st_mtime_ns for p in (workspace / "table_runs").glob("*.json")}
+    calls = {"load": 0, "validate": 0}
+
+    def counted(name, f):
+        def wrapper(*args, **kwargs):
+            calls[name] += 1
+            return f(*args, **kwargs)
+        return wrapper
+    monkeypatch.setattr(records, "load_record", counted("load", records.load_record))
+    monkeypatch.setattr(cells_module, "validate", counted("validate", cells_module.validate))
+    monkeypatch.setattr(pipeline, "run", lambda *a, **k: pytest.fail("a finished cell went to pipeline.run"))
     _, cells = tables.table1(["smollm2-135m"], "cpu", 0.7, tiny_overrides(workspace, "table_runs"), out)
     printed = capsys.readouterr().out
+    assert calls == {"load": 10, "validate": 10}  # dense + 3 criteria x 3 allocations
+    assert printed.count("(reused) -> ") == 10
     assert "without a finished record" not in printed and "; cell " not in printed
     assert all(r["status"] == "ok" for rs in cells.values() for r in rs)
     assert {k: rs[0]["started_unix"] for k, rs in cells.items()} == {k: rs[0]["started_unix"] for k, rs in first.items()}
@@ -54,8 +69,12 @@ def test_failed_cell_is_shown_and_others_kept(workspace, tmp_path, monkeypatch, 
     def broken(*args, **kwargs):
         raise RuntimeError("simulated crash")
     monkeypatch.setattr(DLP, "allocate", broken)
+    from experiments import pipeline
+    checks = []
+    monkeypatch.setattr(pipeline, "validate", lambda cfg: checks.append(cfg))
     overrides = tiny_overrides(workspace, "failing_runs")
     md, cells = tables.table1(["smollm2-135m"], "cpu", 0.7, overrides, tmp_path)
+    assert checks == []  # a grid's cells were validated once, before any ran
     assert md.count("| failed |") == 3  # the three DLP cells; the seven others ran
     failed = [json.loads(p.read_text()) for p in (workspace / "failing_runs").glob("*_dlp_*.json")]
     assert len(failed) == 3 and all("simulated crash" in r["error"] for r in failed)
