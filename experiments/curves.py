@@ -9,6 +9,7 @@ in experiments/verdicts.py) and hollow where it is within noise; the csv carries
 """
 import csv
 import io
+import textwrap
 import time
 from pathlib import Path
 
@@ -87,8 +88,10 @@ def draw(cells, verdicts, model, criteria, allocations, sparsities, title, path:
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=8)
     axes[0][0].set_ylabel("WikiText-2 perplexity (log)")
-    fig.suptitle(f"{title}\nfilled: differs from uniform (paired t-test over seeds on log ppl, 5%); hollow: within "
-                 "noise", fontsize=9)
+    legend = "filled: differs from uniform (paired t-test over seeds on log ppl, 5%); hollow: within noise"
+    # Wrapped to the figure's width: one panel is too narrow for the title on one line.
+    width = round(fig.get_figwidth() * 14)  # characters of 9-point text per inch, about
+    fig.suptitle("\n".join(textwrap.fill(line, width) for line in (title, legend)), fontsize=9)
     fig.tight_layout()
     return save_figure(fig, path)
 

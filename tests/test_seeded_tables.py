@@ -132,6 +132,36 @@ def test_curves_png_csv_and_wandb_figure(workspace, tmp_path, offline_wandb):
     assert list((tmp_path / "wb").glob("wandb/offline-run-*/files/media/images/curves_*.png"))
 
 
+def test_curves_markers_and_title_of_one_panel(tmp_path, monkeypatch):
+    """Hand-made records: DLP 10% lower than uniform in every seed is filled (beats), a point that goes both ways
+    is hollow (within noise), uniform has no verdict; a one-panel figure's title stays inside the figure."""
+    def cell(alloc, s, ppls):
+        return [{"status": "ok", "key": f"{alloc}{s}{seed}", "config": {"seed": seed}, "metrics": {"ppl": v}}
+                for seed, v in enumerate(ppls)]
+    cells = {("none", "-", 0.0): cell("none", 0, [20.0]),
+             ("wanda", "uniform", 0.5): cell("uniform", 0.5, [100.0, 110.0, 90.0]),
+             ("wanda", "dlp", 0.5): cell("dlp", 0.5, [90.0, 99.0, 81.0]),
+             ("wanda", "uniform", 0.6): cell("uniform", 0.6, [200.0, 220.0, 180.0]),
+             ("wanda", "dlp", 0.6): cell("dlp", 0.6, [180.0, 240.0, 181.0])}
+    verdicts = curves.against_uniform(cells, ["wanda"], ["uniform", "dlp"], [0.5, 0.6])
+    assert verdicts[("wanda", "uniform", 0.5)] is None and verdicts[("wanda", "uniform", 0.6)] is None
+    assert verdicts[("wanda", "dlp", 0.5)].word == "beats"
+    assert verdicts[("wanda", "dlp", 0.5)].difference == pytest.approx(math.log(0.9))
+    assert verdicts[("wanda", "dlp", 0.6)].word == "within noise"
+    drawn = {}
+    monkeypatch.setattr(curves, "save_figure", lambda fig, path: drawn.setdefault("fig", fig) and path)
+    title = "smollm2-135m, cpu preset, ppl on wikitext2-test-nonempty; mean ± std over seeds 0, 1, 2"
+    curves.draw(cells, verdicts, "m", ["wanda"], ["uniform", "dlp"], [0.5, 0.6], title, tmp_path / "c.png")
+    fig = drawn["fig"]
+    fig.canvas.draw()
+    box = fig._suptitle.get_window_extent(fig.canvas.get_renderer())
+    assert 0 <= box.x0 and box.x1 <= fig.bbox.width
+    ax = fig.axes[0]
+    filled = [tuple(line.get_xydata()[:, 0]) for line in ax.lines if line.get_linestyle() == "None"
+              and line.get_markerfacecolor() != "white" and line.get_zorder() == 3]
+    assert (50.0,) in filled and not any(60.0 in xs for xs in filled)
+
+
 @pytest.mark.parametrize("main, argv, line", [
     (tables.main, ["table1", "--seeds", "0,a"], "error: seeds must be comma-separated integers"),
     (tables.main, ["table1", "--seeds", "1,1"], "error: seeds must differ"),
