@@ -22,7 +22,7 @@ from .cells import cell_overrides, launcher_overrides, run_cells
 from .commandline import grid_options, grid_parser, one_line_errors
 from .config import compose_config
 from .plots import save_figure
-from .tables import VERDICT_COLUMNS, finished, ppl, ppl_verdict, seeds_text, summary, verdict_columns
+from .tables import VERDICT_COLUMNS, commits, finished, ppl, ppl_verdict, seeds_text, summary, verdict_columns
 from .validation import check_choices
 
 NAME = "curves"
@@ -100,13 +100,14 @@ def table_rows(cells, verdicts, criteria, allocations, sparsities) -> list[list]
     rows = []
     dense = finished(cells[("none", "-", 0.0)])
     if dense:
-        rows.append(["none", "-", 0.0, ppl(dense[0]), 0.0, 1, "", *verdict_columns(None)])
+        rows.append(["none", "-", 0.0, ppl(dense[0]), 0.0, 1, "", *verdict_columns(None), commits(dense)])
     for crit in criteria:
         for alloc in allocations:
             for s in sparsities:
                 x = summary(ppl, cells[(crit, alloc, s)])
                 rows.append([crit, alloc, s, x.mean if x.n else None, x.std if x.n else None, x.n,
-                             seeds_text(cells[(crit, alloc, s)]), *verdict_columns(verdicts[(crit, alloc, s)])])
+                             seeds_text(cells[(crit, alloc, s)]), *verdict_columns(verdicts[(crit, alloc, s)]),
+                             commits(finished(cells[(crit, alloc, s)]))])
     return rows
 
 
@@ -128,7 +129,8 @@ def build(model="smollm2-135m", preset="cpu", seeds=None, extra=(), out_dir=ROOT
     title = f"{model}, {preset} preset, ppl on {corpus}; mean ± std over seeds {', '.join(map(str, seeds))}"
     verdicts = against_uniform(cells, criteria, allocations, sparsities)
     png = draw(cells, verdicts, model, criteria, allocations, sparsities, title, out_dir / f"{NAME}-{model}.png")
-    columns = ["criterion", "allocation", "sparsity", "ppl_mean", "ppl_std", "n", "seeds", *VERDICT_COLUMNS]
+    # Each point names the code versions its records ran under: a curve's cells can span several commits.
+    columns = ["criterion", "allocation", "sparsity", "ppl_mean", "ppl_std", "n", "seeds", *VERDICT_COLUMNS, "commits"]
     rows = table_rows(cells, verdicts, criteria, allocations, sparsities)
     buf = io.StringIO()
     csv.writer(buf).writerows([columns, *([f"{v:.6g}" if isinstance(v, float) else v for v in r] for r in rows)])

@@ -115,7 +115,7 @@ def test_curves_png_csv_and_wandb_figure(workspace, tmp_path, offline_wandb):
     with open(tmp_path / "curves-smollm2-135m.csv", newline="") as f:
         rows = list(csv.reader(f))
     assert rows[0] == ["criterion", "allocation", "sparsity", "ppl_mean", "ppl_std", "n", "seeds", "vs_uniform",
-                       "ratio_to_uniform", "p"]
+                       "ratio_to_uniform", "p", "commits"]
     assert len(rows) == 1 + 1 + 2 * 2 * 2 and rows[1][:2] == ["none", "-"]
     linear = next(r for r in rows if r[:3] == ["sparsegpt", "linear", "0.5"])
     x = summarize(r["metrics"]["ppl"] for r in cells[("sparsegpt", "linear", 0.5)])
@@ -128,7 +128,9 @@ def test_curves_png_csv_and_wandb_figure(workspace, tmp_path, offline_wandb):
     assert float(linear[8]) == pytest.approx(math.exp(sum(d) / 2), rel=1e-5)
     assert float(linear[9]) == pytest.approx(p, rel=1e-3)
     assert linear[7] == ("within noise" if p >= 0.05 else "beats" if sum(d) < 0 else "loses to")
-    assert all(r[7:] == ["", "", ""] for r in rows if r[1] in ("-", "uniform"))
+    assert all(r[7:10] == ["", "", ""] for r in rows if r[1] in ("-", "uniform"))
+    from experiments.records import commit_label
+    assert linear[10] == commit_label(cells[("sparsegpt", "linear", 0.5)][0]["environment"])  # one commit ran them
     assert list((tmp_path / "wb").glob("wandb/offline-run-*/files/media/images/curves_*.png"))
 
 
