@@ -134,8 +134,8 @@ def test_record_names_the_commit_the_run_started_on(workspace, tmp_path, monkeyp
     monkeypatch.setattr(records, "git_commit", lambda: dict(commit))
     run_for_real = pipeline.execute
 
-    def execute_while_the_checkout_moves(cfg, hold=None):
-        out = run_for_real(cfg, hold)
+    def execute_while_the_checkout_moves(cfg, hold=None, **options):
+        out = run_for_real(cfg, hold, **options)
         commit["commit"] = "moved-to"
         return out
 
