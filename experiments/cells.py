@@ -9,6 +9,7 @@ import json
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 from dlp.errors import UserError
 from dlp.io import write_atomic
@@ -49,8 +50,8 @@ def duration(seconds: float) -> str:
 
 def run_cell(overrides: list[str], group: str = "tables", cfg: dict | None = None, pace: Pace | None = None) -> dict:
     """The record of one cell (status ok or failed); never raises for a failure inside the run. A fresh run is
-    logged to W&B in `group`, beside the table that gathers it. `cfg`: the overrides already composed; `pace`
-    counts the cells that had no record."""
+    logged to W&B in `group`, beside the table that gathers it. `cfg`: the overrides already composed and
+    validated (by `prepare`); `pace` counts the cells that had no record."""
     try:
         if cfg is None:
             cfg, checked = compose_config(overrides), False
@@ -91,9 +92,10 @@ def prepare(overrides: list[str]) -> tuple[dict | None, Exception | None]:
     return cfg, None
 
 
-def read_cell(cfg: dict) -> dict | None:
-    """The cell's finished record, or None."""
-    return pipeline.finished_record(cfg, records.record_path(cfg))
+def read_cell(cfg: dict) -> tuple[Path, dict | None]:
+    """The cell's record path, and its finished record or None."""
+    path = records.record_path(cfg)
+    return path, pipeline.finished_record(cfg, path)
 
 
 def launcher_overrides(launcher: str | None, extra: list[str] = ()) -> list[str] | None:
@@ -120,7 +122,7 @@ def run_cells(grid: dict, group: str, launcher: list[str] | None = None) -> dict
         raise errors[0]
     # Each record is read once: the cells found here are reported from this scan, only the others run.
     found = {key: read_cell(cfg) for key, (cfg, _) in prepared.items() if cfg is not None}
-    todo = [o for o in unique if tuple(o) in found and found[tuple(o)] is None]
+    todo = [o for o in unique if tuple(o) in found and found[tuple(o)][1] is None]
     pace = None
     if todo and launcher is not None:
         launch(todo, group, launcher)
@@ -135,13 +137,14 @@ def run_cells(grid: dict, group: str, launcher: list[str] | None = None) -> dict
             cfg, error = prepared[tuple(overrides)]
             if error is not None:
                 out[key].append(failed(overrides, error))
-            elif found[tuple(overrides)] is not None:
-                out[key].append(found[tuple(overrides)])
-                report(overrides, found[tuple(overrides)], "reused", records.record_path(cfg))
+            elif found[tuple(overrides)][1] is not None:
+                path, record = found[tuple(overrides)]
+                out[key].append(record)
+                report(overrides, record, "reused", path)
             elif launcher is None:
                 out[key].append(run_cell(overrides, group, cfg, pace if pace and pace.claims(overrides) else None))
             else:
-                record = read_cell(cfg)
+                _, record = read_cell(cfg)
                 out[key].append(record or failed(overrides, RuntimeError("no finished record after the launcher ran")))
     return out
 
