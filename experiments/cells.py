@@ -137,14 +137,16 @@ def run_cells(grid: dict, group: str, launcher: list[str] | None = None) -> dict
             cfg, error = prepared[tuple(overrides)]
             if error is not None:
                 out[key].append(failed(overrides, error))
-            elif found[tuple(overrides)][1] is not None:
-                path, record = found[tuple(overrides)]
+                continue
+            path, record = found[tuple(overrides)]
+            if record is not None:
                 out[key].append(record)
                 report(overrides, record, "reused", path)
             elif launcher is None:
                 out[key].append(run_cell(overrides, group, cfg, pace if pace and pace.claims(overrides) else None))
             else:
-                _, record = read_cell(cfg)
+                # The launcher's jobs have written their records since the scan: read them at the scanned path.
+                record = pipeline.finished_record(cfg, path)
                 out[key].append(record or failed(overrides, RuntimeError("no finished record after the launcher ran")))
     return out
 
