@@ -4,8 +4,9 @@ VENV := .venv
 PY := $(VENV)/bin/python
 # CUDA users: make install TORCH_INDEX=https://download.pytorch.org/whl/cu128
 TORCH_INDEX ?=
-# A local data folder with wikitext-2-raw/wiki.test.raw, used when present; never required.
-DLP_DATA_DIR ?= $(wildcard ../shared/data)
+# A local data folder with wikitext-2-raw/wiki.test.raw, used when present; never required. Absolute, so that
+# commands run from another folder (a test's copy of the repository) find the same one.
+DLP_DATA_DIR ?= $(abspath $(wildcard ../shared/data))
 export DLP_DATA_DIR
 
 # Models (conf/model) and preset for the tables: make table1 MODELS=llama2-7b,mistral-7b PRESET=paper
@@ -61,16 +62,16 @@ curves: install
 plots: install
 	$(PY) -m experiments.plots --model $(FIRST_MODEL) --preset $(PRESET)
 
-# Speed and memory against this machine's matmul peak (results/bench.md); see experiments/bench.py.
+# Speed and memory against this machine's matmul peak (results/bench.md); see experiments/bench/.
 bench: install
 	$(PY) -m experiments.bench $(BENCH_ARGS)
-	$(PY) -m experiments.bench_sparse24 --out results/bench-sparse24
+	$(PY) -m experiments.bench.sparse24 --out results/bench-sparse24
 
 # The same on a GPU: a LLaMA-2-7B-shaped model with random weights, bf16, 128 x 2048 calibration.
 bench-gpu: install
 	$(PY) -m experiments.bench --shape llama2-7b --dtypes bfloat16 --device cuda --nsamples 128 --seqlen 2048 \
 		--eval-windows 32 --eval-seqlen 2048 --out results/bench-llama2-7b-gpu $(BENCH_ARGS)
-	$(PY) -m experiments.bench_sparse24 --out results/bench-sparse24
+	$(PY) -m experiments.bench.sparse24 --whole-model --out results/gpu/bench-sparse24
 
 test: install
 	$(PY) -m pytest -q

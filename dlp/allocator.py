@@ -11,10 +11,19 @@ class Allocation:
 
 
 class Allocator:
+    """An allocation's facts are class attributes, so that no module outside its own file tests for its name."""
     name: str = ""  # set by @register_allocation (dlp.registry)
     label: str = ""  # how tables print it
     score_label: str = "score"  # what `Allocation.scores` holds, for plots
     control: bool = False  # a control to compare with (dlp.registry.register_allocation)
+    reference: bool = False  # the one every other is compared with (uniform: each block at the target, no pass)
+    supports_nm: bool = False  # whether an N:M pattern may drive it (N:M fixes every matrix at N/M)
+    reads_data: bool = True  # whether it reads calibration data (the ablation says so of a control that does not)
+    # How the ablation speaks of it: the subject of a sentence ("{of}" the label of the allocation it reorders),
+    # whether that subject is plural, and what a win of the studied allocation over this control would show.
+    description: str = ""
+    plural: bool = False
+    isolates: str = ""
 
     def allocate(self, model, calib_ids, target: float, batch_size: int | str, progress: bool = True,
                  model_id: dict | None = None) -> Allocation:

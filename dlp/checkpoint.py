@@ -1,14 +1,17 @@
-"""Sparse checkpoints: a pruned model saved as a Hugging Face folder in compressed-tensors' sparse layouts.
+"""Pruned checkpoints: an ordinary Hugging Face folder by default, a compact archive on request.
 
-Each pruned Linear is stored as its kept values, a bitmask packed by `compressed_tensors.utils.pack_bitmasks`
-and its shape (`sparse-bitmask`, any pattern, plus per-row offsets), or as exactly half its values per row
-(`sparse-24-bitmask`, 2:4 only); `config.json` carries the `quantization_config` that names the layout, as
-llm-compressor wrote it. Everything else (embeddings, norms, the LM head, fused expert tensors) stays dense.
+`hf` (the default) is what any tool reads: safetensors with the zeros in place, under the source checkpoint's
+tensor names and shapes, and the source model's `config.json` with only `dtype` set to the saved weights' (no
+quantization or sparsity config a serving engine could refuse). Plain `AutoModelForCausalLM.from_pretrained`,
+the evaluation harness and vLLM load it as they load the source model. The sparsity evidence (each matrix's zero
+count and mask digest, the run record, the model card) lives in side files.
 
-Why this module writes and reads the layout itself: compressed-tensors 0.20 no longer registers the sparse
-compressors (only their config classes), and transformers 5 has no sparse decompression: `from_pretrained` on
-such a folder random-initialises every compressed Linear without raising. `load_sparse` (and `dlp.models`,
-which uses it for any folder in this layout) builds the model from its config and decompresses every matrix.
+`bitmask` and `bitmask-24` are the compact archive: each pruned matrix of the decoder blocks as its kept values
+and a packed bitmask (compressed-tensors' `pack_bitmasks`), plus per-row offsets (`bitmask`, any mask), or as
+exactly half its values per row (`bitmask-24`, 2:4 only); everything else dense. Its `config.json` has the
+model type `dlp-sparse-archive`, which transformers does not know, so a plain load fails instead of silently
+leaving the compressed matrices random; the config and the model card name the loader, `load_archive` here.
+`experiments.export convert` turns either form into the other.
 """
 import json
 from pathlib import Path
@@ -19,23 +22,32 @@ from .errors import UserError
 from .io import sha256_bytes
 from .structure import find_blocks, find_linears
 
-SPARSE_BITMASK = "sparse-bitmask"
-SPARSE_24 = "sparse-24-bitmask"
-FORMATS = (SPARSE_BITMASK, SPARSE_24)
+HF, BITMASK, BITMASK_24 = "hf", "bitmask", "bitmask-24"
+FORMATS = (HF, BITMASK, BITMASK_24)
+ARCHIVES = (BITMASK, BITMASK_24)
+RENAMED = {"sparse-bitmask": BITMASK, "sparse-24-bitmask": BITMASK_24, "auto": HF}  # names of earlier versions
+ARCHIVE_TYPE = "dlp-sparse-archive"
+ARCHIVE_FIELD = "dlp_sparse_archive"
+LOADER = "dlp.checkpoint.load_archive"
 WEIGHTS = "model.safetensors"
 
 
-def choose_format(pattern: str | None, fmt: str = "auto") -> str:
-    """The layout for a pruning pattern: 2:4 → sparse-24-bitmask, anything else → sparse-bitmask (which holds
-    any mask). An explicit choice is checked against the pattern."""
-    two_four = str(pattern) == "2:4"
-    if fmt == "auto":
-        return SPARSE_24 if two_four else SPARSE_BITMASK
+def check_format_name(fmt: str) -> str:
+    """A format this suite writes, whatever the model: `hf`, `bitmask` or `bitmask-24`."""
+    if fmt in RENAMED:
+        raise UserError(f"format '{fmt}' is no longer a format: choose {HF} (an ordinary checkpoint, the default), "
+                        f"{BITMASK} or {BITMASK_24} (compact archives; '{fmt}' is now '{RENAMED[fmt]}')")
     if fmt not in FORMATS:
-        raise UserError(f"unknown sparse format '{fmt}'; choose one of auto, {', '.join(FORMATS)}")
-    if fmt == SPARSE_24 and not two_four:
-        raise UserError(f"format {SPARSE_24} holds 2:4 sparsity only; this model was pruned with pattern "
-                        f"'{pattern or 'unstructured'}' (use format=auto or {SPARSE_BITMASK})")
+        raise UserError(f"unknown format '{fmt}'; choose one of {', '.join(FORMATS)}")
+    return fmt
+
+
+def choose_format(pattern: str | None, fmt: str = HF) -> str:
+    """The checked format: `hf` (any mask), `bitmask` (any mask) or `bitmask-24` (2:4 only)."""
+    check_format_name(fmt)
+    if fmt == BITMASK_24 and str(pattern) != "2:4":
+        raise UserError(f"format {BITMASK_24} holds 2:4 sparsity only; this model was pruned with pattern "
+                        f"'{pattern or 'unstructured'}' (use {HF} or {BITMASK})")
     return fmt
 
 
@@ -63,12 +75,12 @@ def compress(weight: torch.Tensor, fmt: str) -> dict[str, torch.Tensor]:
     from compressed_tensors.utils import pack_bitmasks
 
     w = weight.detach().cpu()
-    if fmt == SPARSE_24:
+    if fmt == BITMASK_24:
         if w.shape[-1] % 4:
             raise UserError(f"a matrix with {w.shape[-1]} columns cannot hold 2:4 groups")
         groups = w.reshape(-1, 4)
         if bool(((groups != 0).sum(1) > 2).any()):
-            raise UserError(f"format {SPARSE_24}: a matrix has a group of 4 with more than 2 non-zero weights")
+            raise UserError(f"format {BITMASK_24}: a matrix has a group of 4 with more than 2 non-zero weights")
         # The two largest magnitudes of each group: every non-zero weight, padded with zeros where fewer remain.
         keep = torch.zeros_like(groups, dtype=torch.bool).scatter_(1, groups.abs().topk(2, dim=1).indices, True)
         keep = keep.view_as(w)
@@ -95,65 +107,98 @@ def mask_digest(weight: torch.Tensor) -> str:
     return sha256_bytes((weight.detach().cpu() == 0).numpy().tobytes())
 
 
-def save_sparse(model, folder: Path, fmt: str) -> dict:
-    """Write `model` into `folder` (config + one safetensors file). Returns, per compressed matrix, its zero count
-    and mask digest, read from the very tensors written."""
-    from compressed_tensors import __version__ as ct_version
-    from compressed_tensors.config import SparsityCompressionConfig
+def matrix_evidence(model) -> dict:
+    """Per pruned matrix (state-dict key): zero count, size and mask digest, read from the model's tensors."""
+    from .offload import resident_blocks
+
+    state = {}
+    layout = find_blocks(model)
+    pruned = set(pruned_weights(model))
+    for index, block in resident_blocks(model):
+        for name, tensor in block.state_dict().items():
+            key = f"{layout.path}.{index}.{name}"
+            if key in pruned:
+                state[key] = {"zeros": int((tensor == 0).sum()), "numel": tensor.numel(),
+                              "mask_sha256": mask_digest(tensor)}
+    return state
+
+
+def save_hf(model, folder: Path, source_config: dict) -> dict:
+    """`model` as an ordinary checkpoint: transformers' own safetensors, and the source model's config.json with
+    only its dtype set to the saved weights'. Returns each pruned matrix's evidence (`matrix_evidence`)."""
+    folder = Path(folder)
+    model.save_pretrained(folder)
+    config = {**source_config, "dtype": str(next(model.parameters()).dtype).removeprefix("torch.")}
+    if "torch_dtype" in config:  # written by transformers 4
+        config["torch_dtype"] = config["dtype"]
+    (folder / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    return matrix_evidence(model)
+
+
+def save_archive(model, folder: Path, fmt: str, source_config: dict) -> dict:
+    """`model` as a compact archive (config + one safetensors file). Returns, per compressed matrix, its zero
+    count and mask digest, read from the very tensors written."""
     from safetensors.torch import save_file
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    pruned = set(pruned_weights(model))
-    state, seen, matrices = {}, set(), {}
+    matrices = matrix_evidence(model)
+    state, seen = {}, set()
     for key, tensor in model.state_dict().items():
         if tensor.numel() and tensor.data_ptr() in seen:  # a tied weight (the LM head): transformers re-ties it
             continue
         seen.add(tensor.data_ptr())
-        if key in pruned:
+        if key in matrices:
             stem = key.removesuffix(".weight")  # the layout names a Linear's parts after the module
             state.update({f"{stem}.{suffix}": part for suffix, part in compress(tensor, fmt).items()})
-            matrices[key] = {"zeros": int((tensor == 0).sum()), "numel": tensor.numel(),
-                             "mask_sha256": mask_digest(tensor)}
         else:
             state[key] = tensor.detach().cpu().contiguous()
     save_file(state, folder / WEIGHTS, metadata={"format": "pt"})
-    model.config.save_pretrained(folder)
     zeros, numel = sum(m["zeros"] for m in matrices.values()), sum(m["numel"] for m in matrices.values())
-    others = sorted(name for name, m in model.named_modules()
-                    if isinstance(m, torch.nn.Linear) and f"{name}.weight" not in pruned)
-    sparsity = SparsityCompressionConfig.load_from_registry(
-        fmt, targets=["Linear"], ignore=others, global_sparsity=zeros / max(numel, 1),
-        sparsity_structure="2:4" if fmt == SPARSE_24 else "unstructured")
-    config_path = folder / "config.json"
-    config = json.loads(config_path.read_text())
-    config["quantization_config"] = {"quant_method": "compressed-tensors", "format": fmt, "version": ct_version,
-                                     "sparsity_config": sparsity.model_dump(exclude={"registry_requires_subclass"})}
-    config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    config = {**source_config, "model_type": ARCHIVE_TYPE,
+              "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
+              ARCHIVE_FIELD: {"format": fmt, "base_model_type": source_config["model_type"], "loader": LOADER,
+                              "sparsity": zeros / max(numel, 1), "compressed_matrices": len(matrices),
+                              "note": f"a compact archive of a pruned model: load it with {LOADER}(folder), or "
+                                      f"convert it to an ordinary checkpoint with `python -m experiments.export "
+                                      f"convert <folder> to=hf`"}}
+    (folder / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     return matrices
 
 
-def sparse_format(folder: Path) -> str | None:
-    """The sparse layout a model folder is saved in, or None for an ordinary checkpoint."""
+def archive_format(folder: Path) -> str | None:
+    """The archive format a model folder is saved in, or None for an ordinary checkpoint."""
     try:
         config = json.loads((Path(folder) / "config.json").read_text())
     except (OSError, json.JSONDecodeError):
         return None
-    fmt = ((config.get("quantization_config") or {}).get("sparsity_config") or {}).get("format")
-    return fmt if fmt in FORMATS else None
+    if config.get("model_type") != ARCHIVE_TYPE:
+        return None
+    return (config.get(ARCHIVE_FIELD) or {}).get("format")
 
 
-def load_sparse(folder: Path, dtype: torch.dtype | str | None = None, **kwargs):
-    """The model saved by `save_sparse`, every matrix decompressed, loaded by transformers from that state
+def base_config(folder: Path):
+    """The transformers config of the model an archive holds (its own model type restored)."""
+    from transformers import AutoConfig
+
+    config = json.loads((Path(folder) / "config.json").read_text())
+    info = config.pop(ARCHIVE_FIELD)
+    config["model_type"] = info["base_model_type"]
+    return AutoConfig.for_model(**config)
+
+
+def load_archive(folder: Path, dtype: torch.dtype | str | None = None, **kwargs):
+    """The model saved by `save_archive`, every matrix decompressed, loaded by transformers from that state
     (`kwargs` as for `from_pretrained`, e.g. device_map); every tensor must find its parameter and every parameter
     its tensor (or be tied to one that did)."""
     from safetensors.torch import load_file
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM
 
     folder = Path(folder)
-    config = AutoConfig.from_pretrained(folder)
-    # Without the quantization_config transformers builds a plain model instead of routing to a quantizer.
-    del config.quantization_config
+    if archive_format(folder) is None:
+        raise UserError(f"{folder} is not a {ARCHIVE_TYPE} folder (an ordinary checkpoint: load it with "
+                        "transformers' from_pretrained)")
+    config = base_config(folder)
     stored = load_file(folder / WEIGHTS)
     state = dict(stored)
     for key in [k for k in stored if k.endswith(".bitmask")]:

@@ -43,6 +43,13 @@ def compute_dtype_of(model: torch.nn.Module) -> torch.dtype | None:
     return getattr(model, _ATTR, None)
 
 
+def working_tolerance(model: torch.nn.Module, full: dict, reduced: float) -> float:
+    """A check's tolerance by the precision the model computes in: `full[dtype]` for weights of a dtype it
+    names and no reduced compute dtype, else `reduced` (bfloat16 or float16 rounding)."""
+    dtype = next(model.parameters()).dtype
+    return reduced if compute_dtype_of(model) is not None or dtype not in full else full[dtype]
+
+
 def computing(dtype: torch.dtype | None, device: torch.device):
     """The context a forward pass runs in: autocast to `dtype`, or nothing. Scope it to passes whose weights do
     not change inside it: autocast caches each float32 weight's lower-precision copy until the context exits,

@@ -10,6 +10,7 @@ import logging
 import torch.nn as nn
 
 from .experts import FUSED_NAMES, is_fused_experts
+from .offload import resident_blocks
 from .structure import find_blocks, find_linears, router_linears
 
 MIN_SHARE = 0.9
@@ -69,6 +70,7 @@ def coverage(model) -> dict:
 def decoder_sparsity(model) -> float:
     """Share of exactly-zero values among all decoder parameters (pruned or not)."""
     zeros = total = 0
-    for param in find_blocks(model).blocks.parameters():
-        zeros, total = zeros + int((param == 0).sum()), total + param.numel()
+    for _index, block in resident_blocks(model):
+        for param in block.parameters():
+            zeros, total = zeros + int((param == 0).sum()), total + param.numel()
     return zeros / total

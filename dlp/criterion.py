@@ -20,6 +20,11 @@ class Criterion:
         None when `needs` is empty."""
         raise NotImplementedError
 
+    def flops(self, matrices: list[tuple[int, int]]) -> float | None:
+        """The arithmetic of pruning one block's matrices ((rows, columns) each) beyond their statistics, where
+        the criterion has a model of it (the bench's GFLOP/s); None: not counted."""
+        return None
+
     def prune_group(self, weights: list[torch.Tensor], stats: LinearStats | None, sparsity: float,
                     pattern: NM | None) -> list[torch.Tensor]:
         """Matrices fed the same input (q/k/v, gate/up) share `stats`; a criterion that can do them together

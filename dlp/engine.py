@@ -16,6 +16,13 @@ Transformers 5 calls decoder layers with keyword arguments (`position_embeddings
 they return a tensor. We capture what the model passes each block, per batch (`capture_inputs`), and replay
 it unchanged; `dlp.selfcheck` proves on one sequence that the walk reproduces the model's own forward.
 
+A model whose blocks are offloaded (dlp.offload: host memory or the checkpoint's files) has each block brought
+to the device for its visit (statistics, visit, replay) and sent back after, the next one copied in ahead
+where copies overlap compute; nothing else changes, so the masks are those of the model held whole.
+
+Phases are timed with a clock that first waits for the device (`clock`): on a GPU, work is queued, and a wall
+clock alone charges a phase's kernels to whichever later phase happens to wait for them.
+
 A float32 model with a compute dtype (dlp.compute_dtype) runs each block pass under autocast; the context is
 opened per pass, never across a visit, because autocast keeps the lower-precision copies of the weights it
 has cast until it exits (the replay must see the pruned weights).
@@ -31,7 +38,9 @@ from tqdm.auto import tqdm
 
 from .batching import AUTO, resolve_batch_size
 from .compute_dtype import compute_dtype_of, computing
+from .devmem import available_bytes
 from .experts import has_routed_experts
+from .offload import compute_device, offload_of
 from .stats import LinearStats, attach
 from .structure import BlockLayout, find_blocks, find_linears
 
@@ -128,14 +137,21 @@ def _device_of(module: nn.Module) -> torch.device:
     return next(module.parameters()).device
 
 
+def clock(device: torch.device) -> float:
+    """Seconds, after the device has finished the work queued on it (a phase's time includes its kernels)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
+
+
 def _choose_store(model: nn.Module, calib_ids: torch.Tensor, hidden: int, dtype: torch.dtype) -> torch.device:
-    """Keep activations on the GPU when two copies (in and out) fit with room to spare, else on the CPU."""
-    device = _device_of(model)
+    """Keep activations on the GPU when two copies (in and out) fit in half of what the device has left (under
+    the process's memory cap, when one is set: dlp.devmem), else on the CPU."""
+    device = compute_device(model)
     if device.type != "cuda":
         return device
     need = 2 * calib_ids.numel() * hidden * torch.tensor([], dtype=dtype).element_size()
-    free, _total = torch.cuda.mem_get_info(device)
-    return device if need < 0.5 * free else torch.device("cpu")
+    return device if need < 0.5 * available_bytes(device) else torch.device("cpu")
 
 
 @torch.no_grad()
@@ -150,7 +166,7 @@ def capture_inputs(model: nn.Module, layout: BlockLayout, calib_ids: torch.Tenso
     several blocks are the same objects, so they are held once: memory grows only by what really differs
     (one mask or rotary set per distinct layer type).
     """
-    dtype = next(layout.blocks[0].parameters()).dtype
+    dtype = model.get_input_embeddings().weight.dtype
     last = len(layout) - 1
     state: dict = {}
 
@@ -165,13 +181,9 @@ def capture_inputs(model: nn.Module, layout: BlockLayout, calib_ids: torch.Tenso
             return hidden
         return bypass
 
-    # An instance-level forward (accelerate's device hooks put one there) is put back as it was.
-    saved = [block.__dict__.get("forward") for block in layout.blocks]
-    for index, block in enumerate(layout.blocks):
-        block.forward = bypass_for(index)
     embed_device = model.get_input_embeddings().weight.device
     inputs, calls = None, []
-    try:
+    with forwards_replaced(layout, bypass_for):
         for start in range(0, calib_ids.shape[0], batch_size):
             batch = calib_ids[start:start + batch_size].to(embed_device)
             state["calls"] = []
@@ -187,12 +199,24 @@ def capture_inputs(model: nn.Module, layout: BlockLayout, calib_ids: torch.Tenso
                 inputs = torch.empty(*calib_ids.shape, state["h"].shape[-1], dtype=dtype, device=store)
             inputs[start:start + batch.shape[0]] = state["h"].to(inputs.device)
             calls.append(state["calls"])
+    return Captured(inputs, calls, batch_size)
+
+
+@contextlib.contextmanager
+def forwards_replaced(layout: BlockLayout, forward_for: Callable[[int], Callable]):
+    """Every block's forward replaced by `forward_for(index)` inside the block (the model's code around the
+    blocks runs as usual). An instance-level forward (accelerate's device hooks put one there) is put back as
+    it was."""
+    saved = [block.__dict__.get("forward") for block in layout.blocks]
+    for index, block in enumerate(layout.blocks):
+        block.forward = forward_for(index)
+    try:
+        yield
     finally:
         for block, forward in zip(layout.blocks, saved):
             del block.forward
             if forward is not None:
                 block.forward = forward
-    return Captured(inputs, calls, batch_size)
 
 
 def run_block(block: nn.Module, inputs: torch.Tensor, calls: list[BlockCall], batch_size: int,
@@ -256,21 +280,24 @@ def walk(model: nn.Module, calib_ids: torch.Tensor, visit: Visitor, needs: froze
     """
     result = WalkResult()
     layout = find_blocks(model)
+    home = offload_of(model)
     batch_size = result.batch_size = resolve_batch_size(batch_size, model, calib_ids)
-    t0 = time.perf_counter()
+    t0 = clock(home.device)
     cap = capture_inputs(model, layout, calib_ids, batch_size)
-    result.timings["capture"] = time.perf_counter() - t0
+    result.timings["capture"] = clock(home.device) - t0
     inputs, outputs = cap.inputs, torch.empty_like(cap.inputs)
     compute = compute_dtype_of(model)
     times = {"statistics": 0.0, "visit": 0.0, "replay": 0.0}
-    for index, block in enumerate(tqdm(layout.blocks, desc=desc, disable=not progress)):
+    # Each block on the device for its passes (dlp.offload); a visit that changed it sends its changes back.
+    for index, block, visiting in tqdm(home.visits(layout.blocks), total=len(layout), desc=desc,
+                                       disable=not progress):
         linears = find_linears(block)
         wanted = keep_outputs or index < len(layout) - 1  # does anything read this block's outputs?
         stats, handles = attach(linears, needs, share=share_stats, seqlen=inputs.shape[1])
         # Only a pass that takes statistics may stop early (a pass with no hooks is the dense yardstick).
         cut = stop_early and needs and (replays or not wanted) and not has_routed_experts(block)
         stop = StopAfterLastInput(linears) if cut else None
-        t = time.perf_counter()
+        t = clock(home.device)
         try:
             whole = run_block(block, inputs, cap.block_calls(index), batch_size, out=outputs if wanted else None,
                               compute_dtype=compute, stop=stop)
@@ -282,15 +309,15 @@ def walk(model: nn.Module, calib_ids: torch.Tensor, visit: Visitor, needs: froze
                 result.skipped_flops += stop.skipped_flops
         for st in stats.values():
             st.nsamples = inputs.shape[0]
-        times["statistics"] += time.perf_counter() - t
-        t = time.perf_counter()
-        changed = visit(index, block, linears, stats)
-        times["visit"] += time.perf_counter() - t
+        times["statistics"] += clock(home.device) - t
+        t = clock(home.device)
+        visiting.changed = visit(index, block, linears, stats)
+        times["visit"] += clock(home.device) - t
         del stats
-        if wanted and (changed or not whole):
-            t = time.perf_counter()
+        if wanted and (visiting.changed or not whole):
+            t = clock(home.device)
             run_block(block, inputs, cap.block_calls(index), batch_size, out=outputs, compute_dtype=compute)
-            times["replay"] += time.perf_counter() - t
+            times["replay"] += clock(home.device) - t
             result.replayed_blocks += 1
         inputs, outputs = outputs, inputs  # this block's outputs are the next block's inputs
     result.timings.update(times)

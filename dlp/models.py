@@ -6,17 +6,30 @@ import torch
 
 from . import checkpoint, embedded
 from .compute_dtype import check_compute_dtype, set_compute_dtype
+from .devmem import set_memory_cap
 from .errors import UserError, first_line
-from .experts import expose_experts
+from .experts import expose_experts, has_routed_experts
 from .hub import hub_reachable
+from .offload import check_offload, checkpoint_files, load_disk_offloaded, offload_to_cpu
+from .structure import find_blocks
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
+def check_dtype(dtype: str) -> None:
+    if dtype not in DTYPES:
+        raise UserError(f"unknown dtype '{dtype}'; choose one of {', '.join(DTYPES)}")
+
+
 def resolve_device(name: str = "auto") -> torch.device:
+    """`auto` is CUDA when there is one; a name torch cannot read is a UserError (whether the device exists is
+    found where the run computes: a cluster job may have the GPU the submitting machine lacks)."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    try:
+        return torch.device(name)
+    except (RuntimeError, TypeError):
+        raise UserError(f"unknown device '{name}'; e.g. auto, cpu, cuda, cuda:1, mps") from None
 
 
 def resolve_source(path: str) -> tuple[str, dict]:
@@ -47,6 +60,24 @@ def in_hub_cache(repo_id: str) -> bool:
         return False
 
 
+def source_config(path: str) -> dict:
+    """The config.json, as written, of the model `path` names (an alias, a local folder or a hub id)."""
+    import json
+
+    source, prov = resolve_source(path)
+    if prov.get("source") == "huggingface-hub":
+        from huggingface_hub import hf_hub_download
+        try:
+            source = str(Path(hf_hub_download(source, "config.json", local_files_only=not hub_reachable())).parent)
+        except Exception as exc:
+            raise UserError(f"could not read the config of model '{path}': {first_line(exc)}") from exc
+    config = json.loads((Path(source) / "config.json").read_text())
+    archive = config.pop(checkpoint.ARCHIVE_FIELD, None)
+    if archive:  # a compact archive: the config of the model it holds
+        config["model_type"] = archive["base_model_type"]
+    return config
+
+
 # Where configs keep the longest sequence the model was built for (the first one present counts).
 CONTEXT_FIELDS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length")
 
@@ -69,27 +100,77 @@ def model_context(path: str) -> int | None:
     return None
 
 
+def check_offload_request(offload: str, device_map, path: str | None = None, device: str = "auto",
+                          device_memory_gib: float | None = None) -> None:
+    """What offload and a memory cap need, before a model is loaded (with `path`: the files offload=disk reads)."""
+    check_offload(offload)
+    if offload != "none" and device_map:
+        raise UserError(f"offload={offload} keeps one block on one device: it does not combine with model.device_map")
+    computes_on = resolve_device(device).type
+    if device_memory_gib is not None and computes_on != "cuda":
+        raise UserError(f"device_memory_gib={device_memory_gib} caps a CUDA device's memory; this run computes on "
+                        f"{computes_on}")
+    if offload == "disk" and path is not None:
+        source, prov = resolve_source(path)
+        if prov.get("source") != "huggingface-hub":
+            _check_disk_source(path, source)
+
+
+def _check_disk_source(path: str, source: str) -> None:
+    if checkpoint.archive_format(source):
+        raise UserError(f"offload=disk reads dense safetensors; {path} is a compact archive (load it with "
+                        "offload=cpu, or convert it: python -m experiments.export convert <folder> to=hf)")
+    checkpoint_files(Path(source))
+
+
+def load_tokenizer(path: str):
+    """The tokenizer of the model `path` names, without its weights: a run draws its calibration windows (and
+    finds a corpus too short for them) before the model loads. None for an embedded model whose cache is
+    unreadable (load_model rebuilds it)."""
+    from transformers import AutoTokenizer
+
+    source, _ = resolve_source(path)
+    try:
+        return AutoTokenizer.from_pretrained(source)
+    except Exception as exc:
+        if path in embedded.MODELS:
+            return None  # a corrupt conversion cache: load_model converts it again, tokenizer included
+        raise UserError(f"could not load the tokenizer of model '{path}': {first_line(exc)}") from exc
+
+
 def load_model(path: str, dtype: str = "float32", device: str = "auto", device_map=None,
-               compute_dtype: str | None = None):
+               compute_dtype: str | None = None, offload: str = "none", offload_dir: Path | None = None,
+               device_memory_gib: float | None = None, tokenizer=None):
     """Returns (model, tokenizer, provenance). `device_map` (e.g. "auto") spreads a large model on GPUs;
-    `compute_dtype` (float32 weights only) runs its forward passes under autocast (dlp.compute_dtype)."""
+    `compute_dtype` (float32 weights only) runs its forward passes under autocast (dlp.compute_dtype);
+    `offload` keeps the decoder blocks in host memory or in the checkpoint's files between visits (dlp.offload;
+    `offload_dir`: where `disk` writes changed blocks); `device_memory_gib` caps this process on a CUDA device;
+    `tokenizer`: the model's, already loaded (load_tokenizer), else loaded here."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    if dtype not in DTYPES:
-        raise UserError(f"unknown dtype '{dtype}'; choose one of {', '.join(DTYPES)}")
+    check_dtype(dtype)
     check_compute_dtype(compute_dtype, dtype)
+    check_offload_request(offload, device_map)
+    target = resolve_device(device)
+    cap = set_memory_cap(target, device_memory_gib)
     source, prov = resolve_source(path)
+    if offload != "none":
+        prov["offload"] = offload
+    if cap:
+        prov["device_memory_cap"] = cap
+    if offload == "disk":
+        return _load_disk_offloaded(path, source, prov, DTYPES[dtype], target, offload_dir, compute_dtype, tokenizer)
     kwargs = {"dtype": DTYPES[dtype]}
     if device_map:
         kwargs["device_map"] = device_map
-    fmt = checkpoint.sparse_format(source) if prov.get("source") == "local" else None
+    fmt = checkpoint.archive_format(source) if prov.get("source") == "local" else None
     try:
-        if fmt:  # a pruned model saved by this suite: transformers alone would leave its matrices random
-            prov["sparse_format"] = fmt
-            model = checkpoint.load_sparse(source, **kwargs)
+        if fmt:  # a compact archive of a pruned model (dlp.checkpoint): transformers alone refuses it
+            prov["archive_format"] = fmt
+            model = checkpoint.load_archive(source, **kwargs)
         else:
             model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
-        tokenizer = AutoTokenizer.from_pretrained(source)
+        tokenizer = tokenizer or AutoTokenizer.from_pretrained(source)
     except Exception as exc:
         if path not in embedded.MODELS:
             raise UserError(f"could not load model '{path}': {first_line(exc)}") from exc
@@ -98,11 +179,57 @@ def load_model(path: str, dtype: str = "float32", device: str = "auto", device_m
                                             first_line(exc))
         source = str(embedded.converted_folder(rebuild=True, alias=path))
         model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
-        tokenizer = AutoTokenizer.from_pretrained(source)
-    if not device_map:
-        model.to(resolve_device(device))
+        tokenizer = tokenizer or AutoTokenizer.from_pretrained(source)
+    if offload == "cpu":
+        refuse_experts(model, offload)
+        offload_to_cpu(model, target)
+    elif not device_map:
+        model.to(target)
+    return _ready(model, compute_dtype), tokenizer, prov
+
+
+def _ready(model, compute_dtype):
     model.eval()
     model.config.use_cache = False
     expose_experts(model)  # fused MoE experts through per-expert Linears, for every run alike (dlp.experts)
     set_compute_dtype(model, compute_dtype)
-    return model, tokenizer, prov
+    return model
+
+
+def refuse_experts(model, offload: str) -> None:
+    """Routed experts are pruned through views of their fused tensors (dlp.experts), which a block moved as
+    whole tensors would leave behind: offloading them is refused in one line."""
+    if any(has_routed_experts(block) for block in find_blocks(model).blocks):
+        raise UserError(f"offload={offload} does not support models with routed experts "
+                        f"({type(model).__name__}): use offload=none")
+
+
+def _load_disk_offloaded(path, source, prov, dtype, device, offload_dir, compute_dtype, tokenizer=None):
+    """A model whose block weights stay in its checkpoint's safetensors files (dlp.offload)."""
+    from transformers import AutoTokenizer
+
+    if prov.get("source") == "huggingface-hub":
+        source = local_snapshot(source)
+    _check_disk_source(path, source)
+    if offload_dir is None:
+        raise UserError("offload=disk needs a folder to write the pruned blocks into (offload_dir)")
+    try:
+        model = load_disk_offloaded(Path(source), dtype, device, Path(offload_dir))
+        tokenizer = tokenizer or AutoTokenizer.from_pretrained(source)
+    except UserError:
+        raise
+    except Exception as exc:
+        raise UserError(f"could not load model '{path}' with offload=disk: {first_line(exc)}") from exc
+    refuse_experts(model, "disk")
+    return _ready(model, compute_dtype), tokenizer, prov
+
+
+def local_snapshot(repo_id: str) -> str:
+    """The folder of a hub model's files (downloaded when the hub is reachable, else from the local cache)."""
+    from huggingface_hub import snapshot_download
+
+    try:
+        return snapshot_download(repo_id, allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt"],
+                                 local_files_only=not hub_reachable())
+    except Exception as exc:
+        raise UserError(f"could not get the files of '{repo_id}' for offload=disk: {first_line(exc)}") from exc

@@ -11,6 +11,13 @@ path (the model's own logits), kept for the tests that show both agree. Every ev
 on its first window and falls back to the plain path, with a warning, if a family post-processes its logits
 in a way the chunked path does not reproduce (it knows Gemma's final soft cap).
 
+A model whose blocks are offloaded (dlp.offload) is evaluated block by block, as the engine walks it: every
+window's first-block inputs are captured, each block visits the device once and runs all of them, and then the
+model's own code after the blocks (final norm, output layer) runs per batch with the blocks bypassed and the
+last block's stored outputs put in its place. The same batches meet the same kernels, so the losses are those
+of the model held whole (bit for bit on a CPU), and each block's weights cross to the device once, not once
+per batch.
+
 Why 128 and not a whole window: otherwise the logits chunk and its log-softmax are the largest thing alive
 in a whole run, larger than anything pruning holds. The chunk size only splits the output layer's product;
 each position's loss is still taken from its own row of logits, so the losses do not depend on it beyond
@@ -23,9 +30,12 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .compute_dtype import compute_dtype_of, computing
+from .compute_dtype import compute_dtype_of, computing, working_tolerance
 from .data.corpora import Corpus
+from .engine import capture_inputs, forwards_replaced, run_block
 from .errors import UserError
+from .offload import offload_of
+from .structure import find_blocks
 
 CHUNK_TOKENS = 128  # positions of the output layer applied at once (see the module's docstring)
 # Largest per-token loss difference allowed between the chunked output layer and the model's own logits on the
@@ -50,27 +60,65 @@ def window_losses(model, ids: torch.Tensor, seqlen: int, max_windows: int | None
         raise UserError(f"corpus has {ids.numel()} tokens, fewer than one window of {seqlen}")
     windows = ids[: n * seqlen].view(n, seqlen)
     device = model.get_input_embeddings().weight.device
+    streamed = offload_of(model).offloaded
+    last_outputs = _block_by_block(model, windows, batch_size, progress) if streamed else None
     losses = []
     checked = chunk_tokens is None
     # A compute dtype (dlp.compute_dtype) runs the forward passes under autocast; the losses stay float32.
     with computing(compute_dtype_of(model), device):
         for start in tqdm(range(0, n, batch_size), desc="perplexity", disable=not progress):
             batch = windows[start:start + batch_size].to(device)
-            if chunk_tokens is None:
-                token_losses = _plain_losses(model, batch)
+            if streamed:
+                forward = _after_blocks(model, batch, last_outputs[start:start + batch_size])
             else:
-                token_losses = _chunked_losses(model, batch, chunk_tokens)
+                def forward(rows: int, batch=batch):
+                    return model(input_ids=batch[:rows], use_cache=False)
+            if chunk_tokens is None:
+                token_losses = _plain_losses(forward, batch)
+            else:
+                token_losses = _chunked_losses(model, forward, batch, chunk_tokens)
                 if not checked:  # once: the output layer alone must give the model's own logits
                     checked = True
-                    if not _agrees(model, token_losses[:seqlen - 1], _plain_losses(model, batch[:1])):
+                    if not _agrees(model, token_losses[:seqlen - 1], _plain_losses(forward, batch[:1])):
                         chunk_tokens = None
-                        token_losses = _plain_losses(model, batch)
+                        token_losses = _plain_losses(forward, batch)
             losses.append(token_losses.view(batch.shape[0], -1).mean(1).cpu())
     return torch.cat(losses)
 
 
-def _plain_losses(model, batch: torch.Tensor) -> torch.Tensor:
-    logits = model(input_ids=batch, use_cache=False).logits
+def _block_by_block(model, windows: torch.Tensor, batch_size: int, progress: bool) -> torch.Tensor:
+    """The last block's outputs for every window, each block visiting the device once (an offloaded model)."""
+    layout = find_blocks(model)
+    home = offload_of(model)
+    cap = capture_inputs(model, layout, windows, batch_size)
+    x, y = cap.inputs, torch.empty_like(cap.inputs)
+    compute = compute_dtype_of(model)
+    for index, block, _visit in tqdm(home.visits(layout.blocks), total=len(layout), desc="perplexity (blocks)",
+                                      disable=not progress):
+        run_block(block, x, cap.block_calls(index), batch_size, out=y, compute_dtype=compute)
+        x, y = y, x
+    return x
+
+
+def _after_blocks(model, batch: torch.Tensor, last: torch.Tensor):
+    """A forward over the first `rows` windows of `batch` that runs the model's own code around the blocks with
+    the blocks bypassed, the last one answering with its stored outputs `last`."""
+    layout = find_blocks(model)
+
+    def forward(rows: int):
+        def passthrough(index):
+            def bypass(*args, **kwargs):
+                hidden = args[0] if args else kwargs["hidden_states"]
+                return last[:rows].to(hidden.device) if index == len(layout) - 1 else hidden
+            return bypass
+
+        with forwards_replaced(layout, passthrough):
+            return model(input_ids=batch[:rows], use_cache=False)
+    return forward
+
+
+def _plain_losses(forward, batch: torch.Tensor) -> torch.Tensor:
+    logits = forward(batch.shape[0]).logits
     return F.cross_entropy(logits[:, :-1].float().reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1),
                            reduction="none")
 
@@ -78,8 +126,7 @@ def _plain_losses(model, batch: torch.Tensor) -> torch.Tensor:
 def _agrees(model, chunked: torch.Tensor, plain: torch.Tensor) -> bool:
     """Whether the chunked path's first-window losses match the model's own; if not (a family that scales or
     caps its logits in a way `_chunked_losses` does not know), say so in one line: the caller falls back."""
-    reduced = compute_dtype_of(model) is not None or next(model.parameters()).dtype not in AGREE
-    bound = AGREE_REDUCED if reduced else AGREE[next(model.parameters()).dtype]
+    bound = working_tolerance(model, AGREE, AGREE_REDUCED)
     diff = (chunked - plain).abs().max().item()
     if diff <= bound:
         return True
@@ -92,7 +139,7 @@ class _Hidden(Exception):
     pass
 
 
-def _chunked_losses(model, batch: torch.Tensor, chunk_tokens: int) -> torch.Tensor:
+def _chunked_losses(model, forward, batch: torch.Tensor, chunk_tokens: int) -> torch.Tensor:
     """Per-token losses of every next-token prediction, the output layer applied a chunk at a time.
 
     The hidden states are taken at the output layer's input (a pre-hook that stops the forward there), so
@@ -107,7 +154,7 @@ def _chunked_losses(model, batch: torch.Tensor, chunk_tokens: int) -> torch.Tens
 
     handle = head.register_forward_pre_hook(grab)
     try:
-        model(input_ids=batch, use_cache=False)
+        forward(batch.shape[0])
     except _Hidden:
         pass
     finally:

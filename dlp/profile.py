@@ -28,7 +28,9 @@ def block_profile(linears, stats, outlier_m: float) -> dict:
 
     Two passes over the scores, one matrix at a time (a 7B block has about 200M): count, sum and the median's
     first radix pass; then the outlier count (it needs the mean) and the median's second pass. A pass per
-    figure would take four, computing every score twice as often."""
+    figure would take four, computing every score twice as often. Sums and counts stay on the scores' device
+    until the block is done (reading each back would wait for the device once per matrix); the float64 sum is
+    the same sequence of additions either way."""
     def stream():
         for name, layer in linears.items():
             yield wanda_scores(layer.weight.data.to(torch.float32), stats[name])
@@ -36,15 +38,15 @@ def block_profile(linears, stats, outlier_m: float) -> dict:
     count, total, select = 0, 0.0, RadixSelect()
     for chunk in stream():
         count += chunk.numel()
-        total += chunk.double().sum().item()
+        total = total + chunk.double().sum()
         select.first(chunk)
-    mean = total / count
+    mean = float(total) / count
     select.choose((count - 1) // 2)  # the lower median, as torch.median
     above = 0
     for chunk in stream():
-        above += int((chunk > outlier_m * mean).sum())
+        above = above + (chunk > outlier_m * mean).sum()
         select.second(chunk)
-    return {"count": count, "mean": mean, "median": select.value(), "outlier_ratio": above / count}
+    return {"count": count, "mean": mean, "median": select.value(), "outlier_ratio": int(above) / count}
 
 
 def compute_profile(model, calib_ids, outlier_m: float, batch_size: int | str, progress: bool = True) -> list[dict]:

@@ -7,6 +7,7 @@ from tqdm.auto import tqdm
 from .criterion import Criterion
 from .engine import WalkResult, walk
 from .masks import lowest_nm, lowest_overall, zero_where
+from .offload import offload_of
 from .pattern import NM
 from .structure import find_blocks, find_linears
 
@@ -69,9 +70,10 @@ def weights_only(model, visit, desc: str, progress: bool) -> WalkResult:
     result = WalkResult()
     t = time.perf_counter()
     blocks = find_blocks(model).blocks
-    for index, block in enumerate(tqdm(blocks, desc=desc, disable=not progress)):
+    for index, block, visiting in tqdm(offload_of(model).visits(blocks), total=len(blocks), desc=desc,
+                                       disable=not progress):
         linears = find_linears(block)
-        visit(index, block, linears, {name: None for name in linears})
+        visiting.changed = visit(index, block, linears, {name: None for name in linears})
     result.timings.update({"capture": 0.0, "statistics": 0.0, "visit": time.perf_counter() - t, "replay": 0.0})
     result.blocks = len(blocks)
     return result

@@ -6,17 +6,73 @@ A method registers itself where it is defined, with a decorator (as lm-evaluatio
     class Wanda(Criterion): ...
 
 Validation, sweeps, tables, plots and the bench look methods up here, so a new method is one Python file (plus
-its Hydra YAML for its parameters). The core registers DLP; `baselines/` registers the others when imported.
+its Hydra YAML for its parameters). The tables fill themselves on first lookup by importing the modules that
+packages declare under the entry-point group `dlp_bench.methods` (this suite's own in its pyproject.toml: DLP
+and the baselines; another installed package adds its methods the same way), so a notebook's first
+`make_criterion("wanda")` finds Wanda without importing anything else first.
 """
+import importlib.metadata
 import inspect
+import logging
 
 from .allocator import Allocator
 from .criterion import Criterion
-from .errors import UserError
+from .errors import UserError, first_line
+from .paths import ROOT
 
-CRITERIA: dict[str, type] = {}
-ALLOCATIONS: dict[str, type] = {}
+GROUP = "dlp_bench.methods"  # [project.entry-points."dlp_bench.methods"] name = "a.module.that.registers"
 DENSE = "none"  # criterion=none: the dense model, nothing pruned
+_loaded = False
+
+
+def declared_entry_points() -> list:
+    """Every installed package's entry points of the group, and this checkout's own from its pyproject.toml (a
+    checkout run without installing, PYTHONPATH=., or installed before its methods were declared)."""
+    found = list(importlib.metadata.entry_points(group=GROUP))
+    values = {entry.value for entry in found}
+    return found + [entry for entry in source_tree_entry_points() if entry.value not in values]
+
+
+def source_tree_entry_points() -> list:
+    try:
+        import tomllib
+        declared = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["entry-points"][GROUP]
+    except (ImportError, OSError, KeyError):
+        return []
+    return [importlib.metadata.EntryPoint(name, value, GROUP) for name, value in declared.items()]
+
+
+def load_methods() -> None:
+    """Import every declared method module once; one that fails to import is a warning line, not a lost suite."""
+    global _loaded
+    if _loaded:
+        return
+    _loaded = True  # first: the modules being imported register through this very registry
+    for entry in declared_entry_points():
+        try:
+            entry.load()
+        except Exception as exc:
+            logging.getLogger(__name__).warning("methods of %s (%s) not loaded: %s", entry.name, entry.value,
+                                                first_line(exc))
+
+
+def _loading(read):
+    def call(self, *args):
+        load_methods()
+        return read(self, *args)
+    return call
+
+
+class Registry(dict):
+    """Methods by name: a dict that loads the declared methods before its first read."""
+
+
+for _read in ("__getitem__", "__contains__", "__iter__", "__len__", "get", "keys", "values", "items"):
+    setattr(Registry, _read, _loading(getattr(dict, _read)))
+
+
+CRITERIA: dict[str, type] = Registry()
+ALLOCATIONS: dict[str, type] = Registry()
 
 
 def _register(table: dict, base: type, kind: str, name: str, label: str | None, **attributes):
@@ -25,14 +81,14 @@ def _register(table: dict, base: type, kind: str, name: str, label: str | None, 
             raise TypeError(f"@register_{kind}('{name}') needs a subclass of {base.__name__}")
         if name == DENSE or not name.isidentifier():
             raise ValueError(f"'{name}' cannot name a {kind}: use a Python identifier other than '{DENSE}'")
-        known = table.get(name)
+        known = dict.get(table, name)  # no loading: this may run while a declared module is being imported
         # Re-importing the same module (a notebook's reload) registers the same class again: allowed.
         if known is not None and (known.__module__, known.__qualname__) != (cls.__module__, cls.__qualname__):
             raise ValueError(f"{kind} '{name}' is registered twice: {known.__module__} and {cls.__module__}")
         cls.name, cls.label = name, label or name
         for key, value in attributes.items():
             setattr(cls, key, value)
-        table[name] = cls
+        dict.__setitem__(table, name, cls)
         return cls
     return decorate
 
@@ -46,6 +102,14 @@ def register_allocation(name: str, label: str | None = None, score_label: str = 
     another allocation's sparsities reordered) exists to be compared with, in the ablation and the curves; the
     bench and the layer-importance plots leave controls out by default."""
     return _register(ALLOCATIONS, Allocator, "allocation", name, label, score_label=score_label, control=control)
+
+
+def reference_allocation() -> str:
+    """The registered allocation every other is compared with (its class says `reference = True`)."""
+    names = [name for name, cls in ALLOCATIONS.items() if cls.reference]
+    if len(names) != 1:
+        raise UserError(f"exactly one registered allocation must be the reference; found {names or 'none'}")
+    return names[0]
 
 
 def studied_allocations() -> list[str]:

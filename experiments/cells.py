@@ -48,10 +48,13 @@ def duration(seconds: float) -> str:
     return f"{minutes // 60} h {minutes % 60:02d} min" if minutes >= 60 else f"{max(minutes, 1)} min"
 
 
-def run_cell(overrides: list[str], group: str = "tables", cfg: dict | None = None, pace: Pace | None = None) -> dict:
+def run_cell(overrides: list[str], group: str = "tables", cfg: dict | None = None, pace: Pace | None = None,
+             label: str | None = None) -> dict:
     """The record of one cell (status ok or failed); never raises for a failure inside the run. A fresh run is
     logged to W&B in `group`, beside the table that gathers it. `cfg`: the overrides already composed and
-    validated (by `prepare`); `pace` counts the cells that had no record."""
+    validated (by `prepare`); `pace` counts the cells that had no record; `label`: the cell as its lines name
+    it (default: all its overrides)."""
+    label = label or " ".join(overrides)
     try:
         if cfg is None:
             cfg, checked = compose_config(overrides), False
@@ -61,24 +64,31 @@ def run_cell(overrides: list[str], group: str = "tables", cfg: dict | None = Non
     except Exception as exc:  # the grid goes on
         if pace is not None:
             pace.step()
-        return failed(overrides, exc)
+        return failed(overrides, exc, label=label)
     how = "reused" if reused else f"ran in {record['wall_s']:.0f} s"
     if pace is not None:  # reused too: another process may have finished it meanwhile
         how += f"; cell {pace.step()}"
-    report(overrides, record, how, path)
+    report(label, record, how, path)
     if not reused:
         tracking.log_quietly(record, cfg["wandb"], group=group)
     return record
 
 
-def report(overrides: list[str], record: dict, how: str, path) -> None:
-    print(f"{' '.join(overrides)}: ppl {record['metrics']['ppl']:.3f} ({how}) -> {path}", flush=True)
+def report(label: str, record: dict, how: str, path) -> None:
+    print(f"{label}: ppl {record['metrics']['ppl']:.3f} ({how}) -> {path}", flush=True)
 
 
-def failed(overrides: list[str], exc: Exception) -> dict:
-    kind = "" if isinstance(exc, UserError) else f"{type(exc).__name__}: "
-    print(f"error in cell {' '.join(overrides)}: {kind}{exc}", file=sys.stderr)
-    return {"status": "failed", "error": f"{kind}{exc}", "overrides": overrides}
+def failed(overrides: list[str], why: Exception | str | None, quiet: bool = False, label: str | None = None) -> dict:
+    """A failed cell's stand-in record; said at once in one line unless `quiet` (a launcher's cells, said
+    together when the table is written)."""
+    label = label or " ".join(overrides)
+    if why is None:
+        why = "no finished record after the launcher ran"
+    elif isinstance(why, Exception):
+        why = f"{'' if isinstance(why, UserError) else f'{type(why).__name__}: '}{why}"
+    if not quiet:
+        print(f"error in cell {label}: {why}", file=sys.stderr)
+    return {"status": "failed", "error": why, "overrides": overrides, "cell": label}
 
 
 def prepare(overrides: list[str]) -> tuple[dict | None, Exception | None]:
@@ -102,8 +112,15 @@ def launcher_overrides(launcher: str | None, extra: list[str] = ()) -> list[str]
     """The Hydra overrides that pick a launcher (`hydra/launcher=joblib`) and set its options (`hydra.launcher.*`
     from `extra`); None for the default, this process."""
     if not launcher:
+        if any(o.startswith("hydra.") for o in extra):
+            raise UserError(f"{next(o for o in extra if o.startswith('hydra.'))} is a launcher's option: name the "
+                            "launcher too (--launcher, or LAUNCHER= for make)")
         return None
-    return [f"hydra/launcher={launcher}", *(o for o in extra if o.startswith("hydra."))]
+    chosen = [f"hydra/launcher={launcher}", *(o for o in extra if o.startswith("hydra."))]
+    # Composed now, as Hydra will for the jobs: a launcher name Hydra cannot resolve (its plugins, conf/hydra/
+    # launcher/) or an option the launcher does not have is one line before any work.
+    compose_config(chosen)
+    return chosen
 
 
 def cell_overrides(extra: list[str]) -> list[str]:
@@ -113,19 +130,22 @@ def cell_overrides(extra: list[str]) -> list[str]:
 
 def run_cells(grid: dict, group: str, launcher: list[str] | None = None) -> dict:
     """{key: [overrides per seed]} -> {key: [record per seed]} (failed cells as {"status": "failed", ...}).
-    Every cell is checked first: when all are bad input (a bad override, a missing file) that is one line and no
-    work; when only some are, those are failed cells and the others run."""
+    Every cell is checked first: one that is bad input (a bad override, a missing file) refuses the whole grid in
+    one line (UserError) before any work."""
     unique = list({tuple(o): o for cells in grid.values() for o in cells}.values())
     prepared = {tuple(o): prepare(o) for o in unique}
-    errors = [error for _, error in prepared.values()]
-    if unique and all(errors) and isinstance(errors[0], UserError):
-        raise errors[0]
+    bad = [(o, error) for o in unique for error in [prepared[tuple(o)][1]] if isinstance(error, UserError)]
+    if bad:
+        more = f" ({len(bad) - 1} more cells refused too)" if len(bad) > 1 else ""
+        raise UserError(f"{bad[0][1]}{more}" if len(bad) == len(unique) else
+                        f"cell {cell_text(bad[0][0], unique)}: {bad[0][1]}{more}")
     # Each record is read once: the cells found here are reported from this scan, only the others run.
     found = {key: read_cell(cfg) for key, (cfg, _) in prepared.items() if cfg is not None}
     todo = [o for o in unique if tuple(o) in found and found[tuple(o)][1] is None]
-    pace = None
+    labels = {tuple(o): cell_text(o, unique) for o in unique}
+    pace, reasons = None, {}
     if todo and launcher is not None:
-        launch(todo, group, launcher)
+        reasons = launch(todo, group, launcher)
     elif todo:
         print(f"{len(todo)} of {len(unique)} cells without a finished record: running them here, one after another",
               flush=True)
@@ -136,19 +156,37 @@ def run_cells(grid: dict, group: str, launcher: list[str] | None = None) -> dict
         for overrides in cells:
             cfg, error = prepared[tuple(overrides)]
             if error is not None:
-                out[key].append(failed(overrides, error))
+                out[key].append(failed(overrides, error, label=labels[tuple(overrides)]))
                 continue
             path, record = found[tuple(overrides)]
             if record is not None:
                 out[key].append(record)
-                report(overrides, record, "reused", path)
+                report(labels[tuple(overrides)], record, "reused", path)
             elif launcher is None:
-                out[key].append(run_cell(overrides, group, cfg, pace if pace and pace.claims(overrides) else None))
+                out[key].append(run_cell(overrides, group, cfg, pace if pace and pace.claims(overrides) else None,
+                                         labels[tuple(overrides)]))
             else:
                 # The launcher's jobs have written their records since the scan: read them at the scanned path.
                 record = pipeline.finished_record(cfg, path)
-                out[key].append(record or failed(overrides, RuntimeError("no finished record after the launcher ran")))
+                out[key].append(record or failed(overrides, reasons.get(tuple(overrides), reasons.get(None)), quiet=True,
+                                                 label=labels[tuple(overrides)]))
     return out
+
+
+def cell_text(overrides: list[str], cells: list[list[str]]) -> str:
+    """A cell as a person tells it from its grid's others: the overrides not shared by every cell."""
+    shared = set.intersection(*(set(c) for c in cells)) if len(cells) > 1 else set()
+    return " ".join(o for o in overrides if o not in shared) or " ".join(overrides)
+
+
+def failures(out: dict) -> list[tuple[str, str]]:
+    """(cell, why) for each failed cell of run_cells' result, each cell once (a cell can sit in two rows)."""
+    found = {}
+    for records in out.values():
+        for r in records:
+            if r.get("status") == "failed":
+                found.setdefault(tuple(r["overrides"]), (r["cell"], r["error"]))
+    return list(found.values())
 
 
 # Launchers whose jobs run on this machine. Their jobs compute with this process's torch thread count (unless
@@ -157,9 +195,11 @@ def run_cells(grid: dict, group: str, launcher: list[str] | None = None) -> dict
 LOCAL_LAUNCHERS = ("basic", "joblib", "slurm_local", "submitit_local")
 
 
-def launch(missing: list[list[str]], group: str, launcher: list[str]) -> None:
+def launch(missing: list[list[str]], group: str, launcher: list[str]) -> dict:
     """One multirun of `experiments.run` over exactly these cells, through the launcher; its jobs' output goes
-    to this console. A job that fails leaves its cell without a record; the others go on."""
+    to this console. A job that fails leaves its cell without a record; the others go on. Returns why cells
+    failed: {cell's overrides: the job's error} from the failure notes jobs leave in their folders
+    (experiments.run), and {None: the launcher's last line} when the launcher itself failed."""
     import torch
 
     local = launcher[0].removeprefix("hydra/launcher=") in LOCAL_LAUNCHERS
@@ -173,7 +213,34 @@ def launch(missing: list[list[str]], group: str, launcher: list[str]) -> None:
           f"({sweep_dir})", flush=True)
     cmd = [sys.executable, "-m", "experiments.run", "-m", "hydra/sweeper=cells", f"hydra.sweeper.cells={cells_file}",
            f"hydra.sweep.dir={sweep_dir}", f"wandb.group={group}", *threads, *launcher]
-    done = subprocess.run(cmd, cwd=ROOT)
-    if done.returncode != 0:
-        print(f"the launcher exited with status {done.returncode}; cells without a record are reported failed",
-              file=sys.stderr)
+    # Its errors are shown as they come and the last one kept: a launcher that fails (a refused submission, a
+    # cluster down) names the reason in each of its cells' failure lines.
+    last = ""
+    with subprocess.Popen(cmd, cwd=ROOT, stderr=subprocess.PIPE, text=True, errors="replace") as proc:
+        for line in proc.stderr:
+            sys.stderr.write(line)
+            last = line.strip() or last
+    reasons = job_failures(sweep_dir, missing)
+    if proc.returncode != 0:
+        reasons[None] = f"the launcher exited with status {proc.returncode}: {last or 'no message'}"
+    return reasons
+
+
+FAILURE_NOTE = "failure.json"  # what a multirun job that failed leaves in its folder: its overrides and error
+
+
+def job_failures(sweep_dir: Path, missing: list[list[str]]) -> dict:
+    """{cell's overrides: error} from the failure notes under `sweep_dir`. A job's overrides are the command
+    line's (wandb.group, threads) followed by its cell's."""
+    notes = []
+    for path in sweep_dir.rglob(FAILURE_NOTE):
+        try:
+            notes.append(json.loads(path.read_text()))
+        except (OSError, ValueError):
+            continue
+    reasons = {}
+    for cell in missing:
+        for note in notes:
+            if note.get("overrides", [])[-len(cell):] == cell:
+                reasons[tuple(cell)] = note.get("error", "?")
+    return reasons

@@ -7,13 +7,27 @@ from dlp.errors import UserError
 from dlp.pattern import check_sparsity
 from dlp.paths import ROOT
 
+from .publish import CellsFailed
+
 
 def one_line_errors(call):
-    """Run `call()`; a UserError (bad input) prints `error: ...` and exits with status 2, not a traceback."""
+    """Run `call()`; a UserError (bad input) prints `error: ...` and exits with status 2, not a traceback; a grid
+    with failed cells (its result files left as they were) exits with status 1 the same way."""
     try:
         return call()
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except CellsFailed as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(1)
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse with its errors as every entry point's bad input: one line and exit status 2, not the usage."""
+
+    def error(self, message):
+        print(f"error: {message} (see --help)", file=sys.stderr)
         sys.exit(2)
 
 
@@ -48,7 +62,7 @@ LAUNCHER_HELP = ("run the missing cells as one Hydra multirun through this launc
 def grid_parser(description: str, defaults: dict[str, str]) -> argparse.ArgumentParser:
     """--model, --preset, --seeds, --criteria, --allocations, --sparsities, --out and Hydra overrides; `defaults`
     says in the help what each list option falls back to."""
-    parser = argparse.ArgumentParser(description=description)
+    parser = OneLineParser(description=description)
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--preset", default="cpu")
     for option in ("seeds", "criteria", "allocations", "sparsities"):
@@ -66,3 +80,32 @@ def grid_options(args) -> dict:
     return {"model": args.model, "preset": args.preset, "seeds": parse_seeds(args.seeds), "extra": args.overrides,
             "out_dir": args.out, "criteria": split(args.criteria), "allocations": split(args.allocations),
             "sparsities": parse_sparsities(args.sparsities), "launcher": args.launcher}
+
+
+def check_hydra_command_line(argv: list[str]) -> tuple[dict, bool]:
+    """Compose what a Hydra entry point is given, as Hydra will (each sweep at its first value, so `-m` sweeps
+    are checked too), and refuse an unknown key, group, choice or launcher option in one line (UserError).
+    Returns the composed config (a sweep's first cell) and whether the command line is a multirun."""
+    from hydra._internal.utils import get_args_parser
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    from .config import compose_config, hydra_message
+
+    args = get_args_parser().parse_known_args(argv)[0]
+    overrides = args.overrides
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+    except HydraException as exc:
+        raise UserError(hydra_message(exc)) from None
+    probe = []
+    for override in parsed:
+        if not override.is_sweep_override():
+            probe.append(override.input_line)
+            continue
+        try:
+            first = next(iter(override.sweep_string_iterator()))
+        except (HydraException, StopIteration):  # glob() and interval(): the sweeper resolves them, not a probe
+            continue
+        probe.append(f"{override.get_key_element()}={first}")
+    return compose_config(probe), bool(args.multirun)

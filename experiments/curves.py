@@ -2,10 +2,11 @@
 
 `python -m experiments.curves --model smollm2-135m --preset cpu --seeds 0,1,2` runs the missing cells (uniform,
 OWL, DLP and the linear ramp under Wanda and SparseGPT at 30% to 80%, once per calibration seed; finished
-records are reused) and writes results/curves-<model>.{png,csv}: one panel per criterion, WikiText-2 perplexity
+records are reused) and writes results/curves-<model>.{png,csv,md}: one panel per criterion, WikiText-2 perplexity
 on a log axis, mean over seeds with ± one standard deviation as error bars, the dense model as a dashed line.
 A point is filled where it differs from uniform at its sparsity (paired t-test over seeds on log perplexity, as
-in experiments/verdicts.py) and hollow where it is within noise; the csv carries that verdict, its ratio and p.
+in experiments/verdicts.py) and hollow where it is within noise; the csv carries that verdict, its ratio and p,
+and the markdown says it in words (`--from-csv` re-renders the markdown alone from the csv).
 """
 import csv
 import io
@@ -13,33 +14,30 @@ import textwrap
 import time
 from pathlib import Path
 
-from dlp.io import write_atomic
+from dlp.errors import UserError
 from dlp.paths import ROOT
-from dlp.registry import ALLOCATIONS, CRITERIA
+from dlp.registry import ALLOCATIONS, CRITERIA, reference_allocation
 
-from . import tracking
-from .cells import cell_overrides, launcher_overrides, run_cells
+from . import grids, tracking
+from .cells import cell_overrides, failures, launcher_overrides, run_cells
 from .commandline import grid_options, grid_parser, one_line_errors
 from .config import compose_config
-from .plots import save_figure
-from .tables import VERDICT_COLUMNS, commits, finished, ppl, ppl_verdict, seeds_text, summary, verdict_columns
+from .publish import publish
+from .plots import figure_bytes
+from .reports.markdown import md_table, provenance_lines
+from .reports.numbers import (VERDICT_COLUMNS, commits, finished, ppl, ppl_verdict, seeds_text, summary,
+                              verdict_columns)
 from .validation import check_choices
 
-NAME = "curves"
-CRITERIA_DEFAULT = ["wanda", "sparsegpt"]
-ALLOCATIONS_DEFAULT = ["uniform", "owl", "dlp", "linear"]
-SPARSITIES_DEFAULT = [0.3, 0.4, 0.5, 0.6, 0.7, 0.8]
+NAME = "curves"  # its grid: conf/experiment/curves.yaml
 
 
 def collect(model, preset, criteria, allocations, sparsities, seeds, extra, launcher=None):
     """(criterion, allocation, sparsity) -> records, one per seed; ("none", "-", 0.0) -> the dense record."""
-    base = [f"model={model}", f"preset={preset}"]
-    grid = {("none", "-", 0.0): [[*base, "criterion=none", *extra]]}
-    for crit in criteria:
-        for alloc in allocations:
-            for s in sparsities:
-                grid[(crit, alloc, s)] = [[*base, f"criterion={crit}", f"allocation={alloc}", f"sparsity={s}", *extra,
-                                           f"seed={seed}"] for seed in seeds]
+    fixed = [f"model={model}", f"preset={preset}"]
+    grid = {("none", "-", 0.0): grids.dense_cell(NAME, fixed, extra),
+            **grids.cells(NAME, {"criterion": criteria, "allocation": allocations, "sparsity": sparsities,
+                                 "seed": seeds}, fixed, extra)}
     return run_cells(grid, NAME, launcher)
 
 
@@ -56,11 +54,12 @@ def points(cells, crit, alloc, sparsities):
 def against_uniform(cells, criteria, allocations, sparsities) -> dict:
     """(criterion, allocation, sparsity) -> that point's verdict against uniform at the same criterion and
     sparsity (None for uniform itself, or when uniform is not drawn); the figure and the csv read the same."""
-    return {(crit, alloc, s): ppl_verdict(cells, crit, alloc, "uniform", s)
+    reference = reference_allocation()
+    return {(crit, alloc, s): ppl_verdict(cells, crit, alloc, reference, s)
             for crit in criteria for alloc in allocations for s in sparsities}
 
 
-def draw(cells, verdicts, model, criteria, allocations, sparsities, title, path: Path) -> Path:
+def draw(cells, verdicts, model, criteria, allocations, sparsities, title) -> bytes:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -68,6 +67,7 @@ def draw(cells, verdicts, model, criteria, allocations, sparsities, title, path:
 
     fig, axes = plt.subplots(1, len(criteria), figsize=(5.5 * len(criteria), 4.2), squeeze=False, sharey=True)
     dense = summary(ppl, cells[("none", "-", 0.0)])
+    reference = reference_allocation()
     for ax, crit in zip(axes[0], criteria):
         for i, alloc in enumerate(allocations):
             pts = points(cells, crit, alloc, sparsities)
@@ -75,7 +75,7 @@ def draw(cells, verdicts, model, criteria, allocations, sparsities, title, path:
                 # Uniform, the reference, is filled. Other allocations are filled where they differ from uniform and
                 # hollow where they are within noise of it (or have no verdict).
                 ax.errorbar([100 * s for s, _ in pts], [x.mean for _, x in pts], yerr=[x.std for _, x in pts],
-                            marker="o", ms=4, mfc=None if alloc == "uniform" else "white", capsize=3, color=f"C{i}",
+                            marker="o", ms=4, mfc=None if alloc == reference else "white", capsize=3, color=f"C{i}",
                             label=ALLOCATIONS[alloc].label)
                 real = [(s, x) for s, x in pts if getattr(verdicts[(crit, alloc, s)], "real", False)]
                 ax.plot([100 * s for s, _ in real], [x.mean for _, x in real], "o", ms=4, color=f"C{i}",
@@ -93,7 +93,7 @@ def draw(cells, verdicts, model, criteria, allocations, sparsities, title, path:
     width = round(fig.get_figwidth() * 14)  # characters of 9-point text per inch, about
     fig.suptitle("\n".join(textwrap.fill(line, width) for line in (title, legend)), fontsize=9)
     fig.tight_layout()
-    return save_figure(fig, path)
+    return figure_bytes(fig)
 
 
 def table_rows(cells, verdicts, criteria, allocations, sparsities) -> list[list]:
@@ -111,14 +111,76 @@ def table_rows(cells, verdicts, criteria, allocations, sparsities) -> list[list]
     return rows
 
 
+WORDS = {"beats": "beats", "loses to": "loses to", "within noise": "is within noise of",
+         "no verdict": "has no verdict (one seed) against"}
+
+
+def findings(rows: list[dict], criteria, allocations, sparsities) -> list[str]:
+    """The curves in words, from the csv's rows: per criterion a table of mean ± std (with its verdict against
+    uniform) and one sentence per allocation saying where it beats uniform, loses to it or is within noise."""
+    at = {(r["criterion"], r["allocation"], float(r["sparsity"])): r for r in rows}
+    out = []
+    for crit in criteria:
+        table, said = [], []
+        for alloc in allocations:
+            cells, groups = [], {}
+            for s in sparsities:
+                r = at.get((crit, alloc, float(s)))
+                if r is None or r["ppl_mean"] in ("", None):
+                    cells.append("failed")
+                    continue
+                word = r["vs_uniform"] or ""
+                cells.append(f"{float(r['ppl_mean']):.2f} ± {float(r['ppl_std'] or 0):.2f}" + (f" ({word})" if word else ""))
+                if word:
+                    groups.setdefault(WORDS[word], []).append(f"{float(s):.0%}")
+            table.append([ALLOCATIONS[alloc].label, *cells])
+            if groups:
+                said.append(f"- {ALLOCATIONS[alloc].label} " + "; ".join(f"{w} uniform at {', '.join(ss)}"
+                                                                    for w, ss in groups.items()) + ".")
+        out += ["", f"## {CRITERIA[crit].label}", "",
+                *md_table(["Allocation", *(f"{float(s):.0%}" for s in sparsities)], table), "", *said]
+    return out
+
+
+def render_md(model: str, preset: str, rows: list[dict], criteria, allocations, sparsities, provenance) -> str:
+    dense = next((r for r in rows if r["criterion"] == "none"), None)
+    seeds = sorted({s for r in rows for s in str(r.get("seeds") or "").split()}, key=int)
+    md = [f"# Perplexity against sparsity: {model}", "",
+          f"WikiText-2 perplexity (lower is better), mean ± standard deviation over calibration seeds "
+          f"{', '.join(seeds)}; in brackets each point's verdict against uniform at the same sparsity (paired "
+          "t-test over seeds on log perplexity, 5%: experiments/verdicts.py). Figure and data: "
+          f"`{NAME}-{model}.png`, `{NAME}-{model}.csv`."
+          + (f" Dense model: {float(dense['ppl_mean']):.2f}." if dense else ""),
+          *findings(rows, criteria, allocations, sparsities), "", "Measured on:", *provenance]
+    return "\n".join(md) + "\n"
+
+
+def csv_dicts(columns: list[str], rows: list[list]) -> list[dict]:
+    return [{c: ("" if v is None else v) for c, v in zip(columns, r)} for r in rows]
+
+
+def from_csv(model: str, preset: str, out_dir: Path) -> Path:
+    """Re-render the curves' markdown from their committed csv (no records needed): the same rows, the same
+    words; the csv names the commits, the preset is the command line's."""
+    csv_path = Path(out_dir) / f"{NAME}-{model}.csv"
+    if not csv_path.is_file():
+        raise UserError(f"no curves csv at {csv_path}: run the curves first")
+    rows = list(csv.DictReader(io.StringIO(csv_path.read_text())))
+    pick = lambda key: list(dict.fromkeys(r[key] for r in rows if r["criterion"] != "none"))  # noqa: E731
+    commits = sorted({c.strip() for r in rows for c in r["commits"].split(",") if c.strip()})
+    provenance = [f"- {model}: preset `{preset}`, the records behind `{csv_path.name}` (commits {', '.join(commits)})"]
+    md = render_md(model, preset, rows, pick("criterion"), pick("allocation"), [float(s) for s in pick("sparsity")],
+                   provenance)
+    publish({csv_path.with_suffix(".md"): md.encode()}, [])
+    return csv_path.with_suffix(".md")
+
+
 def build(model="smollm2-135m", preset="cpu", seeds=None, extra=(), out_dir=ROOT / "results", criteria=None,
           allocations=None, sparsities=None, launcher=None):
     start = time.time()
     launch, extra = launcher_overrides(launcher, list(extra)), cell_overrides(list(extra))
-    criteria = criteria or CRITERIA_DEFAULT
-    allocations = allocations or ALLOCATIONS_DEFAULT
-    sparsities = sparsities or SPARSITIES_DEFAULT
-    seeds = seeds or [0, 1, 2]
+    sweep = grids.axes(NAME, criterion=criteria, allocation=allocations, sparsity=sparsities, seed=seeds)
+    criteria, allocations, sparsities, seeds = (sweep[k] for k in ("criterion", "allocation", "sparsity", "seed"))
     check_choices([f"model={model}", f"preset={preset}", f"criterion={','.join(criteria)}",
                    f"allocation={','.join(allocations)}"])
     wandb_cfg = compose_config([f"preset={preset}", *extra])["wandb"]
@@ -128,24 +190,34 @@ def build(model="smollm2-135m", preset="cpu", seeds=None, extra=(), out_dir=ROOT
     corpus = ok["metrics"]["eval_corpus"] if ok else "?"
     title = f"{model}, {preset} preset, ppl on {corpus}; mean ± std over seeds {', '.join(map(str, seeds))}"
     verdicts = against_uniform(cells, criteria, allocations, sparsities)
-    png = draw(cells, verdicts, model, criteria, allocations, sparsities, title, out_dir / f"{NAME}-{model}.png")
+    png_path, csv_path = out_dir / f"{NAME}-{model}.png", out_dir / f"{NAME}-{model}.csv"
+    png = draw(cells, verdicts, model, criteria, allocations, sparsities, title)
     # Each point names the code versions its records ran under: a curve's cells can span several commits.
     columns = ["criterion", "allocation", "sparsity", "ppl_mean", "ppl_std", "n", "seeds", *VERDICT_COLUMNS, "commits"]
     rows = table_rows(cells, verdicts, criteria, allocations, sparsities)
     buf = io.StringIO()
     csv.writer(buf).writerows([columns, *([f"{v:.6g}" if isinstance(v, float) else v for v in r] for r in rows)])
-    write_atomic(out_dir / f"{NAME}-{model}.csv", buf.getvalue().encode())
-    tracking.log_table_quietly(f"{NAME}-{model}", columns, rows, wandb_cfg, group=NAME, figures={"curves": png},
+    by_model = {(k, model): v for k, v in cells.items()}
+    md = render_md(model, preset, csv_dicts(columns, rows), criteria, allocations, sparsities,
+                   provenance_lines(by_model, [model], preset))
+    publish({png_path: png, csv_path: buf.getvalue().encode(), csv_path.with_suffix(".md"): md.encode()},
+            failures(cells))
+    tracking.log_table_quietly(f"{NAME}-{model}", columns, rows, wandb_cfg, group=NAME, figures={"curves": png_path},
                                settings={"model": model, "preset": preset, "seeds": seeds, "sparsities": sparsities,
                                          "criteria": criteria, "allocations": allocations, "overrides": list(extra)})
-    print(f"{png}\n{out_dir / f'{NAME}-{model}.csv'} ({time.time() - start:.0f} s)")
-    return png, cells
+    print(f"{png_path}\n{csv_path} ({time.time() - start:.0f} s)")
+    return png_path, cells
 
 
 def main(argv=None):
-    args = grid_parser(__doc__.splitlines()[0], {
-        "seeds": "0,1,2", "criteria": ",".join(CRITERIA_DEFAULT), "allocations": ",".join(ALLOCATIONS_DEFAULT),
-        "sparsities": "0.3 to 0.8 by 0.1"}).parse_args(argv)
+    parser = grid_parser(__doc__.splitlines()[0], {
+        "seeds": "the experiment config's", "criteria": "the experiment config's",
+        "allocations": "the experiment config's", "sparsities": "the experiment config's"})
+    parser.add_argument("--from-csv", action="store_true", help="only re-render the markdown from the committed csv")
+    args = parser.parse_args(argv)
+    if args.from_csv:
+        print(one_line_errors(lambda: from_csv(args.model, args.preset, Path(args.out))))
+        return
     one_line_errors(lambda: build(**grid_options(args)))
 
 

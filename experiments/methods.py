@@ -1,16 +1,13 @@
-"""Every registered method loaded, and each one known to Hydra.
+"""Every registered method known to Hydra.
 
-Importing this module imports the core's DLP and the `baselines` packages, whose modules register themselves
-(dlp.registry). A registered method without a YAML file (one defined in a notebook or a test) gets a Hydra
-config node holding its constructor's defaults, so `criterion=<name>` composes and sweeps like the others.
+The registry (dlp.registry) fills itself with every declared method. A registered method without a YAML file
+(one from another package, a notebook or a test) gets a Hydra config node holding its constructor's defaults,
+so `criterion=<name>` composes and sweeps like the others.
 """
 import inspect
 
 from hydra.core.config_store import ConfigStore
 
-import baselines.allocations  # noqa: F401  (registers the baselines' allocations)
-import baselines.criteria  # noqa: F401  (registers the criteria)
-import dlp.dlp_allocation  # noqa: F401  (registers DLP)
 from dlp.paths import ROOT
 from dlp.registry import ALLOCATIONS, CRITERIA, DENSE, parameters
 

@@ -1,6 +1,7 @@
 """One run from a resolved config: validate, load, calibrate, allocate, prune, measure, record."""
 import time
 import traceback
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -9,9 +10,11 @@ from dlp.batching import resolve_batch_size
 from dlp.coverage import coverage, decoder_sparsity
 from dlp.data import corpora
 from dlp.data.calibration import calibration_windows
-from dlp.errors import UserError
+from dlp.errors import CheckFailed, UserError
 from dlp.locks import computing
-from dlp.models import load_model
+from dlp.models import load_model, load_tokenizer
+from dlp.offload import offload_of
+from dlp.paths import cache_dir
 from dlp.pattern import parse_pattern
 from dlp.perplexity import perplexity
 from dlp.prune import prune_model
@@ -41,36 +44,59 @@ def evaluate(model, tokenizer, cfg: dict, corpus=None) -> dict:
                       ev["batch_size"], cfg["progress"])
 
 
-def execute(cfg: dict, hold: dict | None = None, checked: bool = False) -> dict:
-    """Do the run; returns the record (status ok). Raises UserError on bad input. `hold`, a dict, receives the
-    pruned model and its tokenizer (to save them) instead of letting them go with the run. `checked`: the caller
-    has validated `cfg` already."""
-    if not checked:
-        validate(cfg)
-    use_threads(cfg)
+@dataclass
+class Inputs:
+    """What a run reads before its model: both corpora, the tokenizer and the calibration windows. A problem
+    with any (a corpus too short for its windows) costs seconds and is found before anything is written."""
+    corpus: object
+    calib_corpus: object
+    tokenizer: object
+    calib: torch.Tensor | None
+    timings: dict
+
+
+def read_inputs(cfg: dict) -> Inputs:
     timings = {}
-    # Both corpora are read before the model: a problem with either costs seconds, not a pruning run.
     t = time.perf_counter()
     corpus = eval_corpus(cfg)
     calib_corpus = None if records.is_dense(cfg) else calibration_corpus(cfg)
     timings["corpora"] = time.perf_counter() - t
     t = time.perf_counter()
+    d = cfg["data"]
+    tokenizer = load_tokenizer(cfg["model"]["path"])
+    calib = None
+    if tokenizer is not None and not records.is_dense(cfg):
+        calib = calibration_windows(calib_corpus, tokenizer, d["nsamples"], d["seqlen"], cfg["seed"], d["mode"])
+    timings["calibration_data"] = time.perf_counter() - t
+    return Inputs(corpus, calib_corpus, tokenizer, calib, timings)
+
+
+def execute(cfg: dict, hold: dict | None = None, checked: bool = False, inputs: Inputs | None = None) -> dict:
+    """Do the run; returns the record (status ok). Raises UserError on bad input. `hold`, a dict, receives the
+    pruned model and its tokenizer (to save them) instead of letting them go with the run. `checked`: the caller
+    has validated `cfg` already; `inputs`: read already (read_inputs)."""
+    if not checked:
+        validate(cfg)
+    use_threads(cfg)
+    inputs = inputs or read_inputs(cfg)
+    corpus, calib_corpus, tokenizer, calib = inputs.corpus, inputs.calib_corpus, inputs.tokenizer, inputs.calib
+    timings = dict(inputs.timings)
     torch.manual_seed(cfg["seed"])
-    m = cfg["model"]
+    m, d = cfg["model"], cfg["data"]
+    t = time.perf_counter()
     model, tokenizer, model_prov = load_model(m["path"], m.get("dtype", "float32"), m.get("device", "auto"),
-                                              m.get("device_map"), m.get("compute_dtype"))
+                                              m.get("device_map"), m.get("compute_dtype"), **offload_options(cfg),
+                                              tokenizer=tokenizer)
     timings["load"] = time.perf_counter() - t
+    if calib is None and not records.is_dense(cfg):  # the tokenizer came with the rebuilt model
+        calib = calibration_windows(calib_corpus, tokenizer, d["nsamples"], d["seqlen"], cfg["seed"], d["mode"])
     record = {"model_provenance": model_prov, "data": {}}
 
     block_targets = None
     if not records.is_dense(cfg):
-        d = cfg["data"]
-        t = time.perf_counter()
-        calib = calibration_windows(calib_corpus, tokenizer, d["nsamples"], d["seqlen"], cfg["seed"], d["mode"])
         record["data"]["calibration"] = {**calib_corpus.provenance(), "nsamples": d["nsamples"],
                                          "seqlen": d["seqlen"], "tokens": int(calib.numel()), "mode": d["mode"],
                                          "batch_size": resolve_batch_size(d["batch_size"], model, calib)}
-        timings["calibration_data"] = time.perf_counter() - t
         record["coverage"] = coverage(model)  # warns in one line when the pruned set is under 90% of the decoder
 
         t = time.perf_counter()
@@ -114,6 +140,7 @@ def execute(cfg: dict, hold: dict | None = None, checked: bool = False) -> dict:
 
     target = 0.0 if records.is_dense(cfg) else float(cfg["sparsity"])
     n_params = actual["pruned_parameters"]
+    record["offload"] = offload_of(model).record()
     record.update({
         "status": "ok",
         "metrics": {"ppl": ppl["ppl"], "eval_corpus": corpus.name, "eval": ppl,
@@ -130,39 +157,25 @@ def execute(cfg: dict, hold: dict | None = None, checked: bool = False) -> dict:
     return record
 
 
-def adopt_legacy(cfg: dict, path: Path) -> dict | None:
-    """A finished record made when keys held the local data folder's path rather than its content: reused, and
-    saved under the content key, when the corpora it recorded still read the same text."""
-    for legacy_key in records.legacy_run_keys(cfg):
-        legacy = records.record_path(cfg, legacy_key)
-        record = None if legacy == path else records.load_record(legacy, warn=False)
-        if record is not None and same_corpora(record, cfg):
-            record = {**record, "key": records.run_key(cfg), "legacy_key": legacy_key}
-            records.save_record(path, record)
-            return record
-    return None
-
-
-def same_corpora(record: dict, cfg: dict) -> bool:
-    """Whether the local corpora the record names read today the text (sha256) it recorded."""
-    for section, loader, recorded in (("eval", eval_corpus, "evaluation"), ("data", calibration_corpus, "calibration")):
-        prov = record.get("data", {}).get(recorded)
-        if prov is not None and corpora.local_file(cfg[section]) is not None:
-            if prov.get("sha256") != loader(cfg).provenance()["sha256"]:
-                return False
-    return True
+def offload_options(cfg: dict) -> dict:
+    """Where the run keeps its blocks (dlp.offload) and its device memory cap, as load_model takes them; offload=disk
+    writes the pruned blocks to `offload_dir`, by default a folder of the cache named by the run's key."""
+    mode = cfg.get("offload") or "none"
+    folder = cfg.get("offload_dir") or (cache_dir() / "offload" / records.run_key(cfg) if mode == "disk" else None)
+    return {"offload": mode, "offload_dir": folder, "device_memory_gib": cfg.get("device_memory_gib")}
 
 
 def finished_record(cfg: dict, path: Path, warn: bool = True) -> dict | None:
     """The run's finished record, unless forced to run again (`warn`: say in one line that a record is unreadable)."""
     if cfg.get("force"):
         return None
-    return records.load_record(path, warn) or adopt_legacy(cfg, path)
+    return records.load_record(path, warn)
 
 
 def run(cfg: dict, hold: dict | None = None, checked: bool = False) -> tuple[Path, dict, bool]:
-    """Run (or reuse) one config. Returns (record path, record, reused). Bad input is refused (UserError) before
-    any work and leaves no record; a failure once the run has started is recorded, then raised. Two processes
+    """Run (or reuse) one config. Returns (record path, record, reused). Bad input is refused (UserError) and
+    leaves no record, whether found before any work or once the run has started; any other failure of a started
+    run (a crash, a failed self-check) is recorded, then raised. Two processes
     asking for the same run compute it once: the second waits and reuses the first's record. `hold` as for
     `execute` (left empty when the record is reused: nothing was pruned); `checked` as for `execute`."""
     if not checked:
@@ -171,20 +184,26 @@ def run(cfg: dict, hold: dict | None = None, checked: bool = False) -> tuple[Pat
     existing = finished_record(cfg, path)
     if existing is not None:
         return path, existing, True
+    use_threads(cfg)
+    inputs = read_inputs(cfg)  # before the lock and the record: their bad input leaves nothing behind
     with computing(path, "this run"):
         existing = finished_record(cfg, path, warn=False)  # finished by another process while this one waited
         if existing is not None:
             return path, existing, True
-        return path, execute_and_record(cfg, path, hold), False
+        return path, execute_and_record(cfg, path, hold, inputs), False
 
 
 def use_threads(cfg: dict) -> None:
-    """The run's torch CPU thread count, when the config sets one (before the record reads it)."""
+    """The run's torch CPU thread count, when the config sets one (before the record reads it); and
+    progress=false silences transformers' own bars (loading weights) as well as the suite's."""
     if cfg.get("threads"):
         torch.set_num_threads(cfg["threads"])
+    from transformers.utils import logging as hf_logging
+
+    (hf_logging.enable_progress_bar if cfg.get("progress", True) else hf_logging.disable_progress_bar)()
 
 
-def execute_and_record(cfg: dict, path: Path, hold: dict | None) -> dict:
+def execute_and_record(cfg: dict, path: Path, hold: dict | None, inputs: Inputs | None = None) -> dict:
     use_threads(cfg)
     started = time.time()
     # Read before the run: the commit is that of the code this process loaded, even if the checkout moves on
@@ -192,15 +211,25 @@ def execute_and_record(cfg: dict, path: Path, hold: dict | None) -> dict:
     environment = records.environment()
     base = {"key": records.run_key(cfg), "config": cfg, "started_unix": started}
     try:
-        record = execute(cfg, hold, checked=True)
+        record = execute(cfg, hold, checked=True, inputs=inputs)
+    except UserError as exc:
+        if not isinstance(exc, CheckFailed):
+            raise  # bad input found once the run had started (a corpus too short for its windows): no record
+        record_failure(path, base, exc, environment)
+        raise
     except Exception as exc:  # the run had started (a model loaded): its failure is a result, recorded
-        failed = {**base, "status": "failed", "error": f"{type(exc).__name__}: {exc}",
-                  "traceback": None if isinstance(exc, UserError) else traceback.format_exc(),
-                  "environment": environment}
-        if records.load_record(path, warn=False) is None:  # a forced rerun that fails never replaces a finished record
-            records.save_record(path, failed)
+        record_failure(path, base, exc, environment)
         raise
     record = {**base, **record, "environment": environment, **records.peak_memory(),
               "wall_s": time.time() - started}
     records.save_record(path, record)
     return record
+
+
+def record_failure(path: Path, base: dict, exc: Exception, environment: dict) -> None:
+    """A started run's failure as its record, unless a finished record is there (a forced rerun that fails
+    never replaces one)."""
+    if records.load_record(path, warn=False) is None:
+        records.save_record(path, {**base, "status": "failed", "error": f"{type(exc).__name__}: {exc}",
+                                   "traceback": None if isinstance(exc, UserError) else traceback.format_exc(),
+                                   "environment": environment})

@@ -6,26 +6,27 @@
 top, each allocation's per-block score (normalised to its own maximum: the scores are in different units);
 bottom, the target sparsity per block with the measured one as dots.
 """
-import argparse
+import io
 from pathlib import Path
 
 from dlp.paths import ROOT
 from dlp.registry import ALLOCATIONS, studied_allocations
 
-from . import methods  # noqa: F401  (every criterion and allocation registered)
-from .cells import run_cell
-from .commandline import one_line_errors
+from .cells import failures, run_cells
+from .commandline import OneLineParser, one_line_errors
+from .publish import publish
 from .validation import check_choices
 
 
 def gather(model, criterion, sparsity, preset="cpu", extra=(), allocations=None):
     allocations = list(allocations or studied_allocations())
     check_choices([f"criterion={criterion}", f"allocation={','.join(allocations)}"])
-    return {alloc: run_cell([f"model={model}", f"preset={preset}", f"criterion={criterion}", f"allocation={alloc}",
-                             f"sparsity={sparsity}", *extra], group="plots") for alloc in allocations}
+    grid = {alloc: [[f"model={model}", f"preset={preset}", f"criterion={criterion}", f"allocation={alloc}",
+                     f"sparsity={sparsity}", *extra]] for alloc in allocations}
+    return {alloc: records[0] for alloc, records in run_cells(grid, "plots").items()}
 
 
-def draw(records: dict, title: str, path: Path) -> Path:
+def draw(records: dict, title: str) -> bytes:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -54,19 +55,17 @@ def draw(records: dict, title: str, path: Path) -> Path:
     bottom.set_ylabel("sparsity (line: target, dots: actual)")
     bottom.legend(fontsize=8)
     fig.tight_layout()
-    return save_figure(fig, path)
+    return figure_bytes(fig)
 
 
-def save_figure(fig, path: Path) -> Path:
-    """Write a figure atomically (a reader never sees half a png) and free it."""
+def figure_bytes(fig) -> bytes:
+    """A figure as png bytes (written atomically by experiments.publish), and the figure freed."""
     import matplotlib.pyplot as plt
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name("." + path.name + ".tmp.png")
-    fig.savefig(tmp, dpi=120)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=120)
     plt.close(fig)
-    tmp.replace(path)
-    return path
+    return buf.getvalue()
 
 
 def figure(model="smollm2-135m", criterion="wanda", sparsity=0.7, preset="cpu", extra=(), out_dir=None,
@@ -75,11 +74,13 @@ def figure(model="smollm2-135m", criterion="wanda", sparsity=0.7, preset="cpu", 
     out = Path(out_dir or ROOT / "results" / "figures") / f"{model}_{criterion}_s{sparsity}.png"
     ok = next((r for r in records.values() if r.get("status") == "ok"), None)
     corpus = ok["metrics"]["eval_corpus"] if ok else "?"
-    return draw(records, f"{model}, {criterion}, target {sparsity:.0%} ({preset} preset, ppl on {corpus})", out)
+    png = draw(records, f"{model}, {criterion}, target {sparsity:.0%} ({preset} preset, ppl on {corpus})")
+    publish({out: png}, failures({alloc: [r] for alloc, r in records.items()}))
+    return out
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description="per-block score and sparsity plots")
+    parser = OneLineParser(description="per-block score and sparsity plots")
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--criterion", default="wanda")
     parser.add_argument("--sparsity", type=float, default=0.7)

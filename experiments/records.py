@@ -1,8 +1,10 @@
 """Run records: one JSON file per run, keyed by a hash of what determines its numbers.
 
 Options that cannot change the numbers (progress bars, forcing, where results go, the walk's self-check, which
-only stops a run, saving or recovering the pruned model) are left out of the key, and so is the CPU thread
-count, which can move SparseGPT's last bits as a different CPU can (each record names the count it ran with),
+only stops a run, saving or recovering the pruned model, where the blocks wait between visits: dlp.offload) are
+left out of the key, and so are the CPU thread count, which can move SparseGPT's last bits as a different CPU
+can, and a device memory cap, which can pick a smaller automatic batch and so move a GPU run's last bits (each
+record names the count, the cap and the batch it ran with),
 so the same config finds its record again and is not recomputed unless forced.
 """
 import functools
@@ -23,15 +25,16 @@ from dlp.paths import ROOT
 from dlp.registry import DENSE
 
 log = logging.getLogger(__name__)
-NOT_IN_KEY = ("force", "progress", "results_dir", "wandb", "selfcheck", "save", "export", "recovery", "threads")
+NOT_IN_KEY = ("force", "progress", "results_dir", "wandb", "selfcheck", "save", "export", "recovery", "threads",
+              "offload", "offload_dir", "device_memory_gib")
 
 
 def is_dense(cfg: dict) -> bool:
     return cfg["criterion"]["name"] == DENSE or float(cfg["sparsity"]) == 0.0
 
 
-def legacy_key_payload(cfg: dict) -> dict:
-    """The key as it was before corpora entered it by content: with the local data folder's path."""
+def base_payload(cfg: dict) -> dict:
+    """The key's options as written (a local corpus by its path): key_payload puts corpora in by content."""
     payload = {k: v for k, v in cfg.items() if k not in NOT_IN_KEY}
     if isinstance(payload.get("model"), dict) and payload["model"].get("compute_dtype") is None:
         # compute_dtype: null is how every run was made before the option existed: their keys stay the same
@@ -59,11 +62,13 @@ def _digest(path: str, size: int, mtime_ns: int) -> str:
 def key_payload(cfg: dict) -> dict:
     """What determines a run's numbers. A corpus read from a local file enters by its content, not by the path
     it was reached by: the same text in another folder (or through a relative path) finds the same record."""
-    payload = legacy_key_payload(cfg)
+    payload = base_payload(cfg)
     for name in ("data", "eval"):
         section = payload.get(name)
         file = corpora.local_file(section) if isinstance(section, dict) else None
         if file is not None:
+            if not file.is_file():
+                corpora.check_source(section)  # the same one line a run gives for it
             payload[name] = {**{k: v for k, v in section.items() if k not in ("path", "data_dir")},
                              "content_sha256": file_digest(file)}
     return payload
@@ -76,28 +81,6 @@ def short_hash(payload: dict) -> str:
 
 def run_key(cfg: dict) -> str:
     return short_hash(key_payload(cfg))
-
-
-def legacy_run_key(cfg: dict) -> str:
-    return short_hash(legacy_key_payload(cfg))
-
-
-def legacy_run_keys(cfg: dict) -> list[str]:
-    """The path-keyed keys this config may have had: the corpus paths as written, and as the other spelling of
-    the same place (absolute for relative and back, from the working directory). `make` passes the data folder
-    as ../shared/data, a shell often as /abs/shared/data: the same files, which path keys told apart."""
-    keys = [legacy_run_key(cfg)]
-    for spell in (os.path.abspath, os.path.relpath):
-        other = {**cfg}
-        for name in ("data", "eval"):
-            section = cfg.get(name)
-            if isinstance(section, dict):
-                other[name] = {k: spell(v) if k in ("path", "data_dir") and isinstance(v, str) and v else v
-                               for k, v in section.items()}  # "" is no folder (DLP_DATA_DIR unset): no spelling
-        key = legacy_run_key(other)
-        if key not in keys:
-            keys.append(key)
-    return keys
 
 
 def record_path(cfg: dict, key: str | None = None) -> Path:
@@ -137,6 +120,8 @@ def git_commit() -> dict:
         except (OSError, subprocess.TimeoutExpired):
             return ""
         return done.stdout.strip() if done.returncode == 0 else ""
+    if os.environ.get("DLP_COMMIT"):  # a copy of the checkout sent to a batch machine: its git, if any, may be stale
+        return {"commit": os.environ["DLP_COMMIT"], "dirty": os.environ.get("DLP_DIRTY") == "1"}
     dirty = git("status", "--porcelain", "--untracked-files=no")
     return {"commit": git("rev-parse", "HEAD") or None, "dirty": bool(dirty)}
 

@@ -1,6 +1,6 @@
 """`python -m experiments.recover RECORD.json | OVERRIDES... [recovery.steps=...] [recovery.save=true]`: LoRA
 recovery of a pruned run that keeps its sparsity (dlp.masked_lora), recorded in `results/recovery/`; with
-`recovery.save=true` the recovered model is exported as a sparse checkpoint (experiments.export, `export.*`).
+`recovery.save=true` the recovered model is exported (experiments.export, `export.*`).
 
 The run's model is pruned again from its record (checked against its per-matrix sparsities, as an export is),
 LoRA adapters (PEFT) are trained on windows of the run's calibration corpus (drawn with `recovery.seed`, never
@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from dlp import masked_lora
+from dlp import checkpoint, masked_lora
 from dlp.data.calibration import calibration_windows
 from dlp.errors import UserError
 from dlp.io import write_json_atomic
@@ -192,10 +192,12 @@ def run(record_path: Path, rec: dict, force: bool = False, progress: bool = True
         export_options: dict | None = None) -> tuple[Path, dict, bool]:
     """Recover (or reuse the recovery record of) one finished pruned run. With `recovery.save` the recovered
     model is exported too (experiments.export, `export_options`), so it is recovered again even when recorded."""
-    record = export.finished_record(record_path)
     check_settings(rec)
-    path = recovery_path(record_path, record, rec)
     save = rec.get("save")
+    if save:
+        checkpoint.check_format_name((export_options or {}).get("format") or checkpoint.HF)
+    record = export.finished_record(record_path)
+    path = recovery_path(record_path, record, rec)
     if save:  # refused before any work, as an export is
         export.check_request(path, record["config"], export_options or {})
     elif not force:
@@ -221,20 +223,26 @@ def summary(path: Path, result: dict, reused: bool) -> str:
             f"{result['zeros']['matrices']} matrices [{how}]\nrecord: {path}")
 
 
-def main(argv: list[str]) -> None:
+def command(argv: list[str]) -> None:
+    """A record path and recovery.*/export.* settings, or the run's overrides with them; every setting is checked
+    (run) before the record is read or anything runs."""
     settings = [a for a in argv if a.startswith(("recovery.", "export."))]
     rest = [a for a in argv if a not in settings]
-    if len(rest) == 1 and rest[0].endswith(".json"):
+    if export.is_record_path(rest):
         record_path = Path(rest[0])
         cfg = compose_config(settings)
     else:
         cfg = compose_config(argv)
         record_path = records.record_path(cfg)
-    path, result, reused = one_line_errors(lambda: run(record_path, cfg["recovery"], cfg.get("force", False),
-                                                       cfg.get("progress", True), cfg["export"]))
+    path, result, reused = run(record_path, cfg["recovery"], cfg.get("force", False), cfg.get("progress", True),
+                               cfg["export"])
     print(summary(path, result, reused))
     if result.get("export"):
         print(export.summary(Path(result["export"]), json.loads((Path(result["export"]) / "export.json").read_text())))
+
+
+def main(argv: list[str]) -> None:
+    one_line_errors(lambda: command(argv))
 
 
 if __name__ == "__main__":

@@ -10,48 +10,42 @@ import io
 import time
 from pathlib import Path
 
-from dlp.io import write_atomic
 from dlp.paths import ROOT
 from dlp.registry import ALLOCATIONS, CRITERIA
 
-from . import recover, records
+from . import grids, recover, records
 from .cells import cell_overrides, launcher_overrides, run_cells
 from .commandline import grid_options, grid_parser, one_line_errors
 from .config import compose_config
-from .tables import md_table
+from .publish import publish
+from .reports.markdown import md_table
 from .validation import check_choices
 
-NAME = "recovery"
-DEFAULTS = {"criteria": "wanda", "allocations": "uniform,owl,dlp", "sparsities": "0.6", "seeds": "0"}
+NAME = "recovery"  # its grid: conf/experiment/recovery.yaml
 
 
 def rows_for(model, preset, criteria, allocations, sparsities, seeds, extra, launcher=None) -> list[dict]:
     """One row per cell: the run's record path and its recovery record (or the error that stopped either).
     The pruning runs go first (through `launcher` when given); recovery then runs here, cell by cell."""
-    grid = {(crit, s, alloc, seed): [[f"model={model}", f"preset={preset}", f"criterion={crit}", f"allocation={alloc}",
-                                      f"sparsity={s}", *extra, f"seed={seed}"]]
-            for crit in criteria for s in sparsities for alloc in allocations for seed in seeds}
+    grid = grids.cells(NAME, {"criterion": criteria, "sparsity": sparsities, "allocation": allocations, "seed": seeds},
+                       [f"model={model}", f"preset={preset}"], extra)
     runs = run_cells(grid, NAME, launcher)
     rows = []
-    for crit in criteria:
-        for s in sparsities:
-            for alloc in allocations:
-                for seed in seeds:
-                    (overrides,) = grid[(crit, s, alloc, seed)]
-                    row = {"criterion": crit, "allocation": alloc, "sparsity": s, "seed": seed}
-                    (run,) = runs[(crit, s, alloc, seed)]
-                    if run.get("status") != "ok":
-                        rows.append({**row, "error": run.get("error")})
-                        continue
-                    cfg = compose_config(overrides)
-                    try:
-                        path, result, reused = recover.run(records.record_path(cfg), cfg["recovery"],
-                                                           progress=cfg["progress"])
-                    except Exception as exc:  # one failed recovery is a row that says so, not a lost table
-                        rows.append({**row, "error": f"{type(exc).__name__}: {exc}"})
-                        continue
-                    print(" ".join(overrides) + ": " + recover.summary(path, result, reused).splitlines()[0], flush=True)
-                    rows.append({**row, "result": result})
+    for (crit, s, alloc), cells in grid.items():
+        for seed, overrides, run in zip(seeds, cells, runs[(crit, s, alloc)]):
+            row = {"criterion": crit, "allocation": alloc, "sparsity": s, "seed": seed}
+            if run.get("status") != "ok":
+                rows.append({**row, "error": run.get("error")})
+                continue
+            cfg = compose_config(overrides)
+            try:
+                path, result, reused = recover.run(records.record_path(cfg), cfg["recovery"],
+                                                   progress=cfg["progress"])
+            except Exception as exc:  # one failed recovery is a row that says so, not a lost table
+                rows.append({**row, "error": f"{type(exc).__name__}: {exc}"})
+                continue
+            print(" ".join(overrides) + ": " + recover.summary(path, result, reused).splitlines()[0], flush=True)
+            rows.append({**row, "result": result})
     return rows
 
 
@@ -100,23 +94,23 @@ def build(model="smollm2-135m", preset="cpu", seeds=None, extra=(), out_dir=ROOT
           allocations=None, sparsities=None, launcher=None):
     start = time.time()
     launch, extra = launcher_overrides(launcher, list(extra)), cell_overrides(list(extra))
-    criteria = criteria or DEFAULTS["criteria"].split(",")
-    allocations = allocations or DEFAULTS["allocations"].split(",")
-    sparsities = sparsities or [float(s) for s in DEFAULTS["sparsities"].split(",")]
-    seeds = seeds or [int(s) for s in DEFAULTS["seeds"].split(",")]
+    sweep = grids.axes(NAME, criterion=criteria, allocation=allocations, sparsity=sparsities, seed=seeds)
+    criteria, allocations, sparsities, seeds = (sweep[k] for k in ("criterion", "allocation", "sparsity", "seed"))
     check_choices([f"model={model}", f"preset={preset}", f"criterion={','.join(criteria)}",
                    f"allocation={','.join(allocations)}"])
     recover.check_settings(compose_config([f"preset={preset}", *extra])["recovery"])
     rows = rows_for(model, preset, criteria, allocations, sparsities, seeds, list(extra), launch)
     md, csv_text = render(model, preset, rows, time.time() - start)
     out_dir = Path(out_dir)
-    write_atomic(out_dir / f"{NAME}.md", md.encode())
-    write_atomic(out_dir / f"{NAME}.csv", csv_text.encode())
+    failed = [(f"criterion={r['criterion']} sparsity={r['sparsity']} allocation={r['allocation']} seed={r['seed']}",
+               r["error"]) for r in rows if "error" in r]
+    publish({out_dir / f"{NAME}.md": md.encode(), out_dir / f"{NAME}.csv": csv_text.encode()}, failed)
     return md, rows
 
 
 def main(argv=None):
-    args = grid_parser(__doc__.splitlines()[0], DEFAULTS).parse_args(argv)
+    args = grid_parser(__doc__.splitlines()[0], dict.fromkeys(("seeds", "criteria", "allocations", "sparsities"),
+                                                             "the experiment config's")).parse_args(argv)
     md, _ = one_line_errors(lambda: build(**grid_options(args)))
     print(md)
 

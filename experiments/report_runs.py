@@ -13,7 +13,7 @@ from pathlib import Path
 from dlp.io import write_atomic
 
 from .records import commit_label, is_dense, machine_line
-from .tables import md_table
+from .reports.markdown import md_table
 
 
 def row(record: dict) -> list[str]:

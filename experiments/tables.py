@@ -6,43 +6,34 @@ the DLP paper: WikiText-2 perplexity at 70% unstructured sparsity, a Dense row, 
 Wanda each with Uniform, OWL and DLP, one column per model. Table 2: mean zero-shot accuracy over the seven
 tasks (acc, as the Wanda paper), Dense, then SparseGPT and Wanda with Uniform, OWL and DLP, plus a per-task
 table. `--criteria` / `--allocations` take any registered methods instead (dlp.registry); rows are labelled by
-the registry. Missing cells are run first (finished ones are reused); a failed cell prints `failed` and the
-table is still written. Beside the table we write what it was measured on, and say plainly where an
-allocation does not beat uniform.
+the registry. Missing cells are run first (finished ones are reused); when a cell fails, the table with
+`failed` in its cells goes beside the existing one under a `.partial` name (experiments.publish). Beside the
+table we write what it was measured on, and say plainly where an allocation does not beat uniform.
 
 With `--seeds 0,1,2` every cell runs once per calibration seed (each its own record); a cell shows the mean ± std
 over seeds, and each allocation is compared with uniform under the same criterion by the rule of
 experiments.verdicts (perplexity: a paired t-test over seeds; zero-shot: a paired bootstrap over examples),
 which says "within noise" when the difference is not consistent. One seed renders as it always has.
 """
-import argparse
 import csv
 import io
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from omegaconf import OmegaConf
 
-from dlp.io import write_atomic
 from dlp.paths import ROOT
-from dlp.registry import ALLOCATIONS, CRITERIA
+from dlp.registry import ALLOCATIONS, CRITERIA, reference_allocation
 
-from . import methods  # noqa: F401  (every criterion and allocation registered)
-from . import tracking
-from .cells import cell_overrides, launcher_overrides, run_cells
-from .commandline import LAUNCHER_HELP, one_line_errors, parse_seeds
+from . import grids, tracking
+from .cells import cell_overrides, failures, launcher_overrides, run_cells
+from .commandline import LAUNCHER_HELP, OneLineParser, one_line_errors, parse_seeds
 from .config import compose_config
-from .records import commit_label, machine_line
+from .publish import publish
 from .validation import check_choices
-from .verdicts import Summary, Verdict, bootstrap_verdict, describe, paired_examples, paired_t_verdict, summarize
-
-UNIFORM = "uniform"  # the allocation every other is compared with
-
-def ppl(record: dict) -> float:
-    """A record's perplexity on its evaluation corpus: the metric of Table 1, the ablation and the curves."""
-    return record["metrics"]["ppl"]
+from .reports.markdown import md_table, provenance_lines
+from .reports.numbers import by_seed, finished, ppl, summary
+from .verdicts import Summary, Verdict, bootstrap_verdict, describe, paired_examples, paired_t_verdict
 
 
 # name -> (metric of a record, its label, lower is better)
@@ -60,22 +51,12 @@ class Grid:
     sparsity: float
 
 
-def experiment_config(experiment: str):
-    return OmegaConf.load(ROOT / "conf" / "experiment" / f"{experiment}.yaml")
-
-
-def sweep_lists(experiment_cfg) -> dict[str, list[str]]:
-    """An experiment config's sweep (`hydra.sweeper.params`), as a list of choices per key."""
-    return {k: str(v).split(",") for k, v in experiment_cfg.hydra.sweeper.params.items()}
-
-
 def grid(table: str, criteria: list[str] | None = None, allocations: list[str] | None = None,
          sparsity: float | None = None) -> Grid:
     """The table's experiment config, with any of its criteria, allocations or sparsity replaced."""
-    experiment = experiment_config(table)
-    sweep = sweep_lists(experiment)
-    g = Grid(criteria or sweep["criterion"], allocations or sweep["allocation"],
-             float(experiment.sparsity if sparsity is None else sparsity))
+    sweep = grids.axes(table, criterion=criteria, allocation=allocations)
+    g = Grid(sweep["criterion"], sweep["allocation"],
+             float(grids.experiment_config(table).sparsity if sparsity is None else sparsity))
     check_choices([f"criterion={','.join(g.criteria)}", f"allocation={','.join(g.allocations)}"])
     return g
 
@@ -84,49 +65,28 @@ def label(table: dict, name: str) -> str:
     return table[name].label
 
 
+DENSE_ROW = ("Dense", "-")
+
+
 def table_rows(g: Grid):
-    yield ("Dense", "-"), ["criterion=none"]
+    """The rows in the paper's order, each as (its labels, (criterion, allocation)): the dense row first."""
+    yield DENSE_ROW, None
     for crit in g.criteria:
         for alloc in g.allocations:
-            yield (label(CRITERIA, crit), label(ALLOCATIONS, alloc)), [f"criterion={crit}", f"allocation={alloc}"]
-
-
-def seed_overrides(seeds) -> list[list[str]]:
-    """One override list per calibration seed; none at all when no seeds are given (the config's own seed)."""
-    return [[f"seed={s}"] for s in seeds] if seeds else [[]]
+            yield (label(CRITERIA, crit), label(ALLOCATIONS, alloc)), (crit, alloc)
 
 
 def collect(table, g: Grid, models, preset, extra, seeds=None, launcher=None):
     """(row, model) -> the records of that cell, one per seed (the dense row's is one record for every seed)."""
+    fixed = [f"preset={preset}", f"sparsity={g.sparsity}"]
+    pruned = grids.cells(table, {"model": models, "criterion": g.criteria, "allocation": g.allocations,
+                                 "seed": seeds}, fixed, list(extra))
     grid = {}
     for model in models:
-        for row, overrides in table_rows(g):
-            grid[(row, model)] = [[f"+experiment={table}", f"model={model}", f"preset={preset}",
-                                   f"sparsity={g.sparsity}", *overrides, *extra, *seed] for seed in seed_overrides(seeds)]
+        for row, method in table_rows(g):
+            grid[(row, model)] = (pruned[(model, *method)] if method else
+                                  grids.dense_cell(table, [f"model={model}", *fixed], list(extra)))
     return run_cells(grid, table, launcher)
-
-
-def finished(records: list[dict]) -> list[dict]:
-    """The cell's finished records, each once (every seed of the dense row reads the same record)."""
-    seen, out = set(), []
-    for r in records:
-        if r.get("status") == "ok" and r["key"] not in seen:
-            seen.add(r["key"])
-            out.append(r)
-    return out
-
-
-def summary(metric, records: list[dict]) -> Summary:
-    return summarize(metric(r) for r in finished(records))
-
-
-def by_seed(metric, records: list[dict]) -> dict:
-    return {r["config"]["seed"]: metric(r) for r in finished(records)}
-
-
-def seeds_text(records: list[dict]) -> str:
-    """The seeds of a cell's finished records, as csv files list them: '0 1 2'."""
-    return " ".join(str(r["config"]["seed"]) for r in finished(records))
 
 
 def verdict(table, ours: list[dict], base: list[dict]) -> Verdict:
@@ -136,28 +96,6 @@ def verdict(table, ours: list[dict], base: list[dict]) -> Verdict:
         pairs = paired_examples(finished(ours), finished(base))
         return bootstrap_verdict(*pairs, higher_is_better=not lower_better) if pairs else Verdict("no verdict", 0)
     return paired_t_verdict(by_seed(metric, ours), by_seed(metric, base), lower_better)
-
-
-def ppl_verdict(cells: dict, crit: str, ours: str, base: str, s: float) -> Verdict | None:
-    """In a grid of perplexity cells keyed (criterion, allocation, sparsity): allocation `ours` against `base`
-    under the same criterion and sparsity, paired over the seeds both finished. None for an allocation against
-    itself, or where either cell is not in the grid or has no finished record."""
-    a, b = cells.get((crit, ours, s)), cells.get((crit, base, s))
-    if ours == base or not a or not b or not finished(a) or not finished(b):
-        return None
-    return verdict("table1", a, b)
-
-
-VERDICT_COLUMNS = ["vs_uniform", "ratio_to_uniform", "p"]
-
-
-def verdict_columns(v: Verdict | None) -> list:
-    """A csv row's verdict against uniform: the word, the geometric-mean perplexity ratio over the paired seeds
-    and the test's p-value (empty where there is no comparison, or no test with one seed)."""
-    if v is None:
-        return ["", "", ""]
-    ratio = f"{math.exp(v.difference):.6g}" if v.difference is not None else ""
-    return [v.word, ratio, f"{v.p:.4g}" if v.p is not None else ""]
 
 
 def statement(subject: str, v: Verdict, ours: Summary, base: Summary, lower_better: bool, what="seeds") -> str:
@@ -176,14 +114,15 @@ def statement(subject: str, v: Verdict, ours: Summary, base: Summary, lower_bett
 def comparisons(table, g: Grid, cells, models):
     """(model, criterion, allocation, verdict, its summary, uniform's summary) for every allocation but uniform."""
     metric = METRICS[table][0]
-    if UNIFORM not in g.allocations:
+    reference = reference_allocation()  # every other allocation is compared with it
+    if reference not in g.allocations:
         return
     for model in models:
         for crit in g.criteria:
-            base = cells[((label(CRITERIA, crit), label(ALLOCATIONS, UNIFORM)), model)]
+            base = cells[((label(CRITERIA, crit), label(ALLOCATIONS, reference)), model)]
             for alloc in g.allocations:
                 ours = cells[((label(CRITERIA, crit), label(ALLOCATIONS, alloc)), model)]
-                if alloc == UNIFORM or not finished(base) or not finished(ours):
+                if alloc == reference or not finished(base) or not finished(ours):
                     continue
                 yield model, crit, alloc, verdict(table, ours, base), summary(metric, ours), summary(metric, base)
 
@@ -195,40 +134,6 @@ def notes(table, g: Grid, cells, models) -> list[str]:
     return [statement(f"{model}, {label(CRITERIA, crit)}: {label(ALLOCATIONS, alloc)}", v, ours, base, lower_better,
                       what)
             for model, crit, alloc, v, ours, base in comparisons(table, g, cells, models)]
-
-
-def commits(records) -> str:
-    """The code versions the cells ran under (a table can mix cells from several commits)."""
-    return ", ".join(sorted({commit_label(r["environment"]) for r in records}))
-
-
-def precision(model_cfg: dict) -> str:
-    """The weights' dtype, and the compute dtype their passes ran under when one was set (dlp.compute_dtype)."""
-    compute = model_cfg.get("compute_dtype")
-    return model_cfg["dtype"] + (f" (forward passes under {compute} autocast)" if compute else "")
-
-
-def provenance_lines(cells, models, preset) -> list[str]:
-    """What each column was measured on: data, sizes, dtype, machine and commit, from its records."""
-    lines = []
-    for model in models:
-        ok = [r for (label, m), records in cells.items() if m == model for r in finished(records)]
-        if not ok:
-            lines.append(f"- {model}: no finished cell")
-            continue
-        r = next((x for x in ok if x["data"].get("calibration")), ok[0])
-        ev, env = r["metrics"]["eval"], r["environment"]
-        calib = r["data"].get("calibration", {})
-        lines.append(
-            f"- {model}: preset `{preset}`, eval on `{r['metrics']['eval_corpus']}` ({ev['windows']} windows x "
-            f"{ev['seqlen']} tokens), calibration `{calib.get('name', '-')}` ({calib.get('nsamples', '-')} x "
-            f"{calib.get('seqlen', '-')}), dtype {precision(r['config']['model'])}; machine: {machine_line(env)}, "
-            f"commits {commits(ok)}")
-    return lines
-
-
-def md_table(header, rows) -> list[str]:
-    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header), *("| " + " | ".join(r) + " |" for r in rows)]
 
 
 def per_task_lines(cells, models) -> list[str]:
@@ -334,8 +239,8 @@ def build(table, models, preset="cpu", sparsity=None, extra=(), out_dir=ROOT / "
     out_dir = Path(out_dir)
     # Several seeds go beside the single-seed table, not over it: results/table1-3seeds.md next to table1.md.
     stem = table if not seeds or len(seeds) == 1 else f"{table}-{len(seeds)}seeds"
-    for suffix, text in (("md", md), ("csv", csv_text), ("tex", tex)):
-        write_atomic(out_dir / f"{stem}.{suffix}", text.encode())
+    publish({out_dir / f"{stem}.{suffix}": text.encode() for suffix, text in (("md", md), ("csv", csv_text), ("tex", tex))},
+            failures(cells))
     tracking.log_table_quietly(table, *wandb_table(table, g, cells, models), wandb_cfg, group=table,
                                notes=notes(table, g, cells, models),
                                settings={"models": models, "preset": preset, "seeds": seeds, "sparsity": g.sparsity,
@@ -352,7 +257,7 @@ def table2(models, preset="cpu", sparsity=None, extra=(), out_dir=ROOT / "result
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = OneLineParser(description=__doc__.splitlines()[0])
     parser.add_argument("table", choices=sorted(METRICS))
     parser.add_argument("--models", default="smollm2-135m", help="comma-separated model configs (conf/model)")
     parser.add_argument("--preset", default="cpu")

@@ -4,10 +4,10 @@ from dlp.batching import check_batch_size
 from dlp.compute_dtype import check_compute_dtype
 from dlp.data import corpora
 from dlp.errors import UserError
-from dlp.models import model_context
+from dlp.models import check_dtype, check_offload_request, model_context, resolve_device
 from dlp.paths import ROOT
 from dlp.pattern import check_sparsity, parse_form, parse_pattern
-from dlp.registry import DENSE, make_allocator, make_criterion
+from dlp.registry import ALLOCATIONS, DENSE, make_allocator, make_criterion
 
 from . import methods
 from .records import is_dense
@@ -79,7 +79,14 @@ def validate(cfg: dict) -> None:
     """A composed config: the values, that each method exists and takes the parameters its YAML sets, and the
     data and model it names (read, but not loaded)."""
     check_values(cfg)
+    check_dtype(cfg["model"].get("dtype", "float32"))
+    resolve_device(cfg["model"].get("device", "auto"))
     check_compute_dtype(cfg["model"].get("compute_dtype"), cfg["model"].get("dtype", "float32"))
+    gib = cfg.get("device_memory_gib")
+    if gib is not None and (isinstance(gib, bool) or not isinstance(gib, (int, float)) or gib <= 0):
+        raise UserError(f"device_memory_gib must be a positive number of GiB or null (got {gib!r})")
+    check_offload_request(cfg.get("offload") or "none", cfg["model"].get("device_map"), cfg["model"]["path"],
+                          cfg["model"].get("device", "auto"), gib)
     if cfg.get("preset") not in PRESETS:
         raise UserError(f"unknown preset '{cfg.get('preset')}'; choose one of {', '.join(PRESETS)}")
     if cfg["criterion"]["name"] != DENSE:
@@ -88,6 +95,7 @@ def validate(cfg: dict) -> None:
         check_batch_size(cfg["data"]["batch_size"])
         make_allocator(cfg["allocation"]["name"], **params(cfg["allocation"]))
         parse_pattern(cfg["pattern"], cfg["sparsity"])
-        if cfg["pattern"] not in (None, "unstructured") and cfg["allocation"]["name"] != "uniform":
-            raise UserError("an N:M pattern fixes every matrix at N/M: use allocation=uniform with it")
+        if cfg["pattern"] not in (None, "unstructured") and not ALLOCATIONS[cfg["allocation"]["name"]].supports_nm:
+            able = [name for name, cls in ALLOCATIONS.items() if cls.supports_nm]
+            raise UserError(f"an N:M pattern fixes every matrix at N/M: use allocation={' or '.join(able)} with it")
     check_sources(cfg)

@@ -5,7 +5,6 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import experiments.methods  # noqa: E402,F401  (every criterion and allocation registered, as the entry points have them)
 from tiny import TEXT, save_tiny  # noqa: E402
 
 

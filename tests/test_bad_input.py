@@ -1,5 +1,6 @@
 """Bad input through the real command line: one line, exit status 2, no record, and no model loaded when the
 check does not need one."""
+import json
 import os
 import shutil
 import subprocess
@@ -51,6 +52,11 @@ ROWS = [  # (overrides, message); {f} is the folder of bad files
     (["model.compute_dtype=int8"], "unknown compute_dtype 'int8'"),
     (["model.dtype=bfloat16", "model.compute_dtype=bfloat16"], "compute_dtype=bfloat16 needs dtype=float32"),
     (["sparsity=abc"], "sparsity must be a number in [0, 1) (got 'abc')"),
+    (["offload=gpu"], "unknown offload 'gpu'; choose one of none, cpu, disk"),
+    (["offload=cpu", "model.device_map=auto"], "offload=cpu keeps one block on one device"),
+    (["device_memory_gib=-2"], "device_memory_gib must be a positive number of GiB or null (got -2)"),
+    (["device_memory_gib=10", "model.device=cpu"], "device_memory_gib=10 caps a CUDA device's memory; this run computes on cpu"),
+    (["offload=disk", "model.path={f}/weightless"], "offload=disk reads the checkpoint's safetensors files, and"),
     (["data.path={f}/empty.txt"], "has no text (empty or only whitespace)"),
     (["data.path={f}/blank.txt"], "has no text (empty or only whitespace)"),
     (["data.path={f}/binary.bin"], "is not UTF-8 text (byte 0x80 at offset 128)"),
@@ -117,3 +123,104 @@ def test_the_same_text_elsewhere_finds_the_same_record(workspace, tmp_path):
     assert records.run_key(moved) == records.run_key(original)
     (tmp_path / "copy.txt").write_text((workspace / "docs.txt").read_text() + "one more line\n")
     assert records.run_key(moved) != records.run_key(original)  # other text, another record
+
+
+# Bad input to every entry point, run as a user types it in a copy of the repository with its default paths:
+# one line, exit status 2, and every file under results/ (records, Hydra's and W&B's folders included) as it was.
+# (module, arguments, message); {record}: a finished run record, {binary}: random bytes, {array}: a JSON list,
+# {short}: a text whose documents are all shorter than the default seqlen, {file}: a plain file, {empty}: an empty
+# folder.
+ENTRY_POINT_ROWS = [
+    ("run", ["foo=bar"], "unknown config key 'foo'"),
+    ("run", ["-m", "sparsity=0.5,0.6", "foo=1,2"], "unknown config key 'foo'"),
+    ("run", ["model.dtype=int8"], "unknown dtype 'int8'"),
+    ("run", ["data=file", "data.path={short}"], "no document of file:short.txt is longer than seqlen=512 tokens"),
+    ("run", ["save=true", "export.format=zip"], "unknown format 'zip'"),
+    ("tables", ["table1", "--launcher", "nonexistent"], "unknown launcher 'nonexistent'; choose one of basic, joblib"),
+    ("tables", ["table1", "--launcher", "joblib", "hydra.launcher.njobs=2"], "the launcher has no option 'njobs'"),
+    ("tables", ["table2", "foo=bar"], "unknown config key 'foo'"),
+    ("tables", ["table1", "--seeds", "0,a"], "seeds must be comma-separated integers such as 0,1,2 (got '0,a')"),
+    ("tables", ["table1", "--seeds", "1,1"], "seeds must differ from each other (got '1,1')"),
+    ("ablation", ["--sparsities", "0.6,1.5"], "sparsity must be in [0, 1) (got 1.5)"),
+    ("ablation", ["--allocations", "uniform,nosuch"], "unknown allocation 'nosuch'"),
+    ("curves", ["--criteria", "wanda,foo"], "unknown criterion 'foo'"),
+    ("curves", ["--sparsities", "0.5,x"], "sparsities must be comma-separated numbers such as 0.6,0.7 (got '0.5,x')"),
+    ("tables", ["table1", "hydra.launcher.n_jobs=2"], "is a launcher's option: name the launcher too"),
+    ("ablation", ["--launcher", "nonexistent"], "unknown launcher 'nonexistent'"),
+    ("ablation", ["model.dtype=int8"], "unknown dtype 'int8'"),
+    ("curves", ["foo=bar"], "unknown config key 'foo'"),
+    ("recovery_table", ["recovery.steps=0"], "recovery.steps must be a positive integer (got 0)"),
+    ("plots", ["--launcher", "x"], "unrecognized arguments: --launcher"),
+    ("plots", ["foo=bar"], "unknown config key 'foo'"),
+    ("tables", ["table3"], "argument table: invalid choice: 'table3'"),
+    ("export", ["{binary}"], "is not a run record (not JSON text)"),
+    ("export", ["{array}"], "is not a run record (JSON, but not an object)"),
+    ("export", ["criterion=wanda", "sparsity=0.5", "format=zip"], "unknown format 'zip'"),
+    ("export", ["criterion=wanda", "sparsity=0.5", "format=bitmask-24"], "format bitmask-24 holds 2:4 sparsity only"),
+    ("export", ["{record}", "out={file}"], "is a file, not a folder"),
+    ("export", ["{record}", "check=maybe"], "check must be true or false (got 'maybe')"),
+    ("export", ["criterion=wanda", "nokey=1"], "unknown config key 'nokey'"),
+    ("run", ["eval.data_dir={empty}"], "has no wikitext-2-raw/wiki.test.raw"),
+    ("export", ["criterion=wanda", "sparsity=0.5", "eval.data_dir={empty}"], "has no wikitext-2-raw/wiki.test.raw"),
+    ("recover", ["{binary}"], "is not a run record (not JSON text)"),
+    ("recover", ["{record}", "recovery.steps=0"], "recovery.steps must be a positive integer (got 0)"),
+    ("recover", ["{record}", "recovery.save=true", "export.format=zip"], "unknown format 'zip'"),
+    ("recover", ["{record}", "recovery.nokey=1"], "unknown config key 'recovery.nokey'"),
+]
+
+
+def tree_digest(folder: Path) -> dict:
+    from dlp.io import sha256_file
+
+    return {str(p.relative_to(folder)): sha256_file(p) for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def repo_copy(tmp_path_factory):
+    """The repository's files (tracked, and new ones git does not ignore) and its whole results/ folder, plus an
+    ignored record and Hydra and W&B files, in a temporary folder; the embedded model and assets from this
+    checkout's cache."""
+    from experiments.config import compose_config
+
+    copy = tmp_path_factory.mktemp("repo")
+    tracked = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
+                             capture_output=True, check=True).stdout
+    for name in tracked.decode().split("\0"):
+        if name and (ROOT / name).is_file():
+            (copy / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, copy / name)
+    shutil.copytree(ROOT / "results", copy / "results", dirs_exist_ok=True)
+    cfg = compose_config(["criterion=wanda", "sparsity=0.5"])
+    record = copy / "results" / "runs" / "smollm2-135m_wanda_uniform_s0.5_finished.json"
+    record.parent.mkdir(parents=True, exist_ok=True)
+    record.write_text(json.dumps({"status": "ok", "key": "finished", "config": cfg, "metrics": {"ppl": 64.6},
+                                  "sparsity": {"per_matrix": {}}}))
+    for name in ("hydra/2000-01-01/00-00-00/.hydra/config.yaml", "wandb/run-0/files/config.yaml"):
+        (copy / "results" / name).parent.mkdir(parents=True, exist_ok=True)
+        (copy / "results" / name).write_text("kept: true\n")
+    inputs = copy.parent / f"{copy.name}-inputs"
+    inputs.mkdir()
+    (inputs / "binary.json").write_bytes(bytes(range(256)) * 8)
+    (inputs / "array.json").write_text("[1, 2, 3]")
+    (inputs / "short.txt").write_text("a short document\nanother one\n" * 10)
+    (inputs / "plain.txt").write_text("a file where a folder should be\n")
+    (inputs / "empty").mkdir()
+    places = {"record": record, "binary": inputs / "binary.json", "array": inputs / "array.json",
+              "short": inputs / "short.txt", "file": inputs / "plain.txt", "empty": inputs / "empty"}
+    return copy, places
+
+
+@pytest.mark.parametrize("module,argv,message", ENTRY_POINT_ROWS,
+                         ids=[f"{m} {' '.join(a)}" for m, a, _ in ENTRY_POINT_ROWS])
+def test_bad_input_to_every_entry_point_leaves_results_as_they_were(repo_copy, module, argv, message):
+    copy, places = repo_copy
+    before = tree_digest(copy / "results")
+    env = {**os.environ, "DLP_CACHE": str(ROOT / ".cache"), "WANDB_MODE": "disabled"}
+    if env.get("DLP_DATA_DIR"):  # a relative folder names another place from the copy
+        env["DLP_DATA_DIR"] = str(Path(env["DLP_DATA_DIR"]).resolve())
+    done = subprocess.run([sys.executable, "-m", f"experiments.{module}", *(a.format(**places) for a in argv)],
+                          cwd=copy, capture_output=True, text=True, timeout=300, env=env)
+    said = (done.stdout + done.stderr).strip().splitlines()
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert len(said) == 1 and message in said[0], said
+    assert tree_digest(copy / "results") == before

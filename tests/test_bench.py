@@ -5,10 +5,11 @@ import pytest
 import torch
 
 from dlp.batching import auto_batch_size
-from experiments.bench_flops import forward_flops, shapes, sparsegpt_flops, statistics_flops
-from experiments.bench_machine import phase
+from dlp.registry import make_criterion
+from experiments.bench.flops import forward_flops, shapes, statistics_flops
+from experiments.bench.machine import phase
 from dlp.stats import HESSIAN, SQNORM
-from experiments import bench
+from experiments.bench import run as bench
 from tiny import tiny_model
 
 
@@ -26,7 +27,9 @@ def test_flops_counted_from_shapes_by_hand():
     assert forward_flops(s, tokens, seqlen, with_head=True) == tokens * (per_token + 2 * h * cfg.vocab_size)
     assert statistics_flops(s, tokens, seqlen, frozenset({SQNORM})) == tokens * per_token
     assert statistics_flops(s, tokens, seqlen, frozenset({HESSIAN})) == tokens * per_token + 3 * tokens * 2 * (3 * h * h + i * i)
-    assert sparsegpt_flops(s) == pytest.approx(3 * sum(4 / 3 * c ** 3 + r * c * c for r, c in s.matrices))
+    assert bench.criterion_flops(make_criterion("sparsegpt"), s) == pytest.approx(
+        3 * sum(4 / 3 * c ** 3 + r * c * c for r, c in s.matrices))
+    assert bench.criterion_flops(make_criterion("wanda"), s) is None  # no model of its arithmetic: not counted
 
 
 def test_phase_reports_seconds_and_a_memory_peak_above_its_start():
@@ -122,7 +125,7 @@ def test_median_repeat_keeps_the_middle_run_whole_and_lists_every_repeat():
 def test_forward_time_shares_split_the_whole_pass(family):
     """Products, attention and the rest partition the profiled time; a model made only of products (no
     attention) puts nothing in attention, and a forward pass with Linears spends time in products."""
-    from experiments.bench_profile import time_shares
+    from experiments.bench.profile import time_shares
     shares = time_shares(tiny_model(family), torch.randint(0, 100, (2, 16)))
     assert shares["products"] + shares["attention"] + shares["other"] == pytest.approx(1.0)
     assert shares["products"] > 0 and shares["seconds"] > 0
@@ -144,7 +147,7 @@ def test_forward_time_shares_split_the_whole_pass(family):
 def test_dtype_agreement_has_no_verdict_without_a_float32_run():
     """--dtypes bfloat16 alone: "keeps perplexity within 1% of float32" cannot be judged, so it is neither met nor
     missed; with a float32 run to compare with, the verdict follows the measured change."""
-    from experiments.bench_report import targets
+    from experiments.bench.report import targets
     report = {"settings": {"model": "smollm2-135m", "nsamples": 32, "seqlen": 512, "eval_windows": 64,
                            "eval_seqlen": 512}, "machine": {"device": "cpu"},
               "results": [{"dtype": "bfloat16", "methods": {},
@@ -162,7 +165,7 @@ def test_gpu_targets_judge_seconds_and_peak_memory_over_the_weights():
     """On a GPU report of the LLaMA-2-7B shape at 128 x 2048 in bf16, the GPU targets are checked: seconds
     of allocation + prune (Wanda 20, DLP 30, SparseGPT 90), and the larger peak of allocation and prune against
     weights + 6 GiB. The same figures from a CPU run, or another shape, are not judged by them."""
-    from experiments.bench_report import targets
+    from experiments.bench.report import targets
     gib, weights = 2 ** 30, 13 * 2 ** 30
 
     def method(seconds, prune_peak, allocation_peak=None):
@@ -209,8 +212,8 @@ def test_methods_option_takes_any_registered_pair_in_the_order_given(capsys):
 @pytest.mark.slow
 def test_a_run_cut_short_leaves_a_partial_report_with_what_it_measured(tmp_path, monkeypatch, capsys):
     """A time-limited GPU job may end mid-run: after the dense phases and after each method the bench writes
-    OUT.partial.json, which `python -m experiments.bench_report` renders; a finished run removes it."""
-    from experiments import bench_report
+    OUT.partial.json, which `python -m experiments.bench.report` renders; a finished run removes it."""
+    from experiments.bench import report as bench_report
     monkeypatch.setenv("DLP_CACHE", str(tmp_path / "cache"))
 
     def in_this_process(fn, *args):  # no fresh process, and SparseGPT "fails" (as a run killed there would stop)

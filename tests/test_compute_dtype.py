@@ -17,7 +17,8 @@ from dlp.prune import prune_model
 from dlp.stats import HESSIAN, SQNORM, attach
 from dlp.structure import find_blocks, find_linears
 from experiments.records import run_key
-from tiny import FAMILIES, last_block_output, tiny_ids, tiny_model
+from dlp.selfcheck import model_block_outputs
+from tiny import FAMILIES, tiny_ids, tiny_model
 
 BF16 = torch.bfloat16
 
@@ -32,8 +33,10 @@ def mixed(family="llama"):
 def test_walk_under_a_compute_dtype_is_the_models_autocast_forward(family):
     model, ids = mixed(family), tiny_ids(n=4)
     out = walk(model, ids, lambda *a: False, frozenset(), batch_size=4, progress=False, keep_outputs=True).outputs
-    own = last_block_output(model, ids, BF16)
-    plain = last_block_output(model, ids, None)
+    own = model_block_outputs(model, ids)[-1].float()  # the model's own forward, under its compute dtype
+    set_compute_dtype(model, None)
+    plain = model_block_outputs(model, ids)[-1].float()
+    set_compute_dtype(model, "bfloat16")
     assert out.dtype == torch.float32  # the residual stream stays float32
     assert torch.allclose(out, own, rtol=1e-3, atol=1e-3)
     # Control: bfloat16 products are visibly not the float32 ones, so the check above is not vacuous.
@@ -52,7 +55,7 @@ def test_replay_sees_the_pruned_weights():
         return index == 0
 
     out = walk(model, ids, prune_first, frozenset(), batch_size=4, progress=False, keep_outputs=True).outputs
-    assert torch.allclose(out, last_block_output(model, ids, BF16), rtol=1e-3, atol=1e-3)
+    assert torch.allclose(out, model_block_outputs(model, ids)[-1].float(), rtol=1e-3, atol=1e-3)
 
 
 def test_statistics_stay_float32_sums_under_autocast():

@@ -8,7 +8,8 @@ from dlp.engine import walk
 from dlp.prune import prune_model
 from dlp.sparsity import measure_sparsity
 from dlp.structure import find_blocks, find_linears
-from tiny import DENSE, FAMILIES, MOE, last_block_output, tiny_ids, tiny_model
+from dlp.selfcheck import model_block_outputs
+from tiny import DENSE, FAMILIES, MOE, tiny_ids, tiny_model
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -18,7 +19,7 @@ def test_walk_replays_the_models_forward(family, batch_size):
     ids = tiny_ids(n=8)
     result = walk(model, ids, lambda *a: False, frozenset(), batch_size=batch_size, progress=False, keep_outputs=True)
     assert result.timings["replay"] == 0.0  # nothing changed, so no second pass
-    assert torch.allclose(result.outputs, last_block_output(model, ids), atol=1e-5, rtol=1e-4)
+    assert torch.allclose(result.outputs, model_block_outputs(model, ids)[-1], atol=1e-5, rtol=1e-4)
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -190,7 +191,7 @@ def test_a_cut_pass_whose_visitor_changed_nothing_is_replayed():
     seen, result, reached = _walk_recording(model, ids, frozenset({SQNORM}), stop_early=True, changes=False)
     # 1 cut-short statistics pass + a whole replay per block (3 batches), to refill the outputs.
     assert [reached.count(i) for i in range(3)] == [4, 4, 4]
-    assert torch.allclose(result.outputs, last_block_output(model, ids), atol=1e-5, rtol=1e-4)
+    assert torch.allclose(result.outputs, model_block_outputs(model, ids)[-1], atol=1e-5, rtol=1e-4)
 
 
 def test_last_block_is_neither_finished_nor_replayed_when_its_outputs_are_unread():

@@ -143,3 +143,59 @@ def test_model_and_calibration_yaml_make_a_table_column(workspace, tmp_path):
     ok = [r for rs in cells.values() for r in rs if r["status"] == "ok"]
     assert len(ok) == 2 and ok[1]["data"]["calibration"]["name"] == "file:docs.txt"
     assert ok[1]["config"]["model"]["name"] == "tinyllama-1.1b"
+
+
+PLUGIN = '''"""Another package's criterion: each row's smallest |W| go, like magnitude, under another name."""
+from dlp.criterion import Criterion
+from dlp.masks import lowest_nm, lowest_per_row, zero_where
+from dlp.registry import register_criterion
+
+
+@register_criterion("plugin_magnitude", label="PluginMagnitude")
+class PluginMagnitude(Criterion):
+    def prune(self, weight, stats, sparsity, pattern):
+        score = weight.abs()
+        return zero_where(weight, lowest_nm(score, pattern) if pattern else lowest_per_row(score, sparsity))
+'''
+
+
+def fresh(code: str, env: dict | None = None, *args):
+    import os
+    import subprocess
+
+    return subprocess.run([sys.executable, *(["-c", code] if code else []), *args], cwd=README.parent,
+                          capture_output=True, text=True, timeout=300, env={**os.environ, **(env or {})})
+
+
+def test_a_fresh_process_finds_every_method_with_no_import_first():
+    done = fresh("from dlp.registry import make_criterion, make_allocator\n"
+                 "print(type(make_criterion('wanda')).__module__, type(make_allocator('owl')).__module__)")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["baselines.criteria.wanda", "baselines.allocations.owl"]
+
+
+def test_a_method_in_another_installed_package_is_found_through_its_entry_point(workspace, tmp_path):
+    """A package (its module and its dist-info, as pip installs it) declares its module under the group
+    `dlp_bench.methods`; with it on sys.path, the registry lists its criterion beside the suite's, and the
+    real command line prunes with it."""
+    import os
+
+    site = tmp_path / "site"
+    (site / "extra_methods").mkdir(parents=True)
+    (site / "extra_methods" / "__init__.py").write_text(PLUGIN)
+    info = site / "extra_methods-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: extra-methods\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text("[dlp_bench.methods]\nextra = extra_methods\n")
+    env = {"PYTHONPATH": os.pathsep.join([str(site), *filter(None, [os.environ.get("PYTHONPATH")])])}
+    listed = fresh("from dlp.registry import CRITERIA\nprint(' '.join(sorted(CRITERIA)))", env)
+    assert listed.returncode == 0, listed.stderr
+    assert listed.stdout.split() == ["magnitude", "plugin_magnitude", "sparsegpt", "wanda"]
+    ran = fresh("", env, "-m", "experiments.run", *tiny_overrides(workspace, "plugin_runs"),
+                "criterion=plugin_magnitude", "sparsity=0.5")
+    assert ran.returncode == 0, ran.stderr
+    (path,) = (workspace / "plugin_runs").glob("*.json")
+    record = json.loads(path.read_text())
+    assert record["config"]["criterion"]["name"] == "plugin_magnitude" and record["sparsity"]["actual"] == 0.5
+    without = fresh("from dlp.registry import CRITERIA\nprint(' '.join(sorted(CRITERIA)))")
+    assert "plugin_magnitude" not in without.stdout.split()  # the control: found through the entry point only

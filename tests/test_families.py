@@ -269,7 +269,7 @@ def test_a_failed_self_check_fails_the_run_in_one_line(saved, monkeypatch):
     with pytest.raises(UserError, match="self-check failed: block 1 of Gemma3ForCausalLM differs"):
         pipeline.run(cfg)
     failed = json.loads(records.record_path(cfg).read_text())
-    assert failed["status"] == "failed" and failed["error"].startswith("UserError: self-check failed: block 1")
+    assert failed["status"] == "failed" and failed["error"].startswith("CheckFailed: self-check failed: block 1")
     # Switched off explicitly, the same (broken) run goes through and says it was not checked.
     off = compose_config(run_overrides(saved, "gemma3", "selfcheck=false"))
     assert records.run_key(off) == records.run_key(cfg)  # the check stops runs, never changes their numbers

@@ -135,31 +135,36 @@ def test_truncated_profile_cache_is_recomputed_with_one_warning(workspace, tmp_p
     assert json.loads(profile.read_text())["blocks"] == blocks
 
 
-def test_record_from_a_path_keyed_version_is_adopted(workspace):
-    """Records keyed by the data folder's path (before keys took corpora by content) are reused when the text
-    they recorded is the text read now, and saved under the content key; other text is not matched."""
+def test_records_of_the_path_keyed_version_move_to_content_keys_once(workspace, capsys):
+    """Records keyed by the data folder's path (before keys took corpora by content) are moved by the migration
+    command to the content key when the text they recorded is the text read now (under either spelling of the
+    path), then reused by runs; one made from other text is left where it is. Runs never look for old keys."""
+    from experiments import migrate_records as migration
     from experiments import pipeline, records
     from experiments.config import compose_config
 
     cfg = compose_config([*tiny_overrides(workspace, "legacy_runs"), "criterion=magnitude", "sparsity=0.45"])
     path, record, _ = pipeline.run(cfg)
-    legacy = records.record_path(cfg, records.legacy_run_key(cfg))
+    legacy = records.record_path(cfg, migration.path_key(cfg))
     assert legacy != path
     path.rename(legacy)
+    assert pipeline.finished_record(cfg, path) is None  # the hot path does not look for old keys
+    assert migration.migrate_folder(path.parent) == 1
+    assert not legacy.exists() and f"{legacy.name}: -> {path.name}" in capsys.readouterr().out
     again_path, again, reused = pipeline.run(cfg)
     assert reused and again_path == path and again["metrics"] == record["metrics"]
-    assert again["key"] == records.run_key(cfg) and again["legacy_key"] == records.legacy_run_key(cfg)
-    path.unlink()
-    # Made with the same files written as relative paths (make passes the data folder that way): still found.
+    assert again["key"] == records.run_key(cfg) and again["legacy_key"] == migration.path_key(cfg)
+    assert migration.migrate_folder(path.parent) == 0  # once: a record keyed by content stays
+    # Made with the same files written as relative paths (make passes the data folder that way): moved too.
     relative = {**cfg, **{name: {**cfg[name], "path": os.path.relpath(cfg[name]["path"])} for name in ("data", "eval")}}
-    assert records.legacy_run_key(relative) != records.legacy_run_key(cfg)
-    spelled = records.record_path(cfg, records.legacy_run_key(relative))
-    legacy.rename(spelled)
-    assert pipeline.finished_record(cfg, path)["legacy_key"] == records.legacy_run_key(relative)
-    path.unlink()
+    assert migration.path_key(relative) != migration.path_key(cfg)
+    spelled = records.record_path(cfg, migration.path_key(relative))
+    path.rename(spelled)
+    assert migration.migrate(spelled)[0] == path and json.loads(path.read_text())["legacy_key"] == migration.path_key(relative)
+    path.rename(spelled)
     legacy_record = json.loads(spelled.read_text())
     legacy_record["data"]["evaluation"]["sha256"] = "0" * 64  # made from other text
     spelled.write_text(json.dumps(legacy_record))
-    assert pipeline.finished_record(cfg, path) is None
+    assert migration.migrate(spelled) == (None, "a corpus it names holds other text now: left") and spelled.exists()
     unset = {**cfg, **{name: {**cfg[name], "data_dir": "", "path": None} for name in ("data", "eval")}}  # no paths
-    assert records.legacy_run_keys(unset) == [records.legacy_run_key(unset)]
+    assert migration.path_keys(unset) == [migration.path_key(unset)]

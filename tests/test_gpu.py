@@ -1,4 +1,4 @@
-"""What only a CUDA device can show; skipped elsewhere. experiments/bench_gpu_quick.sh runs this file first, in
+"""What only a CUDA device can show; skipped elsewhere. experiments/gpu_acceptance.sh runs this file first, in
 seconds, before the long benchmark, so that a device-only fault shows before the GPU time is spent."""
 import math
 
@@ -92,7 +92,7 @@ def test_two_four_kernels_give_the_dense_product_and_a_report():
     """The semi-structured sparse product of a 2:4 weight is the dense product of the same weight (float16
     accumulation aside), and the bench reports one row per shape x batch x length."""
     from torch.sparse import to_sparse_semi_structured
-    from experiments import bench_sparse24
+    from experiments.bench import sparse24 as bench_sparse24
     w = bench_sparse24.two_four(128, 128, torch.float16, CUDA)
     x = torch.randn(64, 128, dtype=torch.float16, device=CUDA)
     dense = torch.nn.functional.linear(x, w).float()
@@ -102,3 +102,57 @@ def test_two_four_kernels_give_the_dense_product_and_a_report():
     assert [(r["batch"], r["length"]) for r in rows] == [(1, 64), (4, 64)]
     assert all(r["sparse_weight_bytes"] < r["dense_weight_bytes"] for r in rows)
     assert "| proj | 128x128 | 1 x 64 |" in bench_sparse24.report(rows, "gpu", "float16")
+
+
+def test_sparsegpt_column_loop_as_a_cuda_graph_matches_the_eager_loop():
+    """The replayed graph runs the eager loop's kernels on the same operands: the same masks, the same weights
+    (to float32 rounding, should a library pick another kernel inside the capture), across several column
+    blocks and a narrower last block, for a stacked group."""
+    from baselines.criteria.sparsegpt import SparseGPT
+    g = torch.Generator(device=CUDA).manual_seed(0)
+    x = torch.randn(2, 64, 320, device=CUDA, generator=g)
+    weights = [torch.randn(rows, 320, device=CUDA, generator=g) for rows in (96, 160)]
+    out = {}
+    for graphs in (True, False):
+        stats = LinearStats(320, CUDA, frozenset({HESSIAN}), seqlen=64)
+        stats.add(x)
+        stats.nsamples = 2
+        criterion = SparseGPT()
+        criterion.cuda_graphs = graphs
+        out[graphs] = criterion.prune_group([w.clone() for w in weights], stats, 0.5, None)
+        assert bool(criterion.graphs.graphs) == graphs  # the graph path really ran (and the eager one did not)
+    for a, b in zip(out[True], out[False]):
+        assert torch.equal(a == 0, b == 0)
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_cpu_offload_on_the_gpu_prunes_and_evaluates_as_the_model_held_whole(tmp_path):
+    """Blocks in pinned host memory, the next one copied in on a side stream: the same kernels on the same
+    operands as the model held on the device, so the same masks and losses; at most two blocks' weights were on
+    the device at once."""
+    from dlp.models import load_model
+    from dlp.offload import offload_of
+    from tiny import save_tiny
+    folder = save_tiny(tmp_path / "llama")
+    ids, ev = tiny_ids(8, 32), tiny_ids(4, 32, seed=3).reshape(-1)
+    out = {}
+    for mode in ("none", "cpu"):
+        model, _tok, _prov = load_model(str(folder), "float32", "cuda", offload=mode)
+        prune_model(model, ids.to(CUDA), make_criterion("sparsegpt"), [0.5] * 3, batch_size=4, progress=False)
+        out[mode] = ({n: (p == 0).cpu() for n, p in model.named_parameters() if p.dim() == 2},
+                     window_losses(model, ev.to(CUDA), 32, None, 2, False))
+        if mode == "cpu":
+            home = offload_of(model)
+            assert home.peak_materialized <= 2 * max(home.sizes)
+            assert all(p.device.type == "cpu" for b in find_blocks(model).blocks for p in b.parameters())
+    assert all(torch.equal(out["cpu"][0][n], m) for n, m in out["none"][0].items())
+    assert torch.equal(out["cpu"][1], out["none"][1])
+
+
+def test_dlp_block_median_counted_on_the_gpu_is_the_exact_median():
+    from dlp.select import kth_smallest
+    g = torch.Generator(device=CUDA).manual_seed(0)
+    chunks = [torch.rand(1000, 37, device=CUDA, generator=g) * 3 for _ in range(3)]
+    flat = torch.cat([c.flatten() for c in chunks])
+    k = (flat.numel() - 1) // 2
+    assert kth_smallest(lambda: iter(chunks), k) == torch.sort(flat).values[k].item()

@@ -87,3 +87,63 @@ def test_no_issue_numbers_or_workplace_talk():
                                                      if p.suffix in (".py", ".md", ".yaml", ".ipynb", ".sh"))]
     hits = [f"{p.relative_to(ROOT)}: {m.group(0)}" for p in files for m in pattern.finditer(p.read_text())]
     assert not hits
+
+
+def test_readme_is_a_guide_that_links_what_was_found():
+    """The README stays a user guide (at most 14,000 bytes) with its sections, and every results file it names
+    is there: findings live in results/, written by the commands that measured them."""
+    import re
+
+    text = (ROOT / "README.md").read_text()
+    assert len(text.encode()) <= 14_000
+    sections = [line[3:] for line in text.splitlines() if line.startswith("## ")]
+    for wanted in ("Two commands", "Results", "On a GPU", "Runs, sweeps, clusters", "Taking the pruned model away",
+                   "Adding a method", "Configuration", "How the engine works", "Where things go", "Tests"):
+        assert any(s.startswith(wanted) for s in sections), wanted
+    named = set()
+    for name in re.findall(r"`(results/[^`\s]+)`", text):  # results/curves-m.{md,png,csv}: three files
+        stem, braces, rest = name.partition(".{")
+        named |= {f"{stem}.{s}" for s in rest.rstrip("}").split(",")} if braces else {name}
+    files = [n for n in named if "." in n.rsplit("/", 1)[-1] and not re.search(r"[<*]|\.partial\.", n)]
+    assert len(files) >= 10
+    missing = [n for n in files if not (ROOT / n).exists()]
+    assert not missing, missing
+
+
+def method_names_tested(source: str) -> list[tuple[int, str]]:
+    """(line, string) for each string constant compared with (==, !=, in, not in, also inside a tuple, list or
+    set) or used as a dictionary key in `source`."""
+    import ast
+
+    def strings(node):
+        if isinstance(node, ast.Constant) and isinstance(node.value, str):
+            return [node.value]
+        if isinstance(node, (ast.Tuple, ast.List, ast.Set)):
+            return [s for element in node.elts for s in strings(element)]
+        return []
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Compare):
+            found += [(node.lineno, s) for part in (node.left, *node.comparators) for s in strings(part)]
+        elif isinstance(node, ast.Dict):
+            found += [(node.lineno, s) for key in node.keys if key is not None for s in strings(key)]
+    return found
+
+
+def test_no_module_tests_for_a_method_by_name_outside_its_own_file():
+    """Facts about a method live on its registered class (reference, N:M support, what a control isolates, its
+    FLOP model): no comparison, membership test or dictionary key on a registered name elsewhere in the code."""
+    import inspect
+
+    from dlp.registry import ALLOCATIONS, CRITERIA
+
+    assert method_names_tested('if a == "wanda" or b in ("x", "dlp"):\n    d = {"owl": 1}\n') == [
+        (1, "wanda"), (1, "x"), (1, "dlp"), (2, "owl")]  # the check finds what it looks for
+    owners = {name: Path(inspect.getfile(cls)).resolve() for table in (CRITERIA, ALLOCATIONS)
+              for name, cls in table.items()}
+    assert {"uniform", "dlp", "wanda", "sparsegpt"} <= owners.keys()
+    hits = [f"{path.relative_to(ROOT)}:{line}: '{name}'" for package in PACKAGES
+            for path in sorted((ROOT / package).rglob("*.py"))
+            for line, name in method_names_tested(path.read_text())
+            if name in owners and owners[name] != path.resolve()]
+    assert not hits

@@ -64,7 +64,10 @@ def test_table1_second_time_reuses_everything(table, workspace, capsys, monkeypa
 
 
 def test_failed_cell_is_shown_and_others_kept(workspace, tmp_path, monkeypatch, capsys):
+    """A failed cell leaves the table files as they were: the partial table goes beside them, each failed cell
+    is named with its reason in one line, and the command says so (CellsFailed: exit status 1)."""
     from dlp.dlp_allocation import DLP
+    from experiments.publish import CellsFailed
 
     def broken(*args, **kwargs):
         raise RuntimeError("simulated crash")
@@ -73,13 +76,22 @@ def test_failed_cell_is_shown_and_others_kept(workspace, tmp_path, monkeypatch, 
     checks = []
     monkeypatch.setattr(pipeline, "validate", lambda cfg: checks.append(cfg))
     overrides = tiny_overrides(workspace, "failing_runs")
-    md, cells = tables.table1(["smollm2-135m"], "cpu", 0.7, overrides, tmp_path)
+    kept = {name: f"the committed {name}".encode() for name in ("table1.md", "table1.csv", "table1.tex")}
+    for name, data in kept.items():
+        (tmp_path / name).write_bytes(data)
+    with pytest.raises(CellsFailed) as refused:
+        tables.table1(["smollm2-135m"], "cpu", 0.7, overrides, tmp_path)
+    assert str(refused.value) == (f"3 cells failed: {tmp_path}/table1.{{md,csv,tex}} left as they were; the partial "
+                                  f"results are in {tmp_path}/table1.partial.{{md,csv,tex}}")
+    assert {name: (tmp_path / name).read_bytes() for name in kept} == kept
+    md = (tmp_path / "table1.partial.md").read_text()
     assert checks == []  # a grid's cells were validated once, before any ran
     assert md.count("| failed |") == 3  # the three DLP cells; the seven others ran
     failed = [json.loads(p.read_text()) for p in (workspace / "failing_runs").glob("*_dlp_*.json")]
     assert len(failed) == 3 and all("simulated crash" in r["error"] for r in failed)
-    assert cells[(("Wanda", "Uniform"), "smollm2-135m")][0]["status"] == "ok"
-    printed = capsys.readouterr().out
+    printed, said = capsys.readouterr()
+    assert [line for line in said.splitlines() if line.startswith("failed: ")] == [
+        f"failed: criterion={c} allocation=dlp: RuntimeError: simulated crash" for c in ("magnitude", "sparsegpt", "wanda")]
     assert "10 of 10 cells without a finished record: running them here, one after another" in printed
     counted = [int(k) for k in re.findall(r"; cell (\d+)/10", printed)]
     assert len(counted) == 7 and counted == sorted(set(counted))  # the failed cells count too, in the order run
@@ -168,7 +180,7 @@ def test_table2_mean_and_per_task_from_records(workspace, tmp_path):
 
 def test_provenance_names_the_compute_dtype():
     """A table made with model.compute_dtype says so beside the weights' dtype; a plain one reads as before."""
-    from experiments.tables import precision
+    from experiments.reports.markdown import precision
     assert precision({"dtype": "float32", "compute_dtype": None}) == "float32"
     assert precision({"dtype": "float16"}) == "float16"
     assert precision({"dtype": "float32", "compute_dtype": "bfloat16"}) == "float32 (forward passes under bfloat16 autocast)"

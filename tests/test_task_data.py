@@ -147,3 +147,16 @@ def test_check_catches_a_tampered_file(built, tmp_path):
         od.check_task_files(folder)
     assert od.ensure_task_files(folder) == folder  # rebuilds what does not check out
     assert od.check_task_files(folder)["arc_easy"]["rows"] == 2376
+
+
+def test_a_folder_of_some_tasks_serves_those_tasks_only(built, tmp_path):
+    """A copy carried without the other tasks' files checks out for the tasks it holds, and no others."""
+    folder = tmp_path / "some"
+    folder.mkdir()
+    for name in ("manifest.json", "boolq.jsonl", "arc_easy.jsonl"):
+        shutil.copy(built[0] / name, folder / name)
+    assert sorted(od.check_task_files(folder, ["boolq", "arc_easy"])) == ["arc_easy", "boolq"]
+    with pytest.raises(UserError, match="rte.jsonl is missing"):
+        od.check_task_files(folder, ["boolq", "rte"])
+    with pytest.raises(UserError, match="is missing"):
+        od.check_task_files(folder)

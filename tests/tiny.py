@@ -61,20 +61,6 @@ def tiny_ids(n: int = 8, seqlen: int = 32, seed: int = 1) -> torch.Tensor:
     return torch.randint(0, VOCAB, (n, seqlen), generator=g)
 
 
-def last_block_output(model, ids, compute_dtype=None) -> torch.Tensor:
-    """The last decoder block's output (as float32) in the model's own forward pass, under autocast to
-    `compute_dtype` when given (dlp.compute_dtype)."""
-    from dlp.compute_dtype import computing
-    from dlp.structure import find_blocks
-    seen = {}
-    block = find_blocks(model).blocks[-1]
-    handle = block.register_forward_hook(lambda _m, _i, out: seen.setdefault("y", out[0] if isinstance(out, tuple) else out))
-    with torch.no_grad(), computing(compute_dtype, next(model.parameters()).device):
-        model(input_ids=ids, use_cache=False)
-    handle.remove()
-    return seen["y"].float()
-
-
 def char_tokenizer():
     """A character-level fast tokenizer with VOCAB entries, so tiny models can read real text."""
     from tokenizers import Tokenizer, models, pre_tokenizers

@@ -12,7 +12,8 @@ import torch
 from dlp.allocator import Allocation, Allocator
 from dlp.errors import UserError
 from dlp.registry import register_allocation
-from dlp.structure import find_blocks, find_linears
+from dlp.offload import resident_blocks
+from dlp.structure import find_linears
 
 
 def esd_alpha(weight: torch.Tensor, bins: int = 100) -> float:
@@ -59,6 +60,7 @@ def alpha_sparsities(block_alphas, block_params, target: float, epsilon: float) 
 
 @register_allocation("alphapruning", label="AlphaPruning", score_label="ESD alpha")
 class AlphaPruning(Allocator):
+    reads_data = False  # the weights' spectra alone
 
     def __init__(self, epsilon: float = 0.3):
         if not 0 < epsilon < 1:
@@ -67,7 +69,7 @@ class AlphaPruning(Allocator):
 
     def allocate(self, model, calib_ids, target, batch_size, progress=True, model_id=None):
         alphas, params = [], []
-        for block in find_blocks(model).blocks:
+        for _index, block in resident_blocks(model, on_device=True):
             linears = find_linears(block).values()
             alphas.append(float(np.mean([esd_alpha(layer.weight) for layer in linears])))
             params.append(sum(layer.weight.numel() for layer in linears))

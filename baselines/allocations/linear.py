@@ -21,6 +21,10 @@ def linear_sparsities(n_blocks: int, target: float, alpha: float) -> tuple[list[
 
 @register_allocation("linear", label="Linear", score_label="depth", control=True)
 class Linear(Allocator):
+    reads_data = False
+    description = "A ramp over depth"
+    isolates = "a plain ramp over depth"
+
     def __init__(self, alpha: float = 0.15):
         if not 0 < alpha < 0.5:
             raise UserError(f"linear alpha must be in (0, 0.5) (got {alpha})")

@@ -16,6 +16,8 @@ def owl_sparsities(outlier_ratios, target: float, lam: float) -> tuple[list[floa
 
 @register_allocation("owl", label="OWL", score_label="outlier ratio")
 class OWL(Allocator):
+    isolates = "OWL's ranking at the same spread"  # as a control in the ablation, where its spread is DLP's
+
 
     def __init__(self, m: float = 5.0, lam: float = 0.08):
         if m <= 0 or not 0 < lam < 0.5:

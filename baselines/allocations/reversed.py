@@ -10,5 +10,8 @@ from ._reorder import Reordered
 
 @register_allocation("reversed", label="Reversed", score_label="source score", control=True)
 class Reversed(Reordered):
+    description, plural = "{of}'s sparsities in reverse block order", True
+    isolates = "the spread it allows (its sparsities in reverse order)"
+
     def order(self, n_blocks: int) -> list[int]:
         return list(range(n_blocks - 1, -1, -1))

@@ -17,6 +17,9 @@ def shuffled_order(n_blocks: int, seed: int) -> list[int]:
 
 @register_allocation("shuffled", label="Shuffled", score_label="source score", control=True)
 class Shuffled(Reordered):
+    description, plural = "{of}'s sparsities shuffled across blocks", True
+    isolates = "the spread it allows (its sparsities in any order)"
+
     def __init__(self, of: str = "dlp", seed: int = 0):
         super().__init__(of)
         self.seed = int(seed)

@@ -6,6 +6,7 @@ from dlp.structure import find_blocks
 
 @register_allocation("uniform", label="Uniform")
 class Uniform(Allocator):
+    reference, supports_nm, reads_data = True, True, False
 
     def allocate(self, model, calib_ids, target, batch_size, progress=True, model_id=None):
         return Allocation([float(target)] * len(find_blocks(model)))

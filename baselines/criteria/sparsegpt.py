@@ -9,25 +9,42 @@ pushing each column's error onto the columns to its right.
 Every row is updated independently given H, so matrices fed the same input (q/k/v, gate/up) are pruned as one
 stacked matrix: one factorisation of H, one column loop, longer vector operations. Masks are still chosen per
 matrix (each matrix's own rows), so the result is that of pruning them one by one.
+
+On a GPU the column loop is hundreds of tiny kernels per column block, and launching them from Python, not the
+arithmetic, is its cost. With an unstructured mask (chosen before the loop) the loop's kernels are the same for
+every block of a stacked matrix, so they are recorded once per shape as a CUDA graph and replayed: the same
+kernels on the same operands, without the launches (`ColumnLoopGraphs`). N:M masks are chosen inside the loop
+and stay eager; a graph that cannot be captured falls back to the eager loop with one warning.
 """
 import itertools
+import logging
 
 import torch
 
 from dlp.criterion import Criterion
+from dlp.errors import first_line
 from dlp.masks import lowest_nm, lowest_overall
 from dlp.registry import register_criterion
 from dlp.stats import HESSIAN
 from dlp.threads import single_thread
 
 
+log = logging.getLogger(__name__)
+
+
 @register_criterion("sparsegpt", label="SparseGPT")
 class SparseGPT(Criterion):
     needs = frozenset({HESSIAN})
+    cuda_graphs = True  # replay the column loop as a CUDA graph on a GPU (tests compare it with the eager loop)
 
     def __init__(self, blocksize: int = 128, percdamp: float = 0.01):
         self.blocksize = blocksize
         self.percdamp = percdamp
+        self.graphs = ColumnLoopGraphs()
+
+    def flops(self, matrices):
+        # Factorising H (Cholesky, inverse, Cholesky: about 4/3·n³) and the OBS updates (rows·n²).
+        return sum(4 / 3 * c ** 3 + r * c * c for r, c in matrices)
 
     def inverse_hessian_factor(self, stats, W):
         # No local name holds the damped matrix: the factor overwrites it and frees it before its last copy, so
@@ -77,8 +94,10 @@ class SparseGPT(Criterion):
                 mask = torch.zeros_like(Wt, dtype=torch.bool)
             pruned = mask.to(Wt.dtype)  # 1 where a weight goes: its error is w·1 / d, a kept one's w·0 / d
             Err = torch.empty_like(Wt)
-            with single_thread(W.device):  # small sequential work: one thread is faster (see dlp.threads)
-                self._column_loop(Wt, Err, mask, pruned, Hinv1, d, pattern)
+            graphed = W.is_cuda and pattern is None and self.cuda_graphs and self.graphs.run(Wt, Err, pruned, Hinv1, d)
+            if not graphed:
+                with single_thread(W.device):  # small sequential work: one thread is faster (see dlp.threads)
+                    self._column_loop(Wt, Err, mask, pruned, Hinv1, d, pattern)
             W[:, i1:i2] = Wt.masked_fill_(mask, 0.0).t()  # unpruned entries hold their updated values
             W[:, i2:] -= Err.t().matmul(Hinv[i1:i2, i2:])
 
@@ -105,6 +124,53 @@ class SparseGPT(Criterion):
                 Wt[i + 1:e].addr_(Hinv1[i, i + 1:e], err, alpha=-1)
             if e < cols:
                 Wt[e:].addmm_(Hinv1[s:e, e:].t(), Err[s:e], alpha=-1)
+
+
+class ColumnLoopGraphs:
+    """SparseGPT's unstructured column loop as CUDA graphs, one per (block columns, rows, dtype, device): the
+    operands are copied into the graph's own tensors, the recorded kernels replayed, the results copied out."""
+
+    def __init__(self):
+        self.graphs: dict[tuple, tuple] = {}
+        self.broken = False  # capture failed once: the eager loop from then on
+
+    def run(self, Wt, Err, pruned, Hinv1, d) -> bool:
+        """Run the loop on these operands; False when no graph can be used (the caller runs it eagerly)."""
+        if self.broken:
+            return False
+        key = (tuple(Wt.shape), Wt.dtype, Wt.device)
+        if key not in self.graphs:
+            try:
+                self.graphs[key] = self._capture(Wt, Hinv1)
+            except RuntimeError as exc:
+                log.warning("SparseGPT: CUDA graph capture failed (%s); running the column loop eagerly",
+                            first_line(exc))
+                self.broken = True
+                return False
+        graph, (sWt, sErr, spruned, sHinv1, sd) = self.graphs[key]
+        sWt.copy_(Wt)
+        spruned.copy_(pruned)
+        sHinv1.copy_(Hinv1)
+        sd.copy_(d)
+        graph.replay()
+        Wt.copy_(sWt)
+        Err.copy_(sErr)
+        return True
+
+    @staticmethod
+    def _capture(Wt, Hinv1):
+        static = (torch.zeros_like(Wt), torch.zeros_like(Wt), torch.zeros_like(Wt), torch.zeros_like(Hinv1),
+                  torch.ones(Hinv1.shape[0], dtype=Hinv1.dtype, device=Hinv1.device))
+        sWt, sErr, spruned, sHinv1, sd = static
+        side = torch.cuda.Stream(Wt.device)  # warm up off the default stream, as graph capture wants
+        side.wait_stream(torch.cuda.current_stream(Wt.device))
+        with torch.cuda.stream(side):
+            SparseGPT._column_loop(sWt, sErr, None, spruned, sHinv1, sd, None)
+        torch.cuda.current_stream(Wt.device).wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            SparseGPT._column_loop(sWt, sErr, None, spruned, sHinv1, sd, None)
+        return graph, static
 
 
 def upper_factor_of_inverse(H: torch.Tensor) -> torch.Tensor:

@@ -211,8 +211,9 @@ def build_task_files(out_dir=None) -> dict:
     return manifest
 
 
-def check_task_files(dir=None) -> dict:
-    """Verify each task file's row count and sha256 against the pinned values; UserError names the first mismatch."""
+def check_task_files(dir=None, tasks=None) -> dict:
+    """Verify each task file's row count and sha256 against the pinned values (those of `tasks`, default all);
+    UserError names the first mismatch."""
     folder = Path(dir) if dir is not None else task_dir()
     manifest_path = folder / "manifest.json"
     if not manifest_path.exists():
@@ -220,6 +221,8 @@ def check_task_files(dir=None) -> dict:
     manifest = json.loads(manifest_path.read_text()).get("tasks", {})
     found = {}
     for task, expected_rows in EXPECTED_ROWS.items():
+        if tasks is not None and task not in tasks:
+            continue
         path = folder / f"{task}.jsonl"
         if not path.exists():
             raise UserError(f"task file {path} is missing: {REBUILD}")
@@ -237,11 +240,13 @@ def check_task_files(dir=None) -> dict:
     return found
 
 
-def ensure_task_files(out_dir=None) -> Path:
-    """The verified task folder, building it first when it is missing or does not check out."""
+def ensure_task_files(out_dir=None, tasks=None) -> Path:
+    """The verified task folder (the files of `tasks`, default all), building it first when they are missing or do
+    not check out. A folder holding only some tasks serves runs of those (a copy carried to a machine that cannot
+    build them)."""
     folder = Path(out_dir) if out_dir is not None else task_dir()
     try:
-        check_task_files(folder)
+        check_task_files(folder, tasks)
     except UserError:
         build_task_files(folder)
     return folder

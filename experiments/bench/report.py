@@ -2,7 +2,7 @@
 plainly."""
 from pathlib import Path
 
-from .bench_precisions import PRECISIONS
+from .precisions import PRECISIONS
 
 MIB = 2 ** 20
 # Speed targets. Against the reference implementations: their seconds on a 2-core CPU, embedded model,
@@ -58,7 +58,7 @@ def time_share_line(result: dict) -> list[str]:
     if not t:
         return []
     return [f"Where one batch's dense forward pass spends its time ({result.get('batch_size')} sequences, "
-            f"torch.profiler, self CPU time; experiments/bench_profile.py): matrix products {_pct(t['products'])}, "
+            f"torch.profiler, self CPU time; experiments/bench/profile.py): matrix products {_pct(t['products'])}, "
             f"attention kernel {_pct(t['attention'])}, element-wise and other {_pct(t['other'])}. A pass's share of "
             "peak cannot exceed the products' share of its time times their own rate.", ""]
 
@@ -260,7 +260,7 @@ def draw_scaling(rows, key, figure: Path, settings: dict) -> None:
 
 
 def precision_of(name: str) -> tuple[str, str | None]:
-    """(weights' dtype, compute dtype or None) of a bench precision (experiments.bench_precisions)."""
+    """(weights' dtype, compute dtype or None) of a bench precision (experiments.bench.precisions)."""
     return PRECISIONS.get(name, (name, None))
 
 
@@ -281,7 +281,7 @@ def render(report: dict, figure: Path | None) -> str:
                 + "; dlp/batching.py)" if s["batch_size"] == "auto" else "") + "; "
              f"perplexity on {s['eval_windows']} x {s['eval_seqlen']} tokens ({data['evaluation']}), batch "
              f"{s['eval_batch_size']}; pruning at {s['sparsity']:.0%} unstructured. GFLOP counted from the decoder's "
-             "matrix shapes (experiments/bench_flops.py: Linears and causal attention, element-wise work not counted); share of "
+             "matrix shapes (experiments/bench/flops.py: Linears and causal attention, element-wise work not counted); share of "
              "peak = GFLOP/s over the n x n matmul rate measured in the same process just before (each method's "
              "process measures its own). Memory: "
              + ("peak allocated on the GPU." if cuda else
@@ -316,13 +316,13 @@ def render(report: dict, figure: Path | None) -> str:
 
 
 def main(argv=None) -> int:
-    """`python -m experiments.bench_report RUN.json [OUT.md]`: render a report again, a partial one (the
+    """`python -m experiments.bench.report RUN.json [OUT.md]`: render a report again, a partial one (the
     `.partial.json` a run cut short leaves) too."""
     import json
     import sys
     args = sys.argv[1:] if argv is None else argv
     if not 1 <= len(args) <= 2:
-        print("usage: python -m experiments.bench_report RUN.json [OUT.md]", file=sys.stderr)
+        print("usage: python -m experiments.bench.report RUN.json [OUT.md]", file=sys.stderr)
         return 2
     try:
         md = render(json.loads(Path(args[0]).read_text()), None)

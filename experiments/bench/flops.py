@@ -59,7 +59,3 @@ def statistics_flops(s: Shapes, tokens: int, seqlen: int, needs: frozenset) -> f
     extra = s.blocks * sum(gram_flops_per_token(c) for c in s.gram_inputs) * tokens if HESSIAN in needs else 0
     return forward_flops(s, tokens, seqlen) + extra
 
-
-def sparsegpt_flops(s: Shapes) -> float:
-    """Per model: factorising H (Cholesky, inverse, Cholesky: about 4/3·n³) and the OBS updates (rows·n²)."""
-    return s.blocks * sum(4 / 3 * c ** 3 + r * c * c for r, c in s.matrices)

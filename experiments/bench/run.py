@@ -3,12 +3,12 @@
 For a model and each dtype: the matmul peak measured in this process, then load, one dense forward pass over
 the calibration set (the yardstick), and for Wanda, DLP + Wanda, OWL + Wanda and SparseGPT the allocation
 pass, capture, statistics, criterion and replay; then perplexity. Each phase gets seconds, tokens/s, GFLOP/s
-counted from the decoder's shapes (experiments.bench_flops), its share of the peak, and its peak memory beside the floor
+counted from the decoder's shapes (experiments.bench.flops), its share of the peak, and its peak memory beside the floor
 (weights + one block's calibration activations in and out + one block's statistics); each method runs in a
 fresh process, as a user's run would, which measures its own matmul peak and dense yardstick: a forward pass
 over the calibration set just before the method and one just after its prune, "x dense forward" dividing by
 their mean (`--repeats N`: the median of N such processes). The parent also profiles where one batch's dense
-forward spends its time (bench_profile). A scaling section repeats Wanda at three calibration sizes, three sequence lengths and
+forward spends its time (experiments.bench.profile). A scaling section repeats Wanda at three calibration sizes, three sequence lengths and
 several batch sizes. Writes <out>.json, <out>.md and a plot.
 
   python -m experiments.bench                                   # embedded model on this computer: fp32, bf16, mixed
@@ -34,17 +34,18 @@ from dlp.engine import walk, watch_walks
 from dlp.models import DTYPES, load_model, resolve_device
 from dlp.perplexity import CHUNK_TOKENS, window_losses
 from dlp.prune import prune_model
-from dlp.registry import ALLOCATIONS, CRITERIA, make_allocator, make_criterion, studied_allocations
+from dlp.registry import (ALLOCATIONS, CRITERIA, make_allocator, make_criterion, reference_allocation,
+                          studied_allocations)
 from dlp.selfcheck import check_walk
 from dlp.stats import SQNORM, LinearStats
 from dlp.structure import find_blocks
 
-from . import methods  # noqa: F401  (every criterion and allocation registered)
-from .bench_flops import forward_flops, shapes, sparsegpt_flops, statistics_flops
-from .bench_machine import describe, matmul_peak, phase, release_free_memory, rss_bytes
-from .bench_precisions import PRECISIONS, products_dtype
-from .bench_profile import time_shares
-from .bench_report import render
+from .flops import forward_flops, shapes, statistics_flops
+from .machine import describe, matmul_peak, phase, release_free_memory, rss_bytes
+from .precisions import PRECISIONS, products_dtype
+from .profile import time_shares
+from .report import render
+from .shapes import SHAPES
 
 
 @contextlib.contextmanager
@@ -61,23 +62,15 @@ def cache_at(path: str):
             os.environ["DLP_CACHE"] = before
 
 
-def default_methods() -> list[tuple[str, str]]:
+def default_methods(under: str = "wanda") -> list[tuple[str, str]]:
     """(criterion, allocation) pairs the bench times, from the registry: every allocation but the controls (they
-    cost no more than what they copy) under Wanda (whose statistic DLP and OWL rank by), uniform first; then
-    every other criterion that reads calibration statistics under uniform (one that reads none, magnitude, does
-    no walk worth timing)."""
-    allocations = sorted(studied_allocations(), key=lambda name: name != "uniform")
-    return ([("wanda", a) for a in allocations]
-            + [(c, "uniform") for c, cls in CRITERIA.items() if cls.needs and c != "wanda"])
-
-
-# Random-weight models of a paper's shape (timing does not depend on the weights' values).
-SHAPES = {
-    "llama2-7b": dict(model_type="llama", hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
-                      num_attention_heads=32, num_key_value_heads=32, vocab_size=32000, max_position_embeddings=4096),
-    "tiny": dict(model_type="llama", hidden_size=64, intermediate_size=128, num_hidden_layers=3,
-                 num_attention_heads=4, num_key_value_heads=2, vocab_size=128, max_position_embeddings=2048),
-}
+    cost no more than what they copy) under `under` (Wanda, whose statistic DLP and OWL rank by), the reference
+    first; then every other criterion that reads calibration statistics under the reference (one that reads
+    none, magnitude, does no walk worth timing)."""
+    reference = reference_allocation()
+    allocations = sorted(studied_allocations(), key=lambda name: name != reference)
+    return ([(under, a) for a in allocations]
+            + [(c, reference) for c, cls in CRITERIA.items() if cls.needs and c != under])
 
 
 class Subject:
@@ -199,7 +192,7 @@ def bench_dtype(args, dtype: str, device: torch.device, checkpoint=lambda partia
     batch_size = resolve_batch_size(args.batch_size, model, calib)
     rows = {"load": _row("load", m["seconds"], None, None, peak["gflops"], _memory(m, base, device))}
     floors = {c: floor_bytes(model, s, args.nsamples, args.seqlen, make_criterion(c).needs)
-              for c in ("wanda", "sparsegpt")}
+              for c in dict.fromkeys(c for c, _ in args.methods)}
 
     m = dense_forward(args, model, calib, device)
     dense_s = m["seconds"]
@@ -327,8 +320,9 @@ def bench_method(args, model, calib, eval_ids, criterion_name, allocation_name, 
         with phase(device) as m:
             allocation = make_allocator(allocation_name).allocate(model, calib, args.sparsity, args.batch_size,
                                                                   progress=args.progress)
-    allocation_s = m["seconds"] if allocation_name != "uniform" else 0.0
-    if allocation_name != "uniform":
+    passes = not ALLOCATIONS[allocation_name].reference  # the reference has no pass of its own to time
+    allocation_s = m["seconds"] if passes else 0.0
+    if passes:
         done = (statistics_flops(s, tokens, args.seqlen, frozenset({SQNORM})) * len(walks)
                 - sum(w.skipped_flops for w in walks))
         rows["allocation"] = _row("allocation pass", m["seconds"], tokens, done or None, peak,
@@ -343,7 +337,7 @@ def bench_method(args, model, calib, eval_ids, criterion_name, allocation_name, 
     rows["statistics"] = _row("statistics", t["statistics"], tokens,
                               statistics_flops(s, tokens, args.seqlen, criterion.needs) - walked.skipped_flops, peak)
     rows["criterion"] = _row("criterion", t["visit"], None,
-                             sparsegpt_flops(s) if criterion_name == "sparsegpt" else None, peak)
+                             criterion_flops(criterion, s), peak)
     rows["replay"] = _row("replay", t["replay"], tokens,
                           forward_flops(s, tokens, args.seqlen) * walked.replayed_blocks / s.blocks, peak)
     rows["prune"] = _row("prune (all blocks)", m["seconds"], tokens, None, peak, _memory(m, base, device))
@@ -358,6 +352,12 @@ def bench_method(args, model, calib, eval_ids, criterion_name, allocation_name, 
                 "times_dense_forward": total / dense_s,
                 "ppl": ppl})
     return out
+
+
+def criterion_flops(criterion, s) -> float | None:
+    """The criterion's own arithmetic over the model, where it has a model of it (dlp.criterion.Criterion.flops)."""
+    per_block = criterion.flops(s.matrices)
+    return None if per_block is None else s.blocks * per_block
 
 
 def bench_scaling(args, subject: Subject, s, device, base) -> list[dict]:

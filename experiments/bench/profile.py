@@ -1,6 +1,6 @@
 """Where a dense forward pass spends its time: matrix products, the attention kernel, everything else.
 
-The bench's "share of peak" counts only the decoder's matrix products (experiments.bench_flops), so a pass can be far from
+The bench's "share of peak" counts only the decoder's matrix products (experiments.bench.flops), so a pass can be far from
 the peak for two reasons: slow products, or time spent outside them. This splits one batch's forward pass
 (the model's own code, profiled by torch.profiler on the CPU) into those parts, so the report can say which:
 the attention kernel and the element-wise work of norms, activations, rotary embeddings and residuals are

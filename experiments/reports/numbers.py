@@ -1,0 +1,61 @@
+"""A grid's records as numbers: each cell's finished records, their summary over seeds, and an allocation's
+verdict against another in a grid of perplexity cells (the tables, the ablation and the curves read these)."""
+import math
+
+from ..records import commit_label
+from ..verdicts import Summary, Verdict, paired_t_verdict, summarize
+
+
+def ppl(record: dict) -> float:
+    """A record's perplexity on its evaluation corpus: the metric of Table 1, the ablation and the curves."""
+    return record["metrics"]["ppl"]
+
+
+def finished(records: list[dict]) -> list[dict]:
+    """The cell's finished records, each once (every seed of the dense row reads the same record)."""
+    seen, out = set(), []
+    for r in records:
+        if r.get("status") == "ok" and r["key"] not in seen:
+            seen.add(r["key"])
+            out.append(r)
+    return out
+
+
+def summary(metric, records: list[dict]) -> Summary:
+    return summarize(metric(r) for r in finished(records))
+
+
+def by_seed(metric, records: list[dict]) -> dict:
+    return {r["config"]["seed"]: metric(r) for r in finished(records)}
+
+
+def seeds_text(records: list[dict]) -> str:
+    """The seeds of a cell's finished records, as csv files list them: '0 1 2'."""
+    return " ".join(str(r["config"]["seed"]) for r in finished(records))
+
+
+def ppl_verdict(cells: dict, crit: str, ours: str, base: str, s: float) -> Verdict | None:
+    """In a grid of perplexity cells keyed (criterion, allocation, sparsity): allocation `ours` against `base`
+    under the same criterion and sparsity, paired over the seeds both finished. None for an allocation against
+    itself, or where either cell is not in the grid or has no finished record."""
+    a, b = cells.get((crit, ours, s)), cells.get((crit, base, s))
+    if ours == base or not a or not b or not finished(a) or not finished(b):
+        return None
+    return paired_t_verdict(by_seed(ppl, a), by_seed(ppl, b), lower_is_better=True)
+
+
+VERDICT_COLUMNS = ["vs_uniform", "ratio_to_uniform", "p"]
+
+
+def verdict_columns(v: Verdict | None) -> list:
+    """A csv row's verdict against uniform: the word, the geometric-mean perplexity ratio over the paired seeds
+    and the test's p-value (empty where there is no comparison, or no test with one seed)."""
+    if v is None:
+        return ["", "", ""]
+    ratio = f"{math.exp(v.difference):.6g}" if v.difference is not None else ""
+    return [v.word, ratio, f"{v.p:.4g}" if v.p is not None else ""]
+
+
+def commits(records) -> str:
+    """The code versions the cells ran under (a table can mix cells from several commits)."""
+    return ", ".join(sorted({commit_label(r["environment"]) for r in records}))
