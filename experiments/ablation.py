@@ -14,8 +14,8 @@ import io
 import time
 from pathlib import Path
 
-from dlp.paths import ROOT
 from dlp.registry import ALLOCATIONS, CRITERIA, reference_allocation
+from dlp.storage.paths import ROOT
 
 from . import grids, tracking
 from .cells import cell_overrides, failures, launcher_overrides, run_cells

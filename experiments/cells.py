@@ -12,8 +12,8 @@ import time
 from pathlib import Path
 
 from dlp.errors import UserError
-from dlp.io import write_atomic
-from dlp.paths import ROOT
+from dlp.storage.io import write_atomic
+from dlp.storage.paths import ROOT
 
 from . import pipeline, records, tracking
 from .config import compose_config

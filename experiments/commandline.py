@@ -4,8 +4,8 @@ import argparse
 import sys
 
 from dlp.errors import UserError
-from dlp.pattern import check_sparsity
-from dlp.paths import ROOT
+from dlp.methods.pattern import check_sparsity
+from dlp.storage.paths import ROOT
 
 from .publish import CellsFailed
 

@@ -8,7 +8,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from dlp.errors import UserError, first_line
-from dlp.paths import ROOT
+from dlp.storage.paths import ROOT
 
 from . import methods
 

@@ -15,18 +15,17 @@ import time
 from pathlib import Path
 
 from dlp.errors import UserError
-from dlp.paths import ROOT
 from dlp.registry import ALLOCATIONS, CRITERIA, reference_allocation
+from dlp.storage.paths import ROOT
 
 from . import grids, tracking
 from .cells import cell_overrides, failures, launcher_overrides, run_cells
 from .commandline import grid_options, grid_parser, one_line_errors
 from .config import compose_config
-from .publish import publish
 from .plots import figure_bytes
+from .publish import publish
 from .reports.markdown import md_table, provenance_lines
-from .reports.numbers import (VERDICT_COLUMNS, commits, finished, ppl, ppl_verdict, seeds_text, summary,
-                              verdict_columns)
+from .reports.numbers import VERDICT_COLUMNS, commits, finished, ppl, ppl_verdict, seeds_text, summary, verdict_columns
 from .validation import check_choices
 
 NAME = "curves"  # its grid: conf/experiment/curves.yaml

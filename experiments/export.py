@@ -1,7 +1,7 @@
 """`python -m experiments.export RECORD.json [out=DIR] [format=hf] [overwrite=true] [check=false]`, or the run's
 config overrides instead of the record (`model=... criterion=wanda sparsity=0.5 ...`), or `save=true` on a run:
 the pruned model as an ordinary Hugging Face folder (`format=hf`, the default: the zeros in place, loadable by
-any tool) or as a compact archive (`format=bitmask` / `bitmask-24`): dlp.checkpoint says what each holds.
+any tool) or as a compact archive (`format=bitmask` / `bitmask-24`): dlp.storage.checkpoint says what each holds.
 `python -m experiments.export convert FOLDER to=hf|bitmask|bitmask-24 [out=DIR]` turns one into the other.
 
 The folder holds config.json, the weights, the tokenizer, `run_record.json` (the run's record: config,
@@ -10,7 +10,7 @@ load-back check) and a model card (README.md).
 
 Where the weights come from: the run itself (`save=true`), or the record's config pruned again (pruning is
 deterministic). Reproduced weights must have the record's per-matrix sparsities, to the last bit, or nothing is
-written. Before the folder is moved into place a new process loads it (`dlp.models`, which decompresses every
+written. Before the folder is moved into place a new process loads it (`dlp.storage.models`, which decompresses every
 matrix of an archive; plain transformers for an ordinary folder) and must get the exported model's perplexity
 and exactly its zeros; every step writes into a staging folder beside the target, removed on any failure, so a
 folder at the target is always complete.
@@ -26,11 +26,11 @@ from pathlib import Path
 
 import torch
 
-from dlp import checkpoint
 from dlp.errors import UserError, first_line, last_line
-from dlp.io import write_json_atomic
-from dlp.models import source_config
-from dlp.paths import ROOT
+from dlp.storage import checkpoint
+from dlp.storage.io import write_json_atomic
+from dlp.storage.models import source_config
+from dlp.storage.paths import ROOT
 
 from . import pipeline, records
 from .commandline import one_line_errors
@@ -162,7 +162,7 @@ def staged(target: Path):
 
 
 def save(model, folder: Path, fmt: str, config: dict) -> dict:
-    """The model in `fmt` (dlp.checkpoint); each pruned matrix's zero count and mask digest."""
+    """The model in `fmt` (dlp.storage.checkpoint); each pruned matrix's zero count and mask digest."""
     if fmt == checkpoint.HF:
         return checkpoint.save_hf(model, folder, config)
     return checkpoint.save_archive(model, folder, fmt, config)
@@ -264,7 +264,7 @@ def load_back_in_new_process(folder: Path) -> dict:
 
 def check_folder(folder: Path) -> dict:
     """The load-back check itself, run in the new process."""
-    from dlp.models import load_model
+    from dlp.storage.models import load_model
 
     folder = Path(folder)
     record = json.loads((folder / "run_record.json").read_text())
@@ -331,7 +331,7 @@ bitmask, everything else dense: {sizes['weights_bytes'] / 1e6:.1f} MB on disk ag
 `{checkpoint.ARCHIVE_TYPE}`, so plain transformers refuses it. Load it with this suite:
 
 ```python
-from dlp.checkpoint import load_archive
+from dlp.storage.checkpoint import load_archive
 model = load_archive("path/to/this/folder")
 ```
 

@@ -32,8 +32,8 @@ import time
 from pathlib import Path
 
 from dlp.errors import last_line
-from dlp.io import write_atomic, write_json_atomic
-from dlp.paths import ROOT
+from dlp.storage.io import write_atomic, write_json_atomic
+from dlp.storage.paths import ROOT
 
 from .bench.shapes import SHAPES
 

@@ -3,7 +3,7 @@ conf/experiment/<name>.yaml: the grid `python -m experiments.run -m +experiment=
 into cells the same way for every report."""
 from omegaconf import OmegaConf
 
-from dlp.paths import ROOT
+from dlp.storage.paths import ROOT
 
 
 def experiment_config(name: str):

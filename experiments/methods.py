@@ -8,8 +8,8 @@ import inspect
 
 from hydra.core.config_store import ConfigStore
 
-from dlp.paths import ROOT
 from dlp.registry import ALLOCATIONS, CRITERIA, DENSE, parameters
+from dlp.storage.paths import ROOT
 
 GROUPS = {"criterion": CRITERIA, "allocation": ALLOCATIONS}
 

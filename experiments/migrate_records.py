@@ -12,7 +12,7 @@ from pathlib import Path
 
 from dlp.data import corpora
 from dlp.errors import UserError
-from dlp.paths import ROOT
+from dlp.storage.paths import ROOT
 
 from . import pipeline, records
 from .commandline import OneLineParser, one_line_errors

@@ -6,21 +6,21 @@ from pathlib import Path
 
 import torch
 
-from dlp.batching import resolve_batch_size
-from dlp.coverage import coverage, decoder_sparsity
 from dlp.data import corpora
 from dlp.data.calibration import calibration_windows
 from dlp.errors import CheckFailed, UserError
-from dlp.locks import computing
-from dlp.models import load_model, load_tokenizer
-from dlp.offload import offload_of
-from dlp.paths import cache_dir
-from dlp.pattern import parse_pattern
-from dlp.perplexity import perplexity
-from dlp.prune import prune_model
+from dlp.evaluation.perplexity import perplexity
+from dlp.methods.pattern import parse_pattern
 from dlp.registry import make_allocator, make_criterion
-from dlp.selfcheck import check_walk
-from dlp.sparsity import measure_sparsity
+from dlp.storage.locks import computing
+from dlp.storage.models import load_model, load_tokenizer
+from dlp.storage.paths import cache_dir
+from dlp.walk.batching import resolve_batch_size
+from dlp.walk.coverage import coverage, decoder_sparsity
+from dlp.walk.offload import offload_of
+from dlp.walk.prune import prune_model
+from dlp.walk.selfcheck import check_walk
+from dlp.walk.sparsity import measure_sparsity
 
 from . import records
 from .validation import params, validate
@@ -38,7 +38,7 @@ def calibration_corpus(cfg: dict):
 
 
 def evaluate(model, tokenizer, cfg: dict, corpus=None) -> dict:
-    """Perplexity on the run's evaluation corpus, as the run measures it (dlp.perplexity's dict)."""
+    """Perplexity on the run's evaluation corpus, as the run measures it (dlp.evaluation.perplexity's dict)."""
     ev = cfg["eval"]
     return perplexity(model, corpus or eval_corpus(cfg), tokenizer, ev["seqlen"], ev.get("max_windows"),
                       ev["batch_size"], cfg["progress"])
@@ -100,7 +100,7 @@ def execute(cfg: dict, hold: dict | None = None, checked: bool = False, inputs: 
         record["coverage"] = coverage(model)  # warns in one line when the pruned set is under 90% of the decoder
 
         t = time.perf_counter()
-        # The walk must reproduce the model's own forward (dlp.selfcheck): checked on one calibration sequence
+        # The walk must reproduce the model's own forward (dlp.walk.selfcheck): checked on one calibration sequence
         # before any walk, unless explicitly switched off (recorded either way).
         record["selfcheck"] = check_walk(model, calib[:1]) if cfg.get("selfcheck", True) else {"skipped": True}
         timings["selfcheck"] = time.perf_counter() - t
@@ -121,7 +121,7 @@ def execute(cfg: dict, hold: dict | None = None, checked: bool = False, inputs: 
                            batch_size=d["batch_size"], progress=cfg["progress"])
         timings["prune"] = time.perf_counter() - t
         timings["prune_phases"] = walk.timings
-        record["coverage"]["no_calibration_input"] = walk.uncalibrated  # pruned by magnitude (dlp.prune)
+        record["coverage"]["no_calibration_input"] = walk.uncalibrated  # pruned by magnitude (dlp.walk.prune)
 
     actual = measure_sparsity(model)
     t = time.perf_counter()
@@ -132,7 +132,7 @@ def execute(cfg: dict, hold: dict | None = None, checked: bool = False, inputs: 
     zs = cfg.get("zeroshot") or {}
     zeroshot = None
     if zs.get("enabled"):
-        from dlp.zeroshot import evaluate_zeroshot
+        from dlp.evaluation.zeroshot import evaluate_zeroshot
         t = time.perf_counter()
         zeroshot = evaluate_zeroshot(model, tokenizer, zs["tasks"], zs.get("limit"), zs.get("batch_size", 8),
                                      zs.get("add_bos_token", False), zs.get("source", "auto"))
@@ -158,7 +158,7 @@ def execute(cfg: dict, hold: dict | None = None, checked: bool = False, inputs: 
 
 
 def offload_options(cfg: dict) -> dict:
-    """Where the run keeps its blocks (dlp.offload) and its device memory cap, as load_model takes them; offload=disk
+    """Where the run keeps its blocks (dlp.walk.offload) and its device memory cap, as load_model takes them; offload=disk
     writes the pruned blocks to `offload_dir`, by default a folder of the cache named by the run's key."""
     mode = cfg.get("offload") or "none"
     folder = cfg.get("offload_dir") or (cache_dir() / "offload" / records.run_key(cfg) if mode == "disk" else None)

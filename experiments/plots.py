@@ -9,8 +9,8 @@ bottom, the target sparsity per block with the measured one as dots.
 import io
 from pathlib import Path
 
-from dlp.paths import ROOT
 from dlp.registry import ALLOCATIONS, studied_allocations
+from dlp.storage.paths import ROOT
 
 from .cells import failures, run_cells
 from .commandline import OneLineParser, one_line_errors

@@ -5,7 +5,7 @@ command exits non-zero, naming each failed cell and why."""
 import sys
 from pathlib import Path
 
-from dlp.io import write_atomic
+from dlp.storage.io import write_atomic
 
 
 class CellsFailed(Exception):

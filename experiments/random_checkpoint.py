@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from dlp.models import DTYPES
+from dlp.storage.models import DTYPES
 
 from .bench.shapes import SHAPES
 

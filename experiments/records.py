@@ -1,7 +1,7 @@
 """Run records: one JSON file per run, keyed by a hash of what determines its numbers.
 
 Options that cannot change the numbers (progress bars, forcing, where results go, the walk's self-check, which
-only stops a run, saving or recovering the pruned model, where the blocks wait between visits: dlp.offload) are
+only stops a run, saving or recovering the pruned model, where the blocks wait between visits: dlp.walk.offload) are
 left out of the key, and so are the CPU thread count, which can move SparseGPT's last bits as a different CPU
 can, and a device memory cap, which can pick a smaller automatic batch and so move a GPU run's last bits (each
 record names the count, the cap and the batch it ran with),
@@ -20,9 +20,9 @@ from pathlib import Path
 
 from dlp.data import corpora
 from dlp.errors import first_line
-from dlp.io import sha256_file, write_json_atomic
-from dlp.paths import ROOT
 from dlp.registry import DENSE
+from dlp.storage.io import sha256_file, write_json_atomic
+from dlp.storage.paths import ROOT
 
 log = logging.getLogger(__name__)
 NOT_IN_KEY = ("force", "progress", "results_dir", "wandb", "selfcheck", "save", "export", "recovery", "threads",

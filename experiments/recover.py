@@ -1,5 +1,5 @@
 """`python -m experiments.recover RECORD.json | OVERRIDES... [recovery.steps=...] [recovery.save=true]`: LoRA
-recovery of a pruned run that keeps its sparsity (dlp.masked_lora), recorded in `results/recovery/`; with
+recovery of a pruned run that keeps its sparsity (dlp.methods.masked_lora), recorded in `results/recovery/`; with
 `recovery.save=true` the recovered model is exported (experiments.export, `export.*`).
 
 The run's model is pruned again from its record (checked against its per-matrix sparsities, as an export is),
@@ -18,10 +18,11 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from dlp import checkpoint, masked_lora
 from dlp.data.calibration import calibration_windows
 from dlp.errors import UserError
-from dlp.io import write_json_atomic
+from dlp.methods import masked_lora
+from dlp.storage import checkpoint
+from dlp.storage.io import write_json_atomic
 
 from . import export, pipeline, records
 from .commandline import one_line_errors
@@ -162,7 +163,7 @@ def recover(record_path: Path, record: dict, rec: dict, progress: bool = True, h
     zeroshot = None
     zs = cfg.get("zeroshot") or {}
     if zs.get("enabled"):
-        from dlp.zeroshot import evaluate_zeroshot
+        from dlp.evaluation.zeroshot import evaluate_zeroshot
         t = time.perf_counter()
         zeroshot = evaluate_zeroshot(merged, tokenizer, zs["tasks"], zs.get("limit"), zs.get("batch_size", 8),
                                      zs.get("add_bos_token", False), zs.get("source", "auto"))

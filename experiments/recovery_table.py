@@ -10,10 +10,10 @@ import io
 import time
 from pathlib import Path
 
-from dlp.paths import ROOT
 from dlp.registry import ALLOCATIONS, CRITERIA
+from dlp.storage.paths import ROOT
 
-from . import grids, recover, records
+from . import grids, records, recover
 from .cells import cell_overrides, launcher_overrides, run_cells
 from .commandline import grid_options, grid_parser, one_line_errors
 from .config import compose_config

@@ -10,7 +10,7 @@ import json
 import sys
 from pathlib import Path
 
-from dlp.io import write_atomic
+from dlp.storage.io import write_atomic
 
 from .records import commit_label, is_dense, machine_line
 from .reports.markdown import md_table

@@ -15,9 +15,8 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from dlp.errors import UserError
-from dlp.paths import ROOT
-
-from dlp.io import write_json_atomic
+from dlp.storage.io import write_json_atomic
+from dlp.storage.paths import ROOT
 
 from . import export, methods, pipeline, records, tracking
 from .cells import FAILURE_NOTE

@@ -21,20 +21,18 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-
-from dlp.paths import ROOT
 from dlp.registry import ALLOCATIONS, CRITERIA, reference_allocation
+from dlp.storage.paths import ROOT
 
 from . import grids, tracking
 from .cells import cell_overrides, failures, launcher_overrides, run_cells
 from .commandline import LAUNCHER_HELP, OneLineParser, one_line_errors, parse_seeds
 from .config import compose_config
 from .publish import publish
-from .validation import check_choices
 from .reports.markdown import md_table, provenance_lines
 from .reports.numbers import by_seed, finished, ppl, summary
+from .validation import check_choices
 from .verdicts import Summary, Verdict, bootstrap_verdict, describe, paired_examples, paired_t_verdict
-
 
 # name -> (metric of a record, its label, lower is better)
 METRICS = {

@@ -11,7 +11,7 @@ import os
 import sys
 from pathlib import Path
 
-from dlp.paths import ROOT
+from dlp.storage.paths import ROOT
 
 from .records import is_dense
 

@@ -1,13 +1,13 @@
 """Every check of a run's configuration, in one place, all before anything is loaded: bad input is one line
 (`UserError`) and exit status 2, not minutes of loading and a traceback."""
-from dlp.batching import check_batch_size
-from dlp.compute_dtype import check_compute_dtype
 from dlp.data import corpora
 from dlp.errors import UserError
-from dlp.models import check_dtype, check_offload_request, model_context, resolve_device
-from dlp.paths import ROOT
-from dlp.pattern import check_sparsity, parse_form, parse_pattern
+from dlp.methods.pattern import check_sparsity, parse_form, parse_pattern
 from dlp.registry import ALLOCATIONS, DENSE, make_allocator, make_criterion
+from dlp.storage.models import check_dtype, check_offload_request, model_context, resolve_device
+from dlp.storage.paths import ROOT
+from dlp.walk.batching import check_batch_size
+from dlp.walk.compute_dtype import check_compute_dtype
 
 from . import methods
 from .records import is_dense

@@ -4,20 +4,19 @@ import json
 import numpy as np
 import pytest
 import torch
+from tiny import tiny_ids, tiny_model
 
-from dlp.registry import make_allocator
 from baselines.allocations.alpha import alpha_sparsities, esd_alpha
 from baselines.allocations.owl import owl_sparsities
-from dlp.registry import make_criterion
-from dlp.dlp_allocation import dlp_sparsities
 from dlp.errors import UserError
-from dlp.profile import FORMAT_VERSION, block_profile, compute_profile
-from dlp.prune import prune_model
-from dlp.select import kth_smallest
-from dlp.sparsity import measure_sparsity
-from dlp.stats import SQNORM
-from dlp.engine import walk
-from tiny import tiny_ids, tiny_model
+from dlp.methods.dlp_allocation import dlp_sparsities
+from dlp.methods.profile import FORMAT_VERSION, block_profile, compute_profile
+from dlp.methods.select import kth_smallest
+from dlp.registry import make_allocator, make_criterion
+from dlp.walk.engine import walk
+from dlp.walk.prune import prune_model
+from dlp.walk.sparsity import measure_sparsity
+from dlp.walk.stats import SQNORM
 
 
 @pytest.mark.parametrize("n", [1, 2, 7, 1000, 4097])
@@ -177,8 +176,8 @@ HAND_SCORES = [3.0, 1.0, 4.0, 1.5, 5.0, 9.0]  # DLP's ranking statistic per bloc
 @pytest.fixture
 def hand_made_dlp(monkeypatch):
     """DLP allocating from hand-made block scores, so the controls' reorderings can be checked exactly."""
-    from dlp.allocator import Allocation
-    from dlp.dlp_allocation import DLP
+    from dlp.methods.allocator import Allocation
+    from dlp.methods.dlp_allocation import DLP
 
     def allocate(self, model, calib_ids, target, batch_size, progress=True, model_id=None):
         return Allocation(dlp_sparsities(HAND_SCORES, target, self.alpha)[0], list(HAND_SCORES), {})

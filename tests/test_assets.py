@@ -5,8 +5,8 @@ import zipfile
 
 import pytest
 
-from dlp import assets
 from dlp.errors import UserError
+from dlp.storage import assets
 
 
 def fake_wheel(folder, name, members: dict) -> tuple[str, str]:

@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import tiny_overrides
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -170,7 +169,7 @@ ENTRY_POINT_ROWS = [
 
 
 def tree_digest(folder: Path) -> dict:
-    from dlp.io import sha256_file
+    from dlp.storage.io import sha256_file
 
     return {str(p.relative_to(folder)): sha256_file(p) for p in sorted(folder.rglob("*")) if p.is_file()}
 

@@ -4,16 +4,23 @@ import copy
 
 import pytest
 import torch
+from tiny import DENSE, MOE, tiny_ids, tiny_model
 from transformers import LlamaConfig
 
-from dlp.registry import make_criterion
-from dlp.batching import (MAX_AUTO_BATCH, WORKING_SET_SHARE, auto_batch_size, check_batch_size, floor_bytes,
-                          resolve_batch_size, working_set_per_token)
-from dlp.engine import walk
 from dlp.errors import UserError
-from dlp.prune import prune_model
-from dlp.stats import SQNORM, LinearStats
-from tiny import DENSE, MOE, tiny_ids, tiny_model
+from dlp.registry import make_criterion
+from dlp.walk.batching import (
+    MAX_AUTO_BATCH,
+    WORKING_SET_SHARE,
+    auto_batch_size,
+    check_batch_size,
+    floor_bytes,
+    resolve_batch_size,
+    working_set_per_token,
+)
+from dlp.walk.engine import walk
+from dlp.walk.prune import prune_model
+from dlp.walk.stats import SQNORM, LinearStats
 
 
 @pytest.mark.parametrize("family", DENSE)

@@ -3,14 +3,14 @@ import json
 
 import pytest
 import torch
+from tiny import tiny_model
 
-from dlp.batching import auto_batch_size
 from dlp.registry import make_criterion
+from dlp.walk.batching import auto_batch_size
+from dlp.walk.stats import HESSIAN, SQNORM
+from experiments.bench import run as bench
 from experiments.bench.flops import forward_flops, shapes, statistics_flops
 from experiments.bench.machine import phase
-from dlp.stats import HESSIAN, SQNORM
-from experiments.bench import run as bench
-from tiny import tiny_model
 
 
 def test_flops_counted_from_shapes_by_hand():
@@ -65,7 +65,7 @@ def test_bench_end_to_end_on_a_tiny_random_model(tmp_path, monkeypatch):
         assert m["dense_forward_s"] == pytest.approx((m["dense_forward_before_s"] + m["dense_forward_after_s"]) / 2)
         assert m["floor"]["total"] == m["floor"]["weights"] + m["floor"]["activations"] + m["floor"]["statistics"]
     assert fp32["methods"]["dlp+wanda"]["phases"]["allocation"]["seconds"] > 0  # a cold profile cache, timed
-    # The products an allocation did come from the walks the engine reported (dlp.engine.watch_walks): DLP's
+    # The products an allocation did come from the walks the engine reported (dlp.walk.engine.watch_walks): DLP's
     # profile walk has them; AlphaPruning reads weights only, so no walk and no GFLOP count.
     assert fp32["methods"]["dlp+wanda"]["phases"]["allocation"]["gflops"] > 0
     assert fp32["methods"]["alphapruning+wanda"]["phases"]["allocation"]["gflops"] is None
@@ -255,8 +255,8 @@ def test_opt_groups_found_by_the_engines_own_sharing():
 @pytest.mark.parametrize("needs", [frozenset({SQNORM}), frozenset({HESSIAN})])
 def test_floor_counts_the_statistics_one_block_really_holds(needs):
     """The floor's statistics term equals the bytes of the distinct LinearStats one block accumulates."""
-    from dlp.stats import attach
-    from dlp.structure import find_blocks, find_linears
+    from dlp.walk.stats import attach
+    from dlp.walk.structure import find_blocks, find_linears
     model = tiny_model("llama")
     linears = find_linears(find_blocks(model).blocks[0])
     stats, handles = attach(linears, needs)

@@ -1,4 +1,4 @@
-"""A compute dtype: float32 weights whose forward passes run under autocast (dlp.compute_dtype).
+"""A compute dtype: float32 weights whose forward passes run under autocast (dlp.walk.compute_dtype).
 
 The engine's block passes must equal the model's own autocast forward, the replay must see the pruned weights
 (autocast caches its casts of the weights until its context exits), and statistics, criteria and weights stay
@@ -6,19 +6,19 @@ float32.
 """
 import pytest
 import torch
-
-from dlp.registry import make_criterion
-from dlp.compute_dtype import check_compute_dtype, compute_dtype_of, computing, set_compute_dtype
-from dlp.engine import walk
-from dlp.errors import UserError
-from dlp.perplexity import window_losses
-from dlp.profile import cached_profile
-from dlp.prune import prune_model
-from dlp.stats import HESSIAN, SQNORM, attach
-from dlp.structure import find_blocks, find_linears
-from experiments.records import run_key
-from dlp.selfcheck import model_block_outputs
 from tiny import FAMILIES, tiny_ids, tiny_model
+
+from dlp.errors import UserError
+from dlp.evaluation.perplexity import window_losses
+from dlp.methods.profile import cached_profile
+from dlp.registry import make_criterion
+from dlp.walk.compute_dtype import check_compute_dtype, compute_dtype_of, computing, set_compute_dtype
+from dlp.walk.engine import walk
+from dlp.walk.prune import prune_model
+from dlp.walk.selfcheck import model_block_outputs
+from dlp.walk.stats import HESSIAN, SQNORM, attach
+from dlp.walk.structure import find_blocks, find_linears
+from experiments.records import run_key
 
 BF16 = torch.bfloat16
 

@@ -3,10 +3,10 @@ import pytest
 import torch
 import torch.nn as nn
 
-from dlp.registry import make_criterion
-from dlp.pattern import NM, parse_pattern
 from dlp.errors import UserError
-from dlp.stats import HESSIAN, SQNORM, attach
+from dlp.methods.pattern import NM, parse_pattern
+from dlp.registry import make_criterion
+from dlp.walk.stats import HESSIAN, SQNORM, attach
 
 ROWS, COLS, NSEQ, SEQ = 48, 256, 16, 128
 
@@ -150,7 +150,7 @@ def test_unknown_criterion():
 
 def test_kthvalue_selection_equals_stable_sort_with_ties():
     """Scores drawn from four values (ties everywhere): the fast selection takes exactly the stable sort's first k."""
-    from dlp.masks import lowest_overall, lowest_per_row
+    from dlp.methods.masks import lowest_overall, lowest_per_row
     g = torch.Generator().manual_seed(0)
     for _ in range(200):
         rows, cols = torch.randint(1, 20, (2,), generator=g).tolist()
@@ -167,7 +167,7 @@ def test_kthvalue_selection_equals_stable_sort_with_ties():
 def test_numpy_selection_finds_torch_kthvalue_on_every_row():
     """The CPU path (numpy's partition) and the other devices' path (torch.kthvalue) give the same k-th values,
     with ties, in float32 and float64; bfloat16 scores take torch's path."""
-    from dlp.masks import _kth_smallest
+    from dlp.methods.masks import _kth_smallest
     g = torch.Generator().manual_seed(1)
     for dtype in (torch.float32, torch.float64, torch.bfloat16):
         for _ in range(50):
@@ -182,7 +182,7 @@ def test_numpy_selection_finds_torch_kthvalue_on_every_row():
 def test_selection_split_among_threads_finds_every_rows_kth_value(threads):
     """Enough rows and the CPU selection splits them among threads (rows // 64 at most): every row's k-th
     value and every mask still equal torch's and the stable sort's, ties included, in row order."""
-    from dlp.masks import _kth_smallest, lowest_per_row
+    from dlp.methods.masks import _kth_smallest, lowest_per_row
     g = torch.Generator().manual_seed(2)
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
@@ -199,7 +199,7 @@ def test_selection_split_among_threads_finds_every_rows_kth_value(threads):
 
 def test_zero_where_is_masked_fill_to_the_bit():
     """+0.0 where masked (also over -0.0, inf and NaN), every other value untouched, bit for bit."""
-    from dlp.masks import zero_where
+    from dlp.methods.masks import zero_where
     w = torch.tensor([[-1.5, -0.0, float("inf"), float("nan")], [2.0, -3.0, float("-inf"), 0.0]])
     mask = torch.tensor([[True, True, True, True], [False, True, False, True]])
     got, expected = zero_where(w.clone(), mask), w.masked_fill(mask, 0.0)
@@ -208,9 +208,9 @@ def test_zero_where_is_masked_fill_to_the_bit():
 
 @pytest.mark.parametrize("width", [400, 576, 1000])
 def test_gram_from_upper_blocks_is_the_full_product(width):
-    """Wide inputs are multiplied in upper column blocks only (dlp.stats); the mirrored result is X^T X, and the
+    """Wide inputs are multiplied in upper column blocks only (dlp.walk.stats); the mirrored result is X^T X, and the
     FLOPs counted for it are those of the blocks done."""
-    from dlp.stats import LinearStats, gram_block_edges, gram_flops_per_token
+    from dlp.walk.stats import LinearStats, gram_block_edges, gram_flops_per_token
     torch.manual_seed(width)
     st = LinearStats(width, torch.device("cpu"), frozenset({HESSIAN}))
     xs = [torch.randn(3, 40, width) for _ in range(2)]
@@ -249,10 +249,10 @@ def test_upper_factor_of_inverse_equals_the_reference_three_steps(n):
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
 def test_gram_loses_nothing_in_either_activation_dtype(dtype):
-    """bfloat16 activations: the Gram may use the CPU's bf16 matmul mode, exact for them (dlp.precision);
+    """bfloat16 activations: the Gram may use the CPU's bf16 matmul mode, exact for them (dlp.walk.precision);
     float32 activations must not (their products would be rounded: ~3e-4 relative error, caught here). The
     float32 mode is restored afterwards."""
-    from dlp.stats import LinearStats
+    from dlp.walk.stats import LinearStats
     before = torch.backends.mkldnn.matmul.fp32_precision
     torch.manual_seed(0)
     x = torch.randn(2, 512, 768).to(dtype)

@@ -1,11 +1,11 @@
 import pytest
 import torch
+from tiny import TEXT, char_tokenizer
 
 from dlp.data import corpora
 from dlp.data.calibration import calibration_windows
 from dlp.data.corpora import Corpus
 from dlp.errors import UserError
-from tiny import TEXT, char_tokenizer
 
 
 def corpus():

@@ -5,8 +5,8 @@ import types
 import pytest
 import torch
 
-from dlp import devmem
 from dlp.errors import UserError
+from dlp.walk import devmem
 
 GIB = 2**30
 
@@ -69,8 +69,9 @@ def test_a_copy_sent_elsewhere_names_its_commit(monkeypatch):
 def test_the_automatic_batch_fits_what_the_device_has_left(monkeypatch):
     """On a CUDA device the batch's working set also stays within a quarter of the memory left (an offloaded or
     capped run), and is unchanged when the device has plenty."""
-    from dlp import batching
     from tiny import tiny_model
+
+    from dlp.walk import batching
     model = tiny_model("llama")
     per_sequence = batching.working_set_per_token(model.config, torch.float32, 32) * 32
     unbounded = batching.auto_batch_size(model, 2048, 32)

@@ -92,9 +92,9 @@ def test_record_says_weights_come_from_gguf(results):
 def test_corrupt_model_cache_is_rebuilt(tmp_path, monkeypatch, caplog):
     import shutil
 
-    from dlp import embedded
-    from dlp.assets import asset_path
-    from dlp.models import load_model
+    from dlp.storage import embedded
+    from dlp.storage.assets import asset_path
+    from dlp.storage.models import load_model
 
     gguf = asset_path("smollm2-135m-gguf")
     (tmp_path / "assets").mkdir()

@@ -1,15 +1,15 @@
 """The engine walks every family correctly: captured kwargs replay the model's own forward exactly."""
 import pytest
 import torch
-
-from dlp.registry import make_criterion
-from dlp.pattern import NM
-from dlp.engine import walk
-from dlp.prune import prune_model
-from dlp.sparsity import measure_sparsity
-from dlp.structure import find_blocks, find_linears
-from dlp.selfcheck import model_block_outputs
 from tiny import DENSE, FAMILIES, MOE, tiny_ids, tiny_model
+
+from dlp.methods.pattern import NM
+from dlp.registry import make_criterion
+from dlp.walk.engine import walk
+from dlp.walk.prune import prune_model
+from dlp.walk.selfcheck import model_block_outputs
+from dlp.walk.sparsity import measure_sparsity
+from dlp.walk.structure import find_blocks, find_linears
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -63,7 +63,7 @@ def test_batched_and_one_at_a_time_agree(criterion):
     a, b = tiny_model("llama"), tiny_model("llama")
     prune_model(a, ids, make_criterion(criterion), [0.5] * 3, batch_size=1, progress=False)
     prune_model(b, ids, make_criterion(criterion), [0.5] * 3, batch_size=4, progress=False)
-    # Statistics are summed per sequence (dlp.stats), so in float32 even SparseGPT's weights agree to the bit.
+    # Statistics are summed per sequence (dlp.walk.stats), so in float32 even SparseGPT's weights agree to the bit.
     assert all(torch.equal(x, y) for x, y in zip(a.parameters(), b.parameters()))
     assert any(bool(m.any()) for m in masks(a))
 
@@ -90,10 +90,10 @@ def test_linears_sharing_an_input_share_statistics():
     """q/k/v (and gate/up) see the same tensor: one Gram matrix serves them, equal to separate accumulation."""
     import torch.nn as nn
 
-    from dlp.stats import HESSIAN, attach
+    from dlp.walk.stats import HESSIAN, attach
     model = tiny_model("llama")
     block = find_blocks(model).blocks[0]
-    from dlp.structure import find_linears
+    from dlp.walk.structure import find_linears
     linears = find_linears(block)
     stats, handles = attach(linears, frozenset({HESSIAN}))
     seen = {}
@@ -162,7 +162,7 @@ def test_statistics_pass_stopped_at_the_last_input_changes_nothing(family):
     statistics to the bit, the same outputs, and the last Linear really multiplied fewer times."""
     import copy
 
-    from dlp.stats import HESSIAN, SQNORM
+    from dlp.walk.stats import HESSIAN, SQNORM
     base, ids = tiny_model(family), tiny_ids(n=8)  # batches of 3, 3, 2
     needs = frozenset({SQNORM, HESSIAN})
     whole_stats, whole, whole_reached = _walk_recording(copy.deepcopy(base), ids, needs, stop_early=False)
@@ -186,7 +186,7 @@ def test_statistics_pass_stopped_at_the_last_input_changes_nothing(family):
 def test_a_cut_pass_whose_visitor_changed_nothing_is_replayed():
     """`replays=True` but the visitor left a block alone (a block at sparsity 0): the cut statistics pass left
     its outputs incomplete, so the block is replayed, and the outputs equal the model's own forward."""
-    from dlp.stats import SQNORM
+    from dlp.walk.stats import SQNORM
     model, ids = tiny_model("llama"), tiny_ids(n=8)
     seen, result, reached = _walk_recording(model, ids, frozenset({SQNORM}), stop_early=True, changes=False)
     # 1 cut-short statistics pass + a whole replay per block (3 batches), to refill the outputs.
@@ -197,7 +197,7 @@ def test_a_cut_pass_whose_visitor_changed_nothing_is_replayed():
 def test_last_block_is_neither_finished_nor_replayed_when_its_outputs_are_unread():
     """Nothing reads the last block's outputs unless asked (`keep_outputs`): its statistics pass stops at the
     last input and it is not replayed; earlier blocks run whole once (no replay: nothing changed)."""
-    from dlp.stats import SQNORM
+    from dlp.walk.stats import SQNORM
     model, ids = tiny_model("llama"), tiny_ids(n=8)
     blocks = find_blocks(model).blocks
     reached = []
@@ -214,8 +214,8 @@ def test_stop_counts_a_linear_called_twice():
     twice in a block still gets both inputs into its statistics."""
     import torch.nn as nn
 
-    from dlp.engine import BlockCall, StopAfterLastInput, run_block
-    from dlp.stats import SQNORM, attach
+    from dlp.walk.engine import BlockCall, StopAfterLastInput, run_block
+    from dlp.walk.stats import SQNORM, attach
 
     class Twice(nn.Module):
         def __init__(self):
@@ -249,7 +249,7 @@ def test_blocks_with_routed_experts_are_never_cut(family):
     statistics equal those of a walk that never cuts."""
     import copy
 
-    from dlp.stats import HESSIAN, SQNORM
+    from dlp.walk.stats import HESSIAN, SQNORM
     base, ids = tiny_model(family), tiny_ids(n=8)
     needs = frozenset({SQNORM, HESSIAN})
     whole_stats, whole, _ = _walk_recording(copy.deepcopy(base), ids, needs, stop_early=False)
@@ -268,8 +268,8 @@ def test_stop_never_cuts_a_block_whose_first_batch_skipped_a_linear():
     later batch: counting calls from the first batch would cut that batch before it. No cut then."""
     import torch.nn as nn
 
-    from dlp.engine import BlockCall, StopAfterLastInput, run_block
-    from dlp.stats import SQNORM, attach
+    from dlp.walk.engine import BlockCall, StopAfterLastInput, run_block
+    from dlp.walk.stats import SQNORM, attach
 
     class Branch(nn.Module):
         def __init__(self):
@@ -318,7 +318,7 @@ def test_arguments_shared_by_blocks_are_held_once(family, per_type):
     """The capture keeps what the model passed each block by reference: a batch holds block 0's tensors plus
     only what another layer type adds (Gemma-3: the other mask and the other rotary pair; Qwen3: the sliding
     mask), not a copy per block."""
-    from dlp.engine import capture_inputs
+    from dlp.walk.engine import capture_inputs
     model = tiny_model(family)
     layout = find_blocks(model)
     cap = capture_inputs(model, layout, tiny_ids(n=4), batch_size=2)
@@ -332,8 +332,8 @@ def test_watch_walks_reports_every_walk_inside_it(tmp_path, monkeypatch):
     profile is one walk (nothing changed: no replay; only the last block, whose outputs nothing reads, cut short);
     a prune inside the same block is the second (every block cut, two replayed); a walk outside is not reported
     and the list is closed when the block ends."""
-    from dlp.engine import _WATCHERS, watch_walks
     from dlp.registry import make_allocator
+    from dlp.walk.engine import _WATCHERS, watch_walks
 
     monkeypatch.setenv("DLP_CACHE", str(tmp_path))  # an empty profile cache: the profile walk runs
     model, ids = tiny_model("llama"), tiny_ids()

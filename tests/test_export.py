@@ -9,15 +9,15 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import tiny_overrides
-from dlp import checkpoint
-from dlp.errors import UserError
-from dlp.experts import expose_experts
-from dlp.masks import lowest_nm, lowest_per_row, zero_where
-from dlp.pattern import NM
-from dlp.structure import find_blocks, find_linears
 from tiny import FAMILIES, tiny_ids, tiny_model
+
+from dlp.errors import UserError
+from dlp.methods.masks import lowest_nm, lowest_per_row, zero_where
+from dlp.methods.pattern import NM
+from dlp.storage import checkpoint
+from dlp.walk.experts import expose_experts
+from dlp.walk.structure import find_blocks, find_linears
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -56,7 +56,7 @@ def test_sparse_24_layout_by_hand_and_its_refusals():
 
 def pruned(family: str, fmt: str):
     model = tiny_model(family)
-    expose_experts(model)  # as dlp.models loads every model: routed experts pruned through their views
+    expose_experts(model)  # as dlp.storage.models loads every model: routed experts pruned through their views
     for block in find_blocks(model).blocks:
         for layer in find_linears(block).values():
             w = layer.weight.data
@@ -221,12 +221,12 @@ def test_two_four_run_exports_as_a_24_archive_that_plain_transformers_refuses(wo
     info = json.loads((folder / "export.json").read_text())
     check = info["load_check"]
     assert info["format"] == checkpoint.BITMASK_24 and check["same_ppl"] and check["same_zeros"]
-    assert info["load_check"]["loader"] == "dlp.checkpoint.load_archive"
+    assert info["load_check"]["loader"] == "dlp.storage.checkpoint.load_archive"
     config = json.loads((folder / "config.json").read_text())
     assert config["model_type"] == "dlp-sparse-archive" and "quantization_config" not in config
     archive = config["dlp_sparse_archive"]
     assert (archive["format"], archive["base_model_type"], archive["loader"]) == (
-        "bitmask-24", "llama", "dlp.checkpoint.load_archive")
+        "bitmask-24", "llama", "dlp.storage.checkpoint.load_archive")
     assert archive["sparsity"] == 0.5 and archive["compressed_matrices"] == 21
     assert "load_archive" in (folder / "README.md").read_text()
     plain = subprocess.run([sys.executable, "-c", "import sys; from transformers import AutoModelForCausalLM; "

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from dlp.embedded import converted_folder
-from dlp.paths import ROOT
+from dlp.storage.embedded import converted_folder
+from dlp.storage.paths import ROOT
 
 pytestmark = pytest.mark.e2e
 TASKS = ["boolq", "arc_easy"]
@@ -44,7 +44,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 folder, record = sys.argv[1], json.load(open(sys.argv[2]))
 model = AutoModelForCausalLM.from_pretrained(folder).eval()  # nothing from this suite loads it
-from dlp.perplexity import perplexity
+from dlp.evaluation.perplexity import perplexity
 from experiments.pipeline import eval_corpus
 ev = record["config"]["eval"]
 ppl = perplexity(model, eval_corpus(record["config"]), AutoTokenizer.from_pretrained(folder), ev["seqlen"],
@@ -69,7 +69,7 @@ def test_plain_transformers_gives_the_runs_perplexity_and_zeros(exported, tmp_pa
 
 def test_the_harness_command_line_gives_the_suites_per_example_answers(exported, tmp_path):
     _, record, folder = exported
-    from dlp.zeroshot import write_harness_yamls
+    from dlp.evaluation.zeroshot import write_harness_yamls
     names = write_harness_yamls(TASKS, tmp_path / "yamls")
     done = subprocess.run([sys.executable, "-m", "lm_eval", "--model", "hf", "--model_args",
                            f"pretrained={folder},dtype=float32,add_bos_token=False", "--tasks", ",".join(names),
@@ -91,7 +91,7 @@ import json, sys
 import torch
 from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM
-from dlp.masked_lora import merge_through_mask, pruned_linear_names
+from dlp.methods.masked_lora import merge_through_mask, pruned_linear_names
 folder = sys.argv[1]
 torch.manual_seed(0)  # LoRA's random init: the same adapter every run
 model = AutoModelForCausalLM.from_pretrained(folder)

@@ -10,17 +10,17 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from conftest import tiny_overrides
 from hydra.core.config_store import ConfigStore
 from hydra.core.global_hydra import GlobalHydra
+from tiny import tiny_ids, tiny_model
 
-from conftest import tiny_overrides
 from dlp.errors import UserError
-from dlp.prune import prune_model
 from dlp.registry import ALLOCATIONS, CRITERIA, make_allocator, make_criterion, parameters
+from dlp.walk.prune import prune_model
 from experiments import methods, run, tables
 from experiments.config import compose_config
 from experiments.validation import check_choices, validate
-from tiny import tiny_ids, tiny_model
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 CRITERION, ALLOCATION = "baselines/criteria/wanda_power.py", "baselines/allocations/weight_norm.py"
@@ -146,8 +146,8 @@ def test_model_and_calibration_yaml_make_a_table_column(workspace, tmp_path):
 
 
 PLUGIN = '''"""Another package's criterion: each row's smallest |W| go, like magnitude, under another name."""
-from dlp.criterion import Criterion
-from dlp.masks import lowest_nm, lowest_per_row, zero_where
+from dlp.methods.criterion import Criterion
+from dlp.methods.masks import lowest_nm, lowest_per_row, zero_where
 from dlp.registry import register_criterion
 
 

@@ -6,19 +6,18 @@ import math
 
 import pytest
 import torch
+from tiny import FAMILIES, MOE, PER_LAYER_ARGUMENTS, TEXT, WINDOW, char_tokenizer, gpt2_model, tiny_ids, tiny_model
 
-from dlp.registry import make_criterion
-from dlp import selfcheck
-from dlp.coverage import coverage, decoder_sparsity
 from dlp.data.corpora import Corpus
 from dlp.errors import UserError
-from dlp.experts import expose_experts
-from dlp.perplexity import perplexity
-from dlp.prune import prune_model
-from dlp.selfcheck import check_walk, model_block_outputs, walk_block_outputs
-from dlp.structure import find_blocks, find_linears
-from tiny import (FAMILIES, MOE, PER_LAYER_ARGUMENTS, TEXT, WINDOW, char_tokenizer, gpt2_model, tiny_ids,
-                  tiny_model)
+from dlp.evaluation.perplexity import perplexity
+from dlp.registry import make_criterion
+from dlp.walk import selfcheck
+from dlp.walk.coverage import coverage, decoder_sparsity
+from dlp.walk.experts import expose_experts
+from dlp.walk.prune import prune_model
+from dlp.walk.selfcheck import check_walk, model_block_outputs, walk_block_outputs
+from dlp.walk.structure import find_blocks, find_linears
 
 SEQLEN = 32  # longer than every sliding window in tiny.FAMILIES
 REAL_CAPTURE = selfcheck.capture_inputs

@@ -5,14 +5,14 @@ import copy
 
 import pytest
 import torch
+from tiny import FAMILIES, tiny_ids, tiny_model
 
 from baselines.criteria.magnitude import Magnitude
 from baselines.criteria.sparsegpt import SparseGPT
 from baselines.criteria.wanda import Wanda
-from dlp.perplexity import window_losses
-from dlp.prune import prune_model
-from dlp.structure import find_blocks, find_linears
-from tiny import FAMILIES, tiny_ids, tiny_model
+from dlp.evaluation.perplexity import window_losses
+from dlp.walk.prune import prune_model
+from dlp.walk.structure import find_blocks, find_linears
 
 SLOW = dict(batch_size=1, share_stats=False, stop_early=False)
 FAST = dict(batch_size=4, share_stats=True)

@@ -9,7 +9,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import tiny_overrides
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -70,10 +69,10 @@ def test_kill_9_mid_table_then_rerun_computes_only_the_rest(workspace, tmp_path,
 def test_lock_of_a_killed_holder_is_free(tmp_path):
     from filelock import FileLock, Timeout
 
-    from dlp.locks import lock_path
+    from dlp.storage.locks import lock_path
 
     entry = tmp_path / "profile.json"
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom dlp.locks import computing\n"
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom dlp.storage.locks import computing\n"
                                f"with computing({str(entry)!r}, 'a test entry'):\n    print('held', flush=True)\n"
                                "    time.sleep(120)"], cwd=ROOT, stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline().strip() == "held"
@@ -139,8 +138,7 @@ def test_records_of_the_path_keyed_version_move_to_content_keys_once(workspace, 
     """Records keyed by the data folder's path (before keys took corpora by content) are moved by the migration
     command to the content key when the text they recorded is the text read now (under either spelling of the
     path), then reused by runs; one made from other text is left where it is. Runs never look for old keys."""
-    from experiments import migrate_records as migration
-    from experiments import pipeline, records
+    from experiments import migrate_records as migration, pipeline, records
     from experiments.config import compose_config
 
     cfg = compose_config([*tiny_overrides(workspace, "legacy_runs"), "criterion=magnitude", "sparsity=0.45"])

@@ -4,13 +4,13 @@ import math
 
 import pytest
 import torch
-
-from dlp.registry import make_criterion
-from dlp.perplexity import window_losses
-from dlp.prune import prune_model
-from dlp.stats import HESSIAN, LinearStats
-from dlp.structure import find_blocks, find_linears
 from tiny import tiny_ids, tiny_model
+
+from dlp.evaluation.perplexity import window_losses
+from dlp.registry import make_criterion
+from dlp.walk.prune import prune_model
+from dlp.walk.stats import HESSIAN, LinearStats
+from dlp.walk.structure import find_blocks, find_linears
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 CUDA = torch.device("cuda")
@@ -33,7 +33,7 @@ def _gram_error(x: torch.Tensor, mode: str | None) -> float:
 
 
 def test_gram_of_bfloat16_activations_loses_nothing_to_tf32_products():
-    """dlp.precision lets the Gram matrix of bfloat16 activations use TF32 products on a GPU, claiming it exact
+    """dlp.walk.precision lets the Gram matrix of bfloat16 activations use TF32 products on a GPU, claiming it exact
     (8 significand bits fit TF32's 10): its error must be float32 accumulation's, not TF32 rounding's. The
     control shows this check can see TF32 rounding: the same mode on full float32 values errs ~10x more.
     (Simulated on a CPU for these shapes: float32 accumulation 4e-7 to 1e-6, TF32-rounded inputs 5.5e-5.)"""
@@ -92,6 +92,7 @@ def test_two_four_kernels_give_the_dense_product_and_a_report():
     """The semi-structured sparse product of a 2:4 weight is the dense product of the same weight (float16
     accumulation aside), and the bench reports one row per shape x batch x length."""
     from torch.sparse import to_sparse_semi_structured
+
     from experiments.bench import sparse24 as bench_sparse24
     w = bench_sparse24.two_four(128, 128, torch.float16, CUDA)
     x = torch.randn(64, 128, dtype=torch.float16, device=CUDA)
@@ -130,9 +131,10 @@ def test_cpu_offload_on_the_gpu_prunes_and_evaluates_as_the_model_held_whole(tmp
     """Blocks in pinned host memory, the next one copied in on a side stream: the same kernels on the same
     operands as the model held on the device, so the same masks and losses; at most two blocks' weights were on
     the device at once."""
-    from dlp.models import load_model
-    from dlp.offload import offload_of
     from tiny import save_tiny
+
+    from dlp.storage.models import load_model
+    from dlp.walk.offload import offload_of
     folder = save_tiny(tmp_path / "llama")
     ids, ev = tiny_ids(8, 32), tiny_ids(4, 32, seed=3).reshape(-1)
     out = {}
@@ -150,7 +152,7 @@ def test_cpu_offload_on_the_gpu_prunes_and_evaluates_as_the_model_held_whole(tmp
 
 
 def test_dlp_block_median_counted_on_the_gpu_is_the_exact_median():
-    from dlp.select import kth_smallest
+    from dlp.methods.select import kth_smallest
     g = torch.Generator(device=CUDA).manual_seed(0)
     chunks = [torch.rand(1000, 37, device=CUDA, generator=g) * 3 for _ in range(3)]
     flat = torch.cat([c.flatten() for c in chunks])

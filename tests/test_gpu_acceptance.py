@@ -7,8 +7,8 @@ import sys
 
 import pytest
 
-from dlp.embedded import converted_folder
-from dlp.paths import ROOT
+from dlp.storage.embedded import converted_folder
+from dlp.storage.paths import ROOT
 
 SCRIPT = ROOT / "experiments" / "gpu_acceptance.sh"
 

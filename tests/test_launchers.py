@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import tiny_overrides
+
 from experiments import tables
 
 CRITERIA, ALLOCATIONS = ["wanda", "magnitude"], ["uniform", "dlp"]

@@ -40,8 +40,8 @@ GRAPH = {name: {m for m in imports_of(path) if m in MODULES or m.split(".")[0] i
 
 def test_the_graph_is_read():
     """Guards the checks below against reading nothing: known edges are found."""
-    assert "dlp.engine" in GRAPH["dlp.prune"] and "dlp.registry" in GRAPH["baselines.criteria.wanda"]
-    assert "dlp.profile" in GRAPH["dlp.dlp_allocation"]  # a relative import, resolved
+    assert "dlp.walk.engine" in GRAPH["dlp.walk.prune"] and "dlp.registry" in GRAPH["baselines.criteria.wanda"]
+    assert "dlp.methods.profile" in GRAPH["dlp.methods.dlp_allocation"]  # a relative import, resolved
     assert "experiments.pipeline" in GRAPH["experiments.run"]
 
 

@@ -3,16 +3,16 @@ perplexity of the model held whole, bit for bit on a CPU, and only the visited b
 for `disk`, materialised at all)."""
 import pytest
 import torch
-
-from dlp.models import load_model
-from dlp.offload import CpuOffload, DiskOffload, offload_of, resident_blocks, streaming
-from dlp.perplexity import window_losses
-from dlp.prune import prune_model
-from dlp.registry import make_allocator, make_criterion
-from dlp.selfcheck import check_walk
-from dlp.sparsity import measure_sparsity
-from dlp.structure import find_blocks, find_linears
 from tiny import save_tiny, tiny_ids
+
+from dlp.evaluation.perplexity import window_losses
+from dlp.registry import make_allocator, make_criterion
+from dlp.storage.models import load_model
+from dlp.walk.offload import CpuOffload, DiskOffload, offload_of, resident_blocks, streaming
+from dlp.walk.prune import prune_model
+from dlp.walk.selfcheck import check_walk
+from dlp.walk.sparsity import measure_sparsity
+from dlp.walk.structure import find_blocks, find_linears
 
 MODES = ("none", "cpu", "disk")
 
@@ -84,7 +84,7 @@ def test_cpu_offload_keeps_every_other_block_off_the_device(folders, tmp_path):
             lin.weight.data[:, 0] = 0
         return True
 
-    from dlp.engine import walk
+    from dlp.walk.engine import walk
     walk(model, tiny_ids(4, 32), visit, frozenset({"sqnorm"}), batch_size=2, progress=False)
     assert seen == list(range(len(blocks)))
     assert all(on_host(j) for j in range(len(blocks)))
@@ -182,7 +182,8 @@ def test_bench_offload_runs_the_command_line_three_ways_and_they_agree(workspace
     import sys
 
     from conftest import tiny_overrides
-    from dlp.paths import ROOT
+
+    from dlp.storage.paths import ROOT
     overrides = [o for o in tiny_overrides(workspace) if not o.startswith(("results_dir", "progress", "wandb"))]
     done = subprocess.run([sys.executable, "-m", "experiments.bench.offload", "--out", str(tmp_path / "off"),
                            *overrides, "criterion=sparsegpt"], cwd=ROOT, capture_output=True, text=True)

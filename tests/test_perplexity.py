@@ -2,11 +2,11 @@ import math
 
 import pytest
 import torch
+from tiny import TEXT, char_tokenizer, tiny_model
 
 from dlp.data.corpora import Corpus
 from dlp.errors import UserError
-from dlp.perplexity import perplexity
-from tiny import TEXT, char_tokenizer, tiny_model
+from dlp.evaluation.perplexity import perplexity
 
 
 def hand_ppl(model, ids, seqlen, n):

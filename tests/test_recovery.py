@@ -8,13 +8,13 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import tiny_overrides
-from dlp import masked_lora
-from dlp.masks import lowest_per_row, zero_where
-from dlp.structure import find_blocks, find_linears
-from experiments.recover import learning_rate, lora_targets
 from tiny import tiny_ids, tiny_model
+
+from dlp.methods import masked_lora
+from dlp.methods.masks import lowest_per_row, zero_where
+from dlp.walk.structure import find_blocks, find_linears
+from experiments.recover import learning_rate, lora_targets
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -6,7 +6,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import tiny_overrides
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -110,7 +109,7 @@ def test_forced_rerun_that_fails_keeps_the_finished_record(workspace, tmp_path):
 
 
 def test_compute_dtype_is_its_own_run(workspace):
-    """model.compute_dtype=bfloat16 runs the passes under autocast (dlp.compute_dtype): a record of its own,
+    """model.compute_dtype=bfloat16 runs the passes under autocast (dlp.walk.compute_dtype): a record of its own,
     float32 weights pruned to the target, perplexity near float32's but not equal to it."""
     from experiments import pipeline
     from experiments.config import compose_config

@@ -5,8 +5,8 @@ import math
 from pathlib import Path
 
 import pytest
-
 from conftest import tiny_overrides
+
 from experiments import ablation, curves, tables
 from experiments.verdicts import summarize
 

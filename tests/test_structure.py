@@ -1,12 +1,12 @@
 import pytest
 import torch
 import torch.nn as nn
-
-from dlp.registry import make_criterion
-from dlp.errors import UserError
-from dlp.prune import prune_model
-from dlp.structure import find_blocks, find_linears
 from tiny import FAMILIES, tiny_ids, tiny_model
+
+from dlp.errors import UserError
+from dlp.registry import make_criterion
+from dlp.walk.prune import prune_model
+from dlp.walk.structure import find_blocks, find_linears
 
 LLAMA_LIKE = {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj", "mlp.gate_proj",
               "mlp.up_proj", "mlp.down_proj"}
@@ -17,7 +17,7 @@ def experts(n, inner="gate_up_proj"):
     return {f"mlp.experts.{t}.{e}" for t in (inner, "down_proj") for e in range(n)}
 
 
-# The prunable matrices of one block, by family (routers left out: dlp.structure.router_linears).
+# The prunable matrices of one block, by family (routers left out: dlp.walk.structure.router_linears).
 EXPECTED = {
     "llama": ("model.layers", LLAMA_LIKE), "mistral": ("model.layers", LLAMA_LIKE),
     "qwen2": ("model.layers", LLAMA_LIKE), "qwen3": ("model.layers", LLAMA_LIKE),

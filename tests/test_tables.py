@@ -4,10 +4,9 @@ import os
 import re
 
 import pytest
-
 from conftest import tiny_overrides
-from experiments import cells as cells_module
-from experiments import plots, tables, tracking
+
+from experiments import cells as cells_module, plots, tables, tracking
 from experiments.cells import run_cell
 
 
@@ -66,7 +65,7 @@ def test_table1_second_time_reuses_everything(table, workspace, capsys, monkeypa
 def test_failed_cell_is_shown_and_others_kept(workspace, tmp_path, monkeypatch, capsys):
     """A failed cell leaves the table files as they were: the partial table goes beside them, each failed cell
     is named with its reason in one line, and the command says so (CellsFailed: exit status 1)."""
-    from dlp.dlp_allocation import DLP
+    from dlp.methods.dlp_allocation import DLP
     from experiments.publish import CellsFailed
 
     def broken(*args, **kwargs):

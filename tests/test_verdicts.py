@@ -4,8 +4,15 @@ import math
 import numpy as np
 import pytest
 
-from experiments.verdicts import (Summary, bootstrap_interval, bootstrap_verdict, describe, paired_examples,
-                                  paired_t_verdict, summarize)
+from experiments.verdicts import (
+    Summary,
+    bootstrap_interval,
+    bootstrap_verdict,
+    describe,
+    paired_examples,
+    paired_t_verdict,
+    summarize,
+)
 
 
 def test_summary_by_hand():

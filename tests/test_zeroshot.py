@@ -1,8 +1,8 @@
 """Zero-shot evaluation through lm-evaluation-harness on the local task files, with a tiny random model."""
 import pytest
-
-from dlp.zeroshot import TASKS, evaluate_zeroshot
 from tiny import char_tokenizer, tiny_model
+
+from dlp.evaluation.zeroshot import TASKS, evaluate_zeroshot
 
 CHANCE = {"boolq": 0.5, "rte": 0.5, "hellaswag": 0.25, "winogrande": 0.5, "arc_challenge": 0.25,
           "arc_easy": 0.25, "openbookqa": 0.25}
@@ -50,7 +50,7 @@ def test_compute_dtype_runs_the_harness_under_autocast_with_float32_log_likeliho
     import torch
     import torch.nn.functional as F
 
-    from dlp.compute_dtype import set_compute_dtype
+    from dlp.walk.compute_dtype import set_compute_dtype
     model = tiny_model("llama")
     model.config.max_position_embeddings = 4096
     set_compute_dtype(model, "bfloat16")

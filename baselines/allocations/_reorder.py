@@ -4,8 +4,8 @@ They separate what an allocation ranks from the spread it allows: the same multi
 same mean and spread) put on the blocks in another order. The source allocation is looked up by name in the
 registry and built with its constructor's defaults (DLP: α = 0.15, the median statistic).
 """
-from dlp.allocator import Allocation, Allocator
 from dlp.errors import UserError
+from dlp.methods.allocator import Allocation, Allocator
 from dlp.registry import ALLOCATIONS, make_allocator
 
 

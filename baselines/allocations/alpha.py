@@ -9,11 +9,11 @@ the block sparsities equals s. Weights only: no calibration data.
 import numpy as np
 import torch
 
-from dlp.allocator import Allocation, Allocator
 from dlp.errors import UserError
+from dlp.methods.allocator import Allocation, Allocator
 from dlp.registry import register_allocation
-from dlp.offload import resident_blocks
-from dlp.structure import find_linears
+from dlp.walk.offload import resident_blocks
+from dlp.walk.structure import find_linears
 
 
 def esd_alpha(weight: torch.Tensor, bins: int = 100) -> float:

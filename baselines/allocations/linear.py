@@ -6,11 +6,11 @@ ratios on LLaMA-2-7B are close to such a ramp.
 """
 import numpy as np
 
-from dlp.allocator import Allocation, Allocator
 from dlp.errors import UserError
-from dlp.ratios import densities_to_sparsities, minmax
+from dlp.methods.allocator import Allocation, Allocator
+from dlp.methods.ratios import densities_to_sparsities, minmax
 from dlp.registry import register_allocation
-from dlp.structure import find_blocks
+from dlp.walk.structure import find_blocks
 
 
 def linear_sparsities(n_blocks: int, target: float, alpha: float) -> tuple[list[float], bool]:

@@ -3,10 +3,10 @@
 D_l = share of the block's Wanda scores above M × their mean (its "outlier ratio"); min-max scaled to
 [0, 2λ]; density_l = D'_l − mean(D') + (1 − s). More outliers → higher density → lower sparsity.
 """
-from dlp.allocator import Allocation, Allocator
 from dlp.errors import UserError
-from dlp.profile import cached_profile
-from dlp.ratios import densities_to_sparsities, minmax
+from dlp.methods.allocator import Allocation, Allocator
+from dlp.methods.profile import cached_profile
+from dlp.methods.ratios import densities_to_sparsities, minmax
 from dlp.registry import register_allocation
 
 

@@ -1,7 +1,7 @@
 """Uniform allocation: every block at the global target."""
-from dlp.allocator import Allocation, Allocator
+from dlp.methods.allocator import Allocation, Allocator
 from dlp.registry import register_allocation
-from dlp.structure import find_blocks
+from dlp.walk.structure import find_blocks
 
 
 @register_allocation("uniform", label="Uniform")

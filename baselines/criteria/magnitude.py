@@ -1,6 +1,6 @@
 """Magnitude pruning: drop the smallest |W| of each matrix under one threshold (or per N:M group)."""
-from dlp.criterion import Criterion
-from dlp.masks import lowest_nm, lowest_overall, zero_where
+from dlp.methods.criterion import Criterion
+from dlp.methods.masks import lowest_nm, lowest_overall, zero_where
 from dlp.registry import register_criterion
 
 

@@ -21,13 +21,12 @@ import logging
 
 import torch
 
-from dlp.criterion import Criterion
 from dlp.errors import first_line
-from dlp.masks import lowest_nm, lowest_overall
+from dlp.methods.criterion import Criterion
+from dlp.methods.masks import lowest_nm, lowest_overall
 from dlp.registry import register_criterion
-from dlp.stats import HESSIAN
-from dlp.threads import single_thread
-
+from dlp.walk.stats import HESSIAN
+from dlp.walk.threads import single_thread
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +95,7 @@ class SparseGPT(Criterion):
             Err = torch.empty_like(Wt)
             graphed = W.is_cuda and pattern is None and self.cuda_graphs and self.graphs.run(Wt, Err, pruned, Hinv1, d)
             if not graphed:
-                with single_thread(W.device):  # small sequential work: one thread is faster (see dlp.threads)
+                with single_thread(W.device):  # small sequential work: one thread is faster (see dlp.walk.threads)
                     self._column_loop(Wt, Err, mask, pruned, Hinv1, d, pattern)
             W[:, i1:i2] = Wt.masked_fill_(mask, 0.0).t()  # unpruned entries hold their updated values
             W[:, i2:] -= Err.t().matmul(Hinv[i1:i2, i2:])

@@ -2,11 +2,11 @@
 
 No weight update: kept weights stay exactly as they were.
 """
-from dlp.criterion import Criterion
-from dlp.masks import lowest_nm, lowest_per_row, zero_where
+from dlp.methods.criterion import Criterion
+from dlp.methods.masks import lowest_nm, lowest_per_row, zero_where
+from dlp.methods.scores import wanda_scores
 from dlp.registry import register_criterion
-from dlp.scores import wanda_scores
-from dlp.stats import SQNORM
+from dlp.walk.stats import SQNORM
 
 
 @register_criterion("wanda", label="Wanda")

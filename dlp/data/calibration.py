@@ -8,8 +8,8 @@ import random
 
 import torch
 
-from ..errors import UserError
-from .corpora import Corpus
+from dlp.data.corpora import Corpus
+from dlp.errors import UserError
 
 
 def sample_documents(corpus: Corpus, tokenizer, nsamples: int, seqlen: int, seed: int) -> torch.Tensor:

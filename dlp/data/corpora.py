@@ -7,10 +7,10 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..assets import asset_path, provenance
-from ..errors import UserError
-from ..hub import hub_reachable
-from ..io import sha256_bytes
+from dlp.errors import UserError
+from dlp.storage.assets import asset_path, provenance
+from dlp.storage.hub import hub_reachable
+from dlp.storage.io import sha256_bytes
 
 C4_TRAIN_SHARD = "en/c4-train.00000-of-01024.json.gz"
 C4_VALIDATION_SHARD = "en/c4-validation.00000-of-00008.json.gz"

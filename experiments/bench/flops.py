@@ -9,9 +9,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from dlp.prune import shared_input_groups
-from dlp.stats import HESSIAN, SQNORM, attach, gram_flops_per_token
-from dlp.structure import find_blocks, find_linears
+from dlp.walk.prune import shared_input_groups
+from dlp.walk.stats import HESSIAN, SQNORM, attach, gram_flops_per_token
+from dlp.walk.structure import find_blocks, find_linears
 
 
 @dataclass
@@ -55,7 +55,7 @@ def forward_flops(s: Shapes, tokens: int, seqlen: int, with_head: bool = False) 
 
 
 def statistics_flops(s: Shapes, tokens: int, seqlen: int, needs: frozenset) -> float:
-    # The Gram matrices' upper blocks, as dlp.stats multiplies them (products actually done, not c² per token).
+    # The Gram matrices' upper blocks, as dlp.walk.stats multiplies them (products actually done, not c² per token).
     extra = s.blocks * sum(gram_flops_per_token(c) for c in s.gram_inputs) * tokens if HESSIAN in needs else 0
     return forward_flops(s, tokens, seqlen) + extra
 

@@ -17,8 +17,8 @@ import time
 from pathlib import Path
 
 from dlp.errors import last_line
-from dlp.io import write_atomic, write_json_atomic
-from dlp.paths import ROOT
+from dlp.storage.io import write_atomic, write_json_atomic
+from dlp.storage.paths import ROOT
 
 MODES = ("none", "cpu", "disk")
 DEFAULT = ["model=smollm2-135m", "preset=cpu", "criterion=wanda", "allocation=uniform", "sparsity=0.5"]

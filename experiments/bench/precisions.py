@@ -1,8 +1,8 @@
 """The bench's precisions: a weights' dtype, or MIXED: float32 weights whose forward passes run under bfloat16
-autocast (model.compute_dtype=bfloat16, dlp/compute_dtype.py); statistics, criteria and weights stay float32."""
+autocast (model.compute_dtype=bfloat16, dlp/walk/compute_dtype.py); statistics, criteria and weights stay float32."""
 import torch
 
-from dlp.models import DTYPES
+from dlp.storage.models import DTYPES
 
 MIXED = "mixed"
 PRECISIONS = {**{name: (name, None) for name in DTYPES}, MIXED: ("float32", "bfloat16")}

@@ -10,7 +10,7 @@ measured on the embedded model are in results/bench.md).
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from dlp.compute_dtype import compute_dtype_of, computing
+from dlp.walk.compute_dtype import compute_dtype_of, computing
 
 # aten ops that are matrix products (their self time is the product itself; aten::matmul and aten::linear
 # only dispatch to these).
@@ -26,7 +26,7 @@ def time_shares(model, ids: torch.Tensor) -> dict | None:
     if device.type != "cpu":
         return None
     base = model.get_decoder() if hasattr(model, "get_decoder") else model
-    with torch.no_grad(), computing(compute_dtype_of(model), device):  # as the engine runs it (dlp.compute_dtype)
+    with torch.no_grad(), computing(compute_dtype_of(model), device):  # as the engine runs it (dlp.walk.compute_dtype)
         base(input_ids=ids, use_cache=False)
         with profile(activities=[ProfilerActivity.CPU]) as prof:
             base(input_ids=ids, use_cache=False)

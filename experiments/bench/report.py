@@ -278,7 +278,7 @@ def render(report: dict, figure: Path | None) -> str:
                else []),
              f"Calibration {s['nsamples']} x {s['seqlen']} tokens ({data['calibration']}), batch {s['batch_size']}"
              + (" (" + ", ".join(f"{r['batch_size']} in {r['dtype']}" for r in report["results"] if "batch_size" in r)
-                + "; dlp/batching.py)" if s["batch_size"] == "auto" else "") + "; "
+                + "; dlp/walk/batching.py)" if s["batch_size"] == "auto" else "") + "; "
              f"perplexity on {s['eval_windows']} x {s['eval_seqlen']} tokens ({data['evaluation']}), batch "
              f"{s['eval_batch_size']}; pruning at {s['sparsity']:.0%} unstructured. GFLOP counted from the decoder's "
              "matrix shapes (experiments/bench/flops.py: Linears and causal attention, element-wise work not counted); share of "
@@ -298,7 +298,7 @@ def render(report: dict, figure: Path | None) -> str:
         if compute:
             lines += [f"{r['dtype'].capitalize()}: {weights} weights whose forward passes (allocation, "
                       f"statistics, replay, perplexity) run under {compute} autocast (`model.compute_dtype={compute}`, "
-                      f"dlp/compute_dtype.py); the residual stream, statistics, criteria and the pruned weights stay "
+                      f"dlp/walk/compute_dtype.py); the residual stream, statistics, criteria and the pruned weights stay "
                       f"{weights}.", ""]
         lines += phase_table(r, cuda) + [""] + time_share_line(r) + method_tables(r, cuda) + [""]
         if not r["methods"]:
@@ -330,7 +330,7 @@ def main(argv=None) -> int:
         print(f"error: cannot render {args[0]}: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 2
     if len(args) == 2:
-        from dlp.io import write_atomic
+        from dlp.storage.io import write_atomic
         write_atomic(Path(args[1]), md.encode())
     else:
         print(md, end="")

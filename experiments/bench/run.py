@@ -26,19 +26,25 @@ from pathlib import Path
 
 import torch
 
-from dlp.batching import AUTO, check_batch_size, floor_parts, resolve_batch_size
-from dlp.compute_dtype import set_compute_dtype
 from dlp.errors import UserError
-from dlp.io import write_atomic, write_json_atomic
-from dlp.engine import walk, watch_walks
-from dlp.models import DTYPES, load_model, resolve_device
-from dlp.perplexity import CHUNK_TOKENS, window_losses
-from dlp.prune import prune_model
-from dlp.registry import (ALLOCATIONS, CRITERIA, make_allocator, make_criterion, reference_allocation,
-                          studied_allocations)
-from dlp.selfcheck import check_walk
-from dlp.stats import SQNORM, LinearStats
-from dlp.structure import find_blocks
+from dlp.evaluation.perplexity import CHUNK_TOKENS, window_losses
+from dlp.registry import (
+    ALLOCATIONS,
+    CRITERIA,
+    make_allocator,
+    make_criterion,
+    reference_allocation,
+    studied_allocations,
+)
+from dlp.storage.io import write_atomic, write_json_atomic
+from dlp.storage.models import DTYPES, load_model, resolve_device
+from dlp.walk.batching import AUTO, check_batch_size, floor_parts, resolve_batch_size
+from dlp.walk.compute_dtype import set_compute_dtype
+from dlp.walk.engine import walk, watch_walks
+from dlp.walk.prune import prune_model
+from dlp.walk.selfcheck import check_walk
+from dlp.walk.stats import SQNORM, LinearStats
+from dlp.walk.structure import find_blocks
 
 from .flops import forward_flops, shapes, statistics_flops
 from .machine import describe, matmul_peak, phase, release_free_memory, rss_bytes
@@ -117,13 +123,13 @@ def evaluation_tokens(subject: Subject, model, eval_windows: int, eval_seqlen: i
         g = torch.Generator().manual_seed(subject.seed + 1)
         return torch.randint(model.config.vocab_size, (eval_windows * eval_seqlen,), generator=g), "random token ids"
     from dlp.data import corpora
-    from dlp.perplexity import tokenize_corpus
+    from dlp.evaluation.perplexity import tokenize_corpus
     ev = corpora.load("wikitext2", allow_substitute=True)
     return tokenize_corpus(ev, subject.tokenizer), ev.name
 
 
 def floor_bytes(model, s, nsamples: int, seqlen: int, needs: frozenset) -> dict:
-    """The memory floor of a walk, by part: dlp.batching's weights and activations, plus one block's statistics."""
+    """The memory floor of a walk, by part: dlp.walk.batching's weights and activations, plus one block's statistics."""
     parts = floor_parts(model, nsamples, seqlen)
     stats = sum(LinearStats.nbytes(c, needs) for c in s.gram_inputs)
     return {**parts, "statistics": stats, "total": sum(parts.values()) + stats}
@@ -309,13 +315,13 @@ def bench_method(args, model, calib, eval_ids, criterion_name, allocation_name, 
     # passes that bracket the work. The pass after runs on the pruned weights: the
     # same products, as costly.
     dense_before_s = dense_forward(args, model, calib, device)["seconds"]
-    # The self-check every run makes before its walks (dlp.selfcheck): one calibration sequence through the
+    # The self-check every run makes before its walks (dlp.walk.selfcheck): one calibration sequence through the
     # model and through the walk. Shown beside the prune; not in "x dense forward", which times the method.
     with phase(device) as m:
         check_walk(model, calib[:1])
     rows["selfcheck"] = _row("self-check (1 sequence)", m["seconds"], calib[0].numel(), None, peak)
     # An empty profile cache, so that the allocation pass is timed in full; its walk recorded, so that its
-    # GFLOP/s counts only the products it did (the engine cuts the last block short: dlp.engine).
+    # GFLOP/s counts only the products it did (the engine cuts the last block short: dlp.walk.engine).
     with tempfile.TemporaryDirectory() as cache, cache_at(cache), watch_walks() as walks:
         with phase(device) as m:
             allocation = make_allocator(allocation_name).allocate(model, calib, args.sparsity, args.batch_size,
@@ -333,7 +339,7 @@ def bench_method(args, model, calib, eval_ids, criterion_name, allocation_name, 
     t = walked.timings
     rows["capture"] = _row("capture", t["capture"], tokens, None, peak)
     # Products done: a prune's statistics passes stop at each batch's last Linear input after the first
-    # batch, and the last block is not replayed (dlp.engine); the walk counts what it skipped.
+    # batch, and the last block is not replayed (dlp.walk.engine); the walk counts what it skipped.
     rows["statistics"] = _row("statistics", t["statistics"], tokens,
                               statistics_flops(s, tokens, args.seqlen, criterion.needs) - walked.skipped_flops, peak)
     rows["criterion"] = _row("criterion", t["visit"], None,
@@ -355,7 +361,7 @@ def bench_method(args, model, calib, eval_ids, criterion_name, allocation_name, 
 
 
 def criterion_flops(criterion, s) -> float | None:
-    """The criterion's own arithmetic over the model, where it has a model of it (dlp.criterion.Criterion.flops)."""
+    """The criterion's own arithmetic over the model, where it has a model of it (dlp.methods.criterion.Criterion.flops)."""
     per_block = criterion.flops(s.matrices)
     return None if per_block is None else s.blocks * per_block
 
@@ -419,7 +425,7 @@ def parse(argv):
     p.add_argument("--nsamples", type=int, default=32)
     p.add_argument("--seqlen", type=int, default=512)
     p.add_argument("--batch-size", type=batch_arg, default="auto", help="sequences per block pass, or auto "
-                   "(from a memory budget: dlp/batching.py)")
+                   "(from a memory budget: dlp/walk/batching.py)")
     p.add_argument("--eval-windows", type=int, default=64)
     p.add_argument("--eval-seqlen", type=int, default=512)
     p.add_argument("--eval-batch-size", type=int, default=4)

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import torch
 
-from dlp.io import write_atomic, write_json_atomic
+from dlp.storage.io import write_atomic, write_json_atomic
 
 SHAPES = {  # (out, in) of one decoder block's Linears
     "llama2-7b": {"q/k/v/o_proj": (4096, 4096), "gate/up_proj": (11008, 4096), "down_proj": (4096, 11008)},

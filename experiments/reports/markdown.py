@@ -5,7 +5,7 @@ from .numbers import commits, finished
 
 
 def precision(model_cfg: dict) -> str:
-    """The weights' dtype, and the compute dtype their passes ran under when one was set (dlp.compute_dtype)."""
+    """The weights' dtype, and the compute dtype their passes ran under when one was set (dlp.walk.compute_dtype)."""
     compute = model_cfg.get("compute_dtype")
     return model_cfg["dtype"] + (f" (forward passes under {compute} autocast)" if compute else "")
 
