@@ -18,6 +18,7 @@ import logging
 from dlp.errors import UserError, first_line
 from dlp.methods.allocator import Allocator
 from dlp.methods.criterion import Criterion
+from dlp.methods.refinement import Refinement
 from dlp.storage.paths import ROOT
 
 GROUP = "dlp_bench.methods"  # [project.entry-points."dlp_bench.methods"] name = "a.module.that.registers"
@@ -73,6 +74,7 @@ for _read in ("__getitem__", "__contains__", "__iter__", "__len__", "get", "keys
 
 CRITERIA: dict[str, type] = Registry()
 ALLOCATIONS: dict[str, type] = Registry()
+REFINEMENTS: dict[str, type] = Registry()
 
 
 def _register(table: dict, base: type, kind: str, name: str, label: str | None, **attributes):
@@ -104,6 +106,10 @@ def register_allocation(name: str, label: str | None = None, score_label: str = 
     return _register(ALLOCATIONS, Allocator, "allocation", name, label, score_label=score_label, control=control)
 
 
+def register_refinement(name: str, label: str | None = None):
+    return _register(REFINEMENTS, Refinement, "refinement", name, label)
+
+
 def reference_allocation() -> str:
     """The registered allocation every other is compared with (its class says `reference = True`)."""
     names = [name for name, cls in ALLOCATIONS.items() if cls.reference]
@@ -113,8 +119,9 @@ def reference_allocation() -> str:
 
 
 def studied_allocations() -> list[str]:
-    """Every registered allocation but the controls: what the bench and the layer-importance plots default to."""
-    return [name for name, cls in ALLOCATIONS.items() if not cls.control]
+    """Every registered allocation but the controls and the searches (ATP: a prune per trial, asked for by name):
+    what the bench and the layer-importance plots default to."""
+    return [name for name, cls in ALLOCATIONS.items() if not cls.control and not cls.searches]
 
 
 def parameters(cls: type) -> dict:
@@ -141,3 +148,7 @@ def make_criterion(name: str, **params) -> Criterion:
 
 def make_allocator(name: str, **params) -> Allocator:
     return _make(ALLOCATIONS, "allocation", name, params)
+
+
+def make_refinement(name: str, **params) -> Refinement:
+    return _make(REFINEMENTS, "refinement", name, params, extra=(f"{DENSE} for the criterion's own mask",))

@@ -182,8 +182,8 @@ def cell_text(overrides: list[str], cells: list[list[str]]) -> str:
 def failures(out: dict) -> list[tuple[str, str]]:
     """(cell, why) for each failed cell of run_cells' result, each cell once (a cell can sit in two rows)."""
     found = {}
-    for records in out.values():
-        for r in records:
+    for cell_records in out.values():
+        for r in cell_records:
             if r.get("status") == "failed":
                 found.setdefault(tuple(r["overrides"]), (r["cell"], r["error"]))
     return list(found.values())

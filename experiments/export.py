@@ -293,7 +293,6 @@ def model_card(record: dict, info: dict, recovered: dict | None = None) -> str:
     base = prov.get("id") or prov.get("origin") or prov.get("path") or cfg["model"]["path"]
     calib = record["data"].get("calibration", {})
     check = info.get("load_check")
-    sizes = info["sizes"]
     targets = ", ".join(f"{t:.3f}" for t in sp["per_block_target"])
     return f"""# {cfg['model']['name']} pruned with {cfg['criterion']['name']} / {cfg['allocation']['name']} at {sp['target']:.0%}
 

@@ -5,6 +5,8 @@ from omegaconf import OmegaConf
 
 from dlp.storage.paths import ROOT
 
+from .methods import method_overrides
+
 
 def experiment_config(name: str):
     return OmegaConf.load(ROOT / "conf" / "experiment" / f"{name}.yaml")
@@ -33,9 +35,15 @@ def cells(name: str, grid_axes: dict[str, list], fixed: list[str], extra: list[s
     seeds = [[f"seed={s}"] for s in grid_axes.get("seed") or []] or [[]]
     out = {(): []}
     for key in keys:
-        out = {(*point, value): [*chosen, f"{key}={value}"] for point, chosen in out.items() for value in grid_axes[key]}
+        out = {(*point, value): [*chosen, *setting(key, value)] for point, chosen in out.items()
+               for value in grid_axes[key]}
     return {point: [[f"+experiment={name}", *fixed, *chosen, *extra, *seed] for seed in seeds]
             for point, chosen in out.items()}
+
+
+def setting(key: str, value) -> list[str]:
+    """The overrides of one axis value: `criterion=wanda+dsnot` is a criterion and the refinement it takes."""
+    return method_overrides(value) if key == "criterion" else [f"{key}={value}"]
 
 
 def dense_cell(name: str, fixed: list[str], extra: list[str]) -> list[list[str]]:

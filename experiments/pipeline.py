@@ -11,7 +11,8 @@ from dlp.data.calibration import calibration_windows
 from dlp.errors import CheckFailed, UserError
 from dlp.evaluation.perplexity import perplexity
 from dlp.methods.pattern import parse_pattern
-from dlp.registry import make_allocator, make_criterion
+from dlp.methods.search import Trials
+from dlp.registry import make_allocator, make_criterion, make_refinement
 from dlp.storage.locks import computing
 from dlp.storage.models import load_model, load_tokenizer
 from dlp.storage.paths import cache_dir
@@ -23,6 +24,7 @@ from dlp.walk.selfcheck import check_walk
 from dlp.walk.sparsity import measure_sparsity
 
 from . import records
+from .selection import selection_windows
 from .validation import params, validate
 
 
@@ -107,18 +109,27 @@ def execute(cfg: dict, hold: dict | None = None, checked: bool = False, inputs: 
 
         t = time.perf_counter()
         allocator = make_allocator(cfg["allocation"]["name"], **params(cfg["allocation"]))
+        criterion = make_criterion(cfg["criterion"]["name"], **params(cfg["criterion"]))
+        pattern = parse_pattern(cfg["pattern"], cfg["sparsity"])
+        refinement = (make_refinement(cfg["refine"]["name"], **params(cfg["refine"]))
+                      if records.refinement(cfg) else None)
         model_id = {**model_prov, "dtype": m.get("dtype", "float32")}
+        search = {}
+        if allocator.searches:
+            windows, selection = selection_windows(cfg, allocator.select_on, allocator.windows, tokenizer,
+                                                   calib_corpus)
+            search["trials"] = Trials(model, calib, criterion, pattern, d["batch_size"], windows, selection,
+                                      cfg["eval"]["batch_size"], refinement)
         allocation = allocator.allocate(model, calib, cfg["sparsity"], d["batch_size"], progress=cfg["progress"],
-                                        model_id=model_id)
+                                        model_id=model_id, **search)
         timings["allocation"] = time.perf_counter() - t
         block_targets = allocation.sparsities
         record["allocation"] = {"name": allocator.name, "targets": block_targets, "scores": allocation.scores,
                                 **allocation.info}
 
         t = time.perf_counter()
-        criterion = make_criterion(cfg["criterion"]["name"], **params(cfg["criterion"]))
-        walk = prune_model(model, calib, criterion, block_targets, parse_pattern(cfg["pattern"], cfg["sparsity"]),
-                           batch_size=d["batch_size"], progress=cfg["progress"])
+        walk = prune_model(model, calib, criterion, block_targets, pattern, batch_size=d["batch_size"],
+                           progress=cfg["progress"], refinement=refinement)
         timings["prune"] = time.perf_counter() - t
         timings["prune_phases"] = walk.timings
         record["coverage"]["no_calibration_input"] = walk.uncalibrated  # pruned by magnitude (dlp.walk.prune)

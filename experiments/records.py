@@ -33,6 +33,12 @@ def is_dense(cfg: dict) -> bool:
     return cfg["criterion"]["name"] == DENSE or float(cfg["sparsity"]) == 0.0
 
 
+def refinement(cfg: dict) -> str | None:
+    """The refinement a config names (refine=dsnot), or None for the criterion's own masks."""
+    name = (cfg.get("refine") or {}).get("name", DENSE)
+    return None if name == DENSE else name
+
+
 def base_payload(cfg: dict) -> dict:
     """The key's options as written (a local corpus by its path): key_payload puts corpora in by content."""
     payload = {k: v for k, v in cfg.items() if k not in NOT_IN_KEY}
@@ -41,6 +47,8 @@ def base_payload(cfg: dict) -> dict:
         payload["model"] = {k: v for k, v in payload["model"].items() if k != "compute_dtype"}
     if not (payload.get("zeroshot") or {}).get("enabled"):
         payload.pop("zeroshot", None)  # perplexity-only runs keep the keys they had before zero-shot existed
+    if refinement(payload) is None:
+        payload.pop("refine", None)  # so do runs without a refinement, made before refinements existed
     if is_dense(payload):  # every way of asking for the dense model shares one record
         payload = {"dense": True, "model": payload["model"], "eval": payload["eval"],
                    **({"zeroshot": payload["zeroshot"]} if "zeroshot" in payload else {})}
@@ -88,7 +96,8 @@ def record_path(cfg: dict, key: str | None = None) -> Path:
         stem = f"{cfg['model']['name']}_dense"
     else:
         pattern = "" if cfg["pattern"] in (None, "unstructured") else f"_{str(cfg['pattern']).replace(':', 'of')}"
-        stem = f"{cfg['model']['name']}_{cfg['criterion']['name']}_{cfg['allocation']['name']}_s{cfg['sparsity']}{pattern}"
+        criterion = "-".join(filter(None, (cfg["criterion"]["name"], refinement(cfg))))
+        stem = f"{cfg['model']['name']}_{criterion}_{cfg['allocation']['name']}_s{cfg['sparsity']}{pattern}"
     if (cfg.get("zeroshot") or {}).get("enabled"):
         stem += "_zs"
     return Path(cfg["results_dir"]) / f"{stem}_{key or run_key(cfg)}.json"

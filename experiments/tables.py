@@ -21,13 +21,14 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from dlp.registry import ALLOCATIONS, CRITERIA, reference_allocation
+from dlp.registry import ALLOCATIONS, reference_allocation
 from dlp.storage.paths import ROOT
 
 from . import grids, tracking
 from .cells import cell_overrides, failures, launcher_overrides, run_cells
 from .commandline import LAUNCHER_HELP, OneLineParser, one_line_errors, parse_seeds
 from .config import compose_config
+from .methods import method_label
 from .publish import publish
 from .reports.markdown import md_table, provenance_lines
 from .reports.numbers import by_seed, finished, ppl, summary
@@ -71,7 +72,7 @@ def table_rows(g: Grid):
     yield DENSE_ROW, None
     for crit in g.criteria:
         for alloc in g.allocations:
-            yield (label(CRITERIA, crit), label(ALLOCATIONS, alloc)), (crit, alloc)
+            yield (method_label(crit), label(ALLOCATIONS, alloc)), (crit, alloc)
 
 
 def collect(table, g: Grid, models, preset, extra, seeds=None, launcher=None):
@@ -117,9 +118,9 @@ def comparisons(table, g: Grid, cells, models):
         return
     for model in models:
         for crit in g.criteria:
-            base = cells[((label(CRITERIA, crit), label(ALLOCATIONS, reference)), model)]
+            base = cells[((method_label(crit), label(ALLOCATIONS, reference)), model)]
             for alloc in g.allocations:
-                ours = cells[((label(CRITERIA, crit), label(ALLOCATIONS, alloc)), model)]
+                ours = cells[((method_label(crit), label(ALLOCATIONS, alloc)), model)]
                 if alloc == reference or not finished(base) or not finished(ours):
                     continue
                 yield model, crit, alloc, verdict(table, ours, base), summary(metric, ours), summary(metric, base)
@@ -129,7 +130,7 @@ def notes(table, g: Grid, cells, models) -> list[str]:
     """Plain statements of where each allocation beats uniform under the same criterion, or does not."""
     lower_better = METRICS[table][2]
     what = "examples" if table == "table2" else "seeds"
-    return [statement(f"{model}, {label(CRITERIA, crit)}: {label(ALLOCATIONS, alloc)}", v, ours, base, lower_better,
+    return [statement(f"{model}, {method_label(crit)}: {label(ALLOCATIONS, alloc)}", v, ours, base, lower_better,
                       what)
             for model, crit, alloc, v, ours, base in comparisons(table, g, cells, models)]
 
@@ -207,7 +208,7 @@ def render(table, g: Grid, cells, models, preset, elapsed, seeds=None):
 def wandb_table(table, g: Grid, cells, models) -> tuple[list[str], list[list]]:
     """The table as W&B shows it: the paper's rows, and per model the mean, std, seeds and verdict columns."""
     metric = METRICS[table][0]
-    verdicts = {(model, label(CRITERIA, crit), label(ALLOCATIONS, alloc)): v
+    verdicts = {(model, method_label(crit), label(ALLOCATIONS, alloc)): v
                 for model, crit, alloc, v, _, _ in comparisons(table, g, cells, models)}
     columns = ["Method", "Layerwise", *(c for m in models for c in (f"{m} mean", f"{m} std", f"{m} seeds",
                                                                     f"{m} vs uniform"))]

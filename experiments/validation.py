@@ -3,14 +3,15 @@
 from dlp.data import corpora
 from dlp.errors import UserError
 from dlp.methods.pattern import check_sparsity, parse_form, parse_pattern
-from dlp.registry import ALLOCATIONS, DENSE, make_allocator, make_criterion
+from dlp.registry import ALLOCATIONS, DENSE, make_allocator, make_criterion, make_refinement
 from dlp.storage.models import check_dtype, check_offload_request, model_context, resolve_device
 from dlp.storage.paths import ROOT
 from dlp.walk.batching import check_batch_size
 from dlp.walk.compute_dtype import check_compute_dtype
 
 from . import methods
-from .records import is_dense
+from .records import is_dense, refinement
+from .selection import check_selection
 
 PRESETS = ("cpu", "paper")
 
@@ -29,10 +30,13 @@ def check_choices(argv: list[str]) -> None:
         group = group.lstrip("+~")
         if not sep or group not in groups or value in ("", "null"):
             continue
-        known = methods.choices(group)
         for choice in value.split(","):
-            if choice not in known:
-                raise UserError(f"unknown {group} '{choice}'; choose one of {', '.join(known)}")
+            # a table's `wanda+dsnot` names a criterion and a refinement
+            parts = zip((group, "refine"), methods.split_method(choice)) if group == "criterion" else [(group, choice)]
+            for part_group, part in parts:
+                known = methods.choices(part_group)
+                if part is not None and part not in known:
+                    raise UserError(f"unknown {part_group} '{part}'; choose one of {', '.join(known)}")
 
 
 def check_count(name: str, value, minimum: int = 1, optional: bool = False) -> None:
@@ -93,7 +97,11 @@ def validate(cfg: dict) -> None:
         make_criterion(cfg["criterion"]["name"], **params(cfg["criterion"]))
     if not is_dense(cfg):
         check_batch_size(cfg["data"]["batch_size"])
-        make_allocator(cfg["allocation"]["name"], **params(cfg["allocation"]))
+        allocator = make_allocator(cfg["allocation"]["name"], **params(cfg["allocation"]))
+        if refinement(cfg):
+            make_refinement(cfg["refine"]["name"], **params(cfg["refine"]))
+        if allocator.searches:
+            check_selection(cfg, allocator.select_on, cfg.get("offload") or "none")
         parse_pattern(cfg["pattern"], cfg["sparsity"])
         if cfg["pattern"] not in (None, "unstructured") and not ALLOCATIONS[cfg["allocation"]["name"]].supports_nm:
             able = [name for name, cls in ALLOCATIONS.items() if cls.supports_nm]

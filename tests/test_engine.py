@@ -88,8 +88,6 @@ def test_nm_through_the_engine():
 
 def test_linears_sharing_an_input_share_statistics():
     """q/k/v (and gate/up) see the same tensor: one Gram matrix serves them, equal to separate accumulation."""
-    import torch.nn as nn
-
     from dlp.walk.stats import HESSIAN, attach
     model = tiny_model("llama")
     block = find_blocks(model).blocks[0]

@@ -190,7 +190,7 @@ def test_a_method_in_another_installed_package_is_found_through_its_entry_point(
     env = {"PYTHONPATH": os.pathsep.join([str(site), *filter(None, [os.environ.get("PYTHONPATH")])])}
     listed = fresh("from dlp.registry import CRITERIA\nprint(' '.join(sorted(CRITERIA)))", env)
     assert listed.returncode == 0, listed.stderr
-    assert listed.stdout.split() == ["magnitude", "plugin_magnitude", "sparsegpt", "wanda"]
+    assert listed.stdout.split() == ["magnitude", "plugin_magnitude", "ria", "sparsegpt", "wanda"]
     ran = fresh("", env, "-m", "experiments.run", *tiny_overrides(workspace, "plugin_runs"),
                 "criterion=plugin_magnitude", "sparsity=0.5")
     assert ran.returncode == 0, ran.stderr

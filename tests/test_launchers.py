@@ -1,6 +1,5 @@
 """Tables through Hydra's launchers: the missing cells as one multirun (joblib processes, submitit jobs run by
 its local executor with the SLURM config), the same table as the in-process run, bit for bit."""
-import json
 import shutil
 from pathlib import Path
 

@@ -100,10 +100,16 @@ def test_readme_is_a_guide_that_links_what_was_found():
     for wanted in ("Two commands", "Results", "On a GPU", "Runs, sweeps, clusters", "Taking the pruned model away",
                    "Adding a method", "Configuration", "How the engine works", "Where things go", "Tests"):
         assert any(s.startswith(wanted) for s in sections), wanted
+    def expand(name: str) -> set:  # results/curves-m.{md,png,csv}: three files
+        braces = re.search(r"\{([^}]*)\}", name)
+        if not braces:
+            return {name}
+        return set().union(*(expand(name[:braces.start()] + alternative + name[braces.end():])
+                             for alternative in braces.group(1).split(",")))
+
     named = set()
-    for name in re.findall(r"`(results/[^`\s]+)`", text):  # results/curves-m.{md,png,csv}: three files
-        stem, braces, rest = name.partition(".{")
-        named |= {f"{stem}.{s}" for s in rest.rstrip("}").split(",")} if braces else {name}
+    for name in re.findall(r"`(results/[^`\s]+)`", text):
+        named |= expand(name)
     files = [n for n in named if "." in n.rsplit("/", 1)[-1] and not re.search(r"[<*]|\.partial\.", n)]
     assert len(files) >= 10
     missing = [n for n in files if not (ROOT / n).exists()]

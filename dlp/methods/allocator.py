@@ -24,6 +24,11 @@ class Allocator:
     description: str = ""
     plural: bool = False
     isolates: str = ""
+    # An allocation that searches (ATP) prunes and scores candidates with the run's criterion: the run passes
+    # `trials` (dlp.methods.search.Trials) to `allocate`, scored on the text named by `select_on`.
+    searches: bool = False
+    select_on: str | None = None
+    windows: int = 0
 
     def allocate(self, model, calib_ids, target: float, batch_size: int | str, progress: bool = True,
                  model_id: dict | None = None) -> Allocation:

@@ -7,6 +7,7 @@ from tqdm.auto import tqdm
 from dlp.methods.criterion import Criterion
 from dlp.methods.masks import lowest_nm, lowest_overall, zero_where
 from dlp.methods.pattern import NM
+from dlp.methods.refinement import Refinement
 from dlp.walk.engine import WalkResult, walk
 from dlp.walk.offload import offload_of
 from dlp.walk.structure import find_blocks, find_linears
@@ -22,7 +23,9 @@ def shared_input_groups(linears: dict, stats: dict) -> list[list[str]]:
 
 def prune_model(model, calib_ids: torch.Tensor, criterion: Criterion, block_sparsities: list[float],
                 pattern: NM | None = None, batch_size: int | str = "auto", progress: bool = True,
-                share_stats: bool = True, stop_early: bool = True) -> WalkResult:
+                share_stats: bool = True, stop_early: bool = True,
+                refinement: Refinement | None = None) -> WalkResult:
+    """`refinement` (DSnoT) changes each matrix's mask after the criterion and before the block is replayed."""
     n_blocks = len(find_blocks(model))
     if len(block_sparsities) != n_blocks:
         raise ValueError(f"{len(block_sparsities)} sparsities for {n_blocks} blocks")
@@ -42,16 +45,20 @@ def prune_model(model, calib_ids: torch.Tensor, criterion: Criterion, block_spar
                 uncalibrated.extend(f"{index}.{name}" for name in group)
             else:
                 new = criterion.prune_group(weights, st, sparsity, pattern)
+                if refinement is not None:  # the layer still holds its dense weight until the copy below
+                    new = [refinement.refine(linears[name].weight.data.to(torch.float32), w, st, sparsity, pattern,
+                                             name) for name, w in zip(group, new)]
             for name, w in zip(group, new):
                 linears[name].weight.data.copy_(w.to(linears[name].weight.dtype))
         return True
 
-    if not criterion.needs:
-        return weights_only(model, visit, desc=f"prune ({criterion.name})", progress=progress)
+    needs = criterion.needs | (refinement.needs if refinement is not None else frozenset())
+    desc = f"prune ({criterion.name}{f' + {refinement.name}' if refinement is not None else ''})"
+    if not needs:
+        return weights_only(model, visit, desc=desc, progress=progress)
     # Every block with a sparsity is changed, so its statistics pass need not finish (dlp.walk.engine).
-    result = walk(model, calib_ids, visit, criterion.needs, batch_size=batch_size,
-                  desc=f"prune ({criterion.name})", progress=progress, share_stats=share_stats, replays=True,
-                  stop_early=stop_early)
+    result = walk(model, calib_ids, visit, needs, batch_size=batch_size, desc=desc, progress=progress,
+                  share_stats=share_stats, replays=True, stop_early=stop_early)
     result.uncalibrated = uncalibrated
     return result
 

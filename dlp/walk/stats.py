@@ -26,6 +26,8 @@ from dlp.walk.precision import exact_reduced_precision_products
 
 SQNORM = "sqnorm"
 HESSIAN = "hessian"
+MEAN = "mean"  # Σ_tokens x_j: DSnoT's expected contribution of a weight to its output
+VARIANCE = "variance"  # Σ_sequences T·Var_tokens(x_j) over each sequence alone: DSnoT's regrowing weight
 
 
 @dataclass
@@ -38,6 +40,8 @@ class LinearStats:
     seqlen: int | None = None  # tokens per calibration sequence (None: each call to `add` is one sequence)
     sqnorm: torch.Tensor | None = None  # Σ_tokens x_j², float64 (in_features,): see `add`
     gram: torch.Tensor | None = None  # Σ_tokens x xᵀ, float32 (in, in); upper column blocks only: see full_gram
+    xsum: torch.Tensor | None = None  # Σ_tokens x_j, float64 (in_features,)
+    varsum: torch.Tensor | None = None  # Σ_sequences T·(population variance of x_j in the sequence), float64
 
     SQNORM_DTYPE = torch.float64
     GRAM_DTYPE = torch.float32
@@ -47,11 +51,15 @@ class LinearStats:
             self.sqnorm = torch.zeros(self.in_features, dtype=self.SQNORM_DTYPE, device=self.device)
         if HESSIAN in self.needs:
             self.gram = torch.zeros(self.in_features, self.in_features, dtype=self.GRAM_DTYPE, device=self.device)
+        if MEAN in self.needs:
+            self.xsum = torch.zeros(self.in_features, dtype=self.SQNORM_DTYPE, device=self.device)
+        if VARIANCE in self.needs:
+            self.varsum = torch.zeros(self.in_features, dtype=self.SQNORM_DTYPE, device=self.device)
 
     @classmethod
     def nbytes(cls, in_features: int, needs: frozenset) -> int:
         """What the statistics of one input of this width hold (the benchmark's memory floor counts it)."""
-        return ((in_features * cls.SQNORM_DTYPE.itemsize if SQNORM in needs else 0)
+        return (in_features * cls.SQNORM_DTYPE.itemsize * len(needs & {SQNORM, MEAN, VARIANCE})
                 + (in_features ** 2 * cls.GRAM_DTYPE.itemsize if HESSIAN in needs else 0))
 
     def add(self, x: torch.Tensor) -> None:
@@ -69,6 +77,10 @@ class LinearStats:
             with exact_reduced_precision_products(x.dtype, x.device):  # bfloat16 activations: see dlp.walk.precision
                 for a, b in zip(edges, edges[1:]):
                     self.gram[a:b, a:].addmm_(x32[:, a:b].t(), x32[:, a:])
+        if self.xsum is not None:
+            self.xsum += x32.sum(0)
+        if self.varsum is not None:  # the variance within the sequence, weighted by its length (DSnoT's)
+            self.varsum += x32.var(0, unbiased=False) * x32.shape[0]
         if self.sqnorm is not None:
             # Squared in place only when `x32` is our own copy (a float32 input is the model's own tensor).
             # Each sequence sums in float32 (pairwise); the running total is float64. (`sum(dtype=float64)`
@@ -79,6 +91,15 @@ class LinearStats:
     def column_norm(self) -> torch.Tensor:
         """‖X_j‖₂ scaled as Wanda's `scaler_row` (mean over sequences of the squared norm), then sqrt."""
         return torch.sqrt(self.sqnorm / max(self.nsamples, 1)).to(torch.float32)
+
+    def mean_sum(self) -> torch.Tensor:
+        """Σ_tokens x_j / N (N sequences): DSnoT's `sum_metric_row`, a sum over one sequence's tokens on average."""
+        return (self.xsum / max(self.nsamples, 1)).to(torch.float32)
+
+    def variance(self) -> torch.Tensor:
+        """Each sequence's own variance of x_j, averaged over sequences weighted by their tokens (DSnoT's `var`;
+        not the variance over all tokens, which would add the spread of the sequences' means)."""
+        return (self.varsum / max(self.tokens, 1)).to(torch.float32)
 
     def full_gram(self) -> torch.Tensor:
         """Σ x xᵀ: the lower blocks, never multiplied, are filled (in place, once more is harmless) by mirroring

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import torch.nn as nn
 
 from dlp.errors import UserError
-from dlp.walk.experts import is_fused_experts, routed_linears
+from dlp.walk.experts import routed_linears
 
 
 @dataclass
