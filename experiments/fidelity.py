@@ -70,8 +70,8 @@ def dump(folder: Path, overrides: list[str]) -> int:
     targets = allocator.allocate(model, inputs.calib, cfg["sparsity"], d["batch_size"], cfg["progress"]).sparsities
     prune_model(model, inputs.calib, make_criterion(cfg["criterion"]["name"], **params(cfg["criterion"])), targets,
                 parse_pattern(cfg["pattern"], cfg["sparsity"]), d["batch_size"], cfg["progress"], refinement=recorder)
-    (folder / "run.json").write_text(json.dumps({"overrides": overrides, "config": cfg,
-                                                 "matrices": recorder.count}, indent=1, default=str))
+    (folder / "run.json").write_text(json.dumps({"overrides": overrides, "config": cfg, "matrices": recorder.count,
+                                                 **records.git_commit()}, indent=1, default=str))
     return recorder.count
 
 
@@ -104,7 +104,8 @@ def compare(folder: Path, source: str, note: str = "", results: Path = ROOT / "r
              f"Written by `python -m experiments.fidelity compare` on the matrices `dump` saved from the run "
              f"`{' '.join(run['overrides'])}` (model {cfg['model']['name']}, preset {cfg['preset']}, "
              f"calibration {cfg['data']['corpus']} {cfg['data']['nsamples']} x {cfg['data']['seqlen']}, seed "
-             f"{cfg['seed']}); authors' code: {source}.", "",
+             f"{cfg['seed']}) at commit {run.get('commit')}{' with changes' if run.get('dirty') else ''}; "
+             f"authors' code: {source}.", "",
              f"- matrices: {len(rows)}; weights: {total}",
              f"- masks agree on {agree} of {total} weights ({100 * agree / total:.5f}%)",
              f"- worst matrix: {worst[1]} ({100 * worst[0]:.5f}%)",
