@@ -57,12 +57,12 @@ class Recorder(Refinement):
 def dump(folder: Path, overrides: list[str]) -> int:
     cfg = compose_config(overrides)
     validate(cfg)
-    folder.mkdir(parents=True, exist_ok=True)
     inner = (make_refinement(cfg["refine"]["name"], **params(cfg["refine"])) if records.refinement(cfg) else None)
     recorder = Recorder(folder, inner)
     allocator = make_allocator(cfg["allocation"]["name"], **params(cfg["allocation"]))
     if allocator.searches:
         raise UserError("dump runs an allocation that reads no trials: give a searching allocation its step")
+    folder.mkdir(parents=True, exist_ok=True)
     inputs = pipeline.read_inputs(cfg)
     m, d = cfg["model"], cfg["data"]
     model, _, _ = load_model(m["path"], m.get("dtype", "float32"), m.get("device", "auto"), m.get("device_map"),
@@ -76,6 +76,8 @@ def dump(folder: Path, overrides: list[str]) -> int:
 
 
 def compare(folder: Path, source: str, note: str = "", results: Path = ROOT / "results") -> Path:
+    if not (folder / "run.json").is_file():
+        raise UserError(f"{folder} holds no dump (no run.json): run `python -m experiments.fidelity dump` first")
     run = json.loads((folder / "run.json").read_text())
     cfg = run["config"]
     method = records.refinement(cfg) or cfg["criterion"]["name"]
@@ -128,7 +130,10 @@ def schedule(authors: Path, source: str, results: Path = ROOT / "results") -> Pa
     {"blocks", "target", "beta", "sparsities"} their code printed; and their search grid for each (blocks, target)."""
     from baselines.allocations.atp import atp_sparsities, beta_grid
 
-    cases = json.loads(authors.read_text())
+    try:
+        cases = json.loads(authors.read_text())
+    except (OSError, ValueError) as exc:
+        raise UserError(f"{authors} is not a JSON list of cases: {exc}") from None
     lines = ["# Fidelity of atp against the authors' code", "",
              f"Written by `python -m experiments.fidelity schedule`; authors' code: {source}. Per-block sparsities "
              "for each case, and the search grid (their search.sh: 0.002 steps up to the largest legal beta). The search "
