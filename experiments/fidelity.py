@@ -55,6 +55,7 @@ class Recorder(Refinement):
 
 
 def dump(folder: Path, overrides: list[str]) -> int:
+    commit = records.git_commit()  # now: the code this process runs (the checkout may move on while it runs)
     cfg = compose_config(overrides)
     validate(cfg)
     inner = (make_refinement(cfg["refine"]["name"], **params(cfg["refine"])) if records.refinement(cfg) else None)
@@ -71,7 +72,7 @@ def dump(folder: Path, overrides: list[str]) -> int:
     prune_model(model, inputs.calib, make_criterion(cfg["criterion"]["name"], **params(cfg["criterion"])), targets,
                 parse_pattern(cfg["pattern"], cfg["sparsity"]), d["batch_size"], cfg["progress"], refinement=recorder)
     (folder / "run.json").write_text(json.dumps({"overrides": overrides, "config": cfg, "matrices": recorder.count,
-                                                 **records.git_commit()}, indent=1, default=str))
+                                                 **commit}, indent=1, default=str))
     return recorder.count
 
 
