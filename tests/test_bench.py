@@ -56,7 +56,8 @@ def test_bench_end_to_end_on_a_tiny_random_model(tmp_path, monkeypatch):
     assert mixed["batch_size"] == report["results"][0]["batch_size"]
     assert all(mixed["methods"][n]["ppl"] != m["ppl"] for n, m in report["results"][0]["methods"].items())
     fp32 = report["results"][0]
-    assert set(fp32["methods"]) == {"uniform+wanda", "alphapruning+wanda", "dlp+wanda", "owl+wanda", "uniform+sparsegpt"}
+    assert set(fp32["methods"]) == {"uniform+wanda", "alphapruning+wanda", "dlp+wanda", "owl+wanda", "uniform+ria",
+                                    "uniform+sparsegpt"}
     for m in fp32["methods"].values():
         assert m["allocation_plus_prune_s"] > 0 and m["ppl"] > 1
         assert m["times_dense_forward"] == pytest.approx(m["allocation_plus_prune_s"] / m["dense_forward_s"])
