@@ -4,6 +4,8 @@
     <the authors' function, outside this project: DIR/<n>.pt -> DIR/theirs/<n>.pt holding {"mask": bool}>
     python -m experiments.fidelity compare DIR --source "<repository>@<commit>, <file:lines>"
     python -m experiments.fidelity schedule CASES.json --source ...   # an allocation's schedule (ATP)
+    python -m experiments.fidelity levels DIR ... / compare-levels DIR  # EvoPress's database and fitness
+                                                                        # (experiments.fidelity_evopress)
 
 `dump` prunes the run's model (its calibration, allocation and criterion) and saves, for every matrix as the
 walk reaches it, what a criterion reads (the dense weight; Wanda's `scaler_row` = ‖X_j‖₂²/N, DSnoT's
@@ -28,7 +30,7 @@ from dlp.storage.paths import ROOT
 from dlp.walk.prune import prune_model
 from dlp.walk.stats import MEAN, SQNORM, VARIANCE
 
-from . import pipeline, records
+from . import fidelity_evopress, pipeline, records
 from .commandline import OneLineParser, one_line_errors
 from .config import compose_config
 from .validation import params, validate
@@ -161,19 +163,30 @@ def schedule(authors: Path, source: str, results: Path = ROOT / "results") -> Pa
 
 def main(argv: list[str]) -> None:
     parser = OneLineParser(prog="python -m experiments.fidelity")
-    parser.add_argument("action", choices=["dump", "compare", "schedule"])
+    parser.add_argument("action", choices=["dump", "compare", "schedule", "levels", "compare-levels"])
     parser.add_argument("folder", type=Path, help="dump's folder, or (schedule) the authors' JSON cases")
     parser.add_argument("--source", default="", help="the authors' repository, commit and lines (compare)")
     parser.add_argument("--note", default="", help="where a remaining difference comes from (compare)")
     parser.add_argument("--results", type=Path, default=ROOT / "results", help="where the results file goes")
+    parser.add_argument("--blocks", default="0", help="levels: the blocks whose matrices are saved (0,15,29)")
     args, overrides = parser.parse_known_args(argv)
     if args.action == "dump":
         print(f"{dump(args.folder, overrides)} matrices saved in {args.folder}")
         return
+    if args.action == "levels":
+        try:
+            blocks = [int(b) for b in args.blocks.split(",")]
+        except ValueError:
+            raise UserError(f"--blocks takes block numbers such as 0,15,29 (got {args.blocks!r})") from None
+        print(f"{fidelity_evopress.levels(args.folder, overrides, blocks)} matrices saved in {args.folder}")
+        return
     if not args.source:
         raise UserError(f"{args.action} needs --source: the authors' repository, commit and the lines run")
-    written = (compare(args.folder, args.source, args.note, args.results) if args.action == "compare"
-               else schedule(args.folder, args.source, args.results))
+    if args.action == "compare-levels":
+        written = fidelity_evopress.compare_levels(args.folder, args.source, args.note, args.results)
+    else:
+        written = (compare(args.folder, args.source, args.note, args.results) if args.action == "compare"
+                   else schedule(args.folder, args.source, args.results))
     print(f"written {written}")
 
 

@@ -102,6 +102,7 @@ def validate(cfg: dict) -> None:
             make_refinement(cfg["refine"]["name"], **params(cfg["refine"]))
         if allocator.searches:
             check_selection(cfg, allocator.select_on, cfg.get("offload") or "none")
+        allocator.check_calibration(cfg["data"]["nsamples"], cfg["data"]["seqlen"])
         parse_pattern(cfg["pattern"], cfg["sparsity"])
         if cfg["pattern"] not in (None, "unstructured") and not ALLOCATIONS[cfg["allocation"]["name"]].supports_nm:
             able = [name for name, cls in ALLOCATIONS.items() if cls.supports_nm]

@@ -24,11 +24,15 @@ class Allocator:
     description: str = ""
     plural: bool = False
     isolates: str = ""
-    # An allocation that searches (ATP) prunes and scores candidates with the run's criterion: the run passes
-    # `trials` (dlp.methods.search.Trials) to `allocate`, scored on the text named by `select_on`.
+    # An allocation that searches (ATP, EvoPress) prunes and scores candidates with the run's criterion: the run
+    # passes `trials` (dlp.methods.search.Trials) to `allocate`, with windows of the text named by `select_on`
+    # (None: the search scores on the calibration windows themselves).
     searches: bool = False
     select_on: str | None = None
     windows: int = 0
+
+    def check_calibration(self, nsamples: int, seqlen: int) -> None:
+        """Refuse (UserError) calibration too small for the allocation, before anything is loaded."""
 
     def allocate(self, model, calib_ids, target: float, batch_size: int | str, progress: bool = True,
                  model_id: dict | None = None) -> Allocation:

@@ -22,7 +22,7 @@ class Trials:
     criterion: Criterion
     pattern: NM | None
     batch_size: int | str
-    windows: torch.Tensor  # (n, seqlen) token ids of the selection text
+    windows: torch.Tensor | None  # (n, seqlen) token ids of the selection text; None: a search of its own data
     selection: dict  # its provenance, for the record
     eval_batch_size: int = 4
     refinement: Refinement | None = None

@@ -36,20 +36,9 @@ def prune_model(model, calib_ids: torch.Tensor, criterion: Criterion, block_spar
         sparsity = block_sparsities[index]
         if sparsity <= 0:
             return False
-        for group in shared_input_groups(linears, stats):
-            # One float32 copy each (`.to(...).clone()` copied a bfloat16 weight twice).
-            weights = [linears[name].weight.data.to(torch.float32, copy=True) for name in group]
-            st = stats[group[0]]
-            if st is not None and st.tokens == 0:  # a routed expert no calibration token reached
-                new = [by_magnitude(w, sparsity, pattern) for w in weights]
-                uncalibrated.extend(f"{index}.{name}" for name in group)
-            else:
-                new = criterion.prune_group(weights, st, sparsity, pattern)
-                if refinement is not None:  # the layer still holds its dense weight until the copy below
-                    new = [refinement.refine(linears[name].weight.data.to(torch.float32), w, st, sparsity, pattern,
-                                             name) for name, w in zip(group, new)]
-            for name, w in zip(group, new):
-                linears[name].weight.data.copy_(w.to(linears[name].weight.dtype))
+        for name, w in pruned_block(linears, stats, criterion, sparsity, pattern, refinement,
+                                    uncalibrated, index).items():
+            linears[name].weight.data.copy_(w.to(linears[name].weight.dtype))
         return True
 
     needs = criterion.needs | (refinement.needs if refinement is not None else frozenset())
@@ -61,6 +50,30 @@ def prune_model(model, calib_ids: torch.Tensor, criterion: Criterion, block_spar
                   share_stats=share_stats, replays=True, stop_early=stop_early)
     result.uncalibrated = uncalibrated
     return result
+
+
+def pruned_block(linears: dict, stats: dict, criterion: Criterion, sparsity: float, pattern: NM | None,
+                 refinement: Refinement | None = None, uncalibrated: list | None = None,
+                 index: int = 0) -> dict[str, torch.Tensor]:
+    """One block's Linears pruned at `sparsity` (float32, by name), the layers left as they are: the prune's visit,
+    and a level of EvoPress's database (many sparsities from the same dense block). A routed expert no calibration
+    token reached is pruned by magnitude and named in `uncalibrated`."""
+    new_weights = {}
+    for group in shared_input_groups(linears, stats):
+        # One float32 copy each (`.to(...).clone()` copied a bfloat16 weight twice).
+        weights = [linears[name].weight.data.to(torch.float32, copy=True) for name in group]
+        st = stats[group[0]]
+        if st is not None and st.tokens == 0:  # a routed expert no calibration token reached
+            new = [by_magnitude(w, sparsity, pattern) for w in weights]
+            if uncalibrated is not None:
+                uncalibrated.extend(f"{index}.{name}" for name in group)
+        else:
+            new = criterion.prune_group(weights, st, sparsity, pattern)
+            if refinement is not None:  # the layers still hold their dense weights
+                new = [refinement.refine(linears[name].weight.data.to(torch.float32), w, st, sparsity, pattern,
+                                         name) for name, w in zip(group, new)]
+        new_weights.update(zip(group, new))
+    return new_weights
 
 
 def by_magnitude(weight: torch.Tensor, sparsity: float, pattern: NM | None) -> torch.Tensor:

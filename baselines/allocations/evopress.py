@@ -1,0 +1,307 @@
+"""EvoPress (Sieberling et al., ICML 2025): per-block sparsity levels found by an evolutionary search.
+
+Each block is pruned, once, at every one of its levels (the database): level 0 is the global target and each level
+up or down prunes `weights_diff` more or fewer weights of the block (equal steps in non-zeros, so any levels that sum
+to 0 keep exactly the target's number of weights). The database is built from the dense weights with the dense
+model's inputs, the run's own criterion choosing what goes (the authors build it with SparseGPT only). The search
+starts from uniform (all levels 0); each generation draws distinct offspring from the parent by
+min(randint(1, 3), randint(1, 3)) swaps (one block a level down, another a level up), and keeps the best in stages
+of growing size, each on a fresh draw of exactly that many calibration tokens shared by all candidates; the parent
+joins the last stage. Fitness is the mean per-token KL divergence from the dense model's next-token distribution to
+the candidate's (float32 log-softmax, the last position of each sequence dropped), as their `compute_kl_div`.
+
+Two differences from the authors' code (IST-DASLab/EvoPress at 50888a01), both because this suite's allocation is one
+sparsity per block: their search units are single Linear layers (q, k, v, o, gate, up, down apart), here whole
+blocks; and their final model is the database's weights stitched together, while here the allocation found is handed
+to the engine like every other allocation, which prunes each block on the pruned prefix's inputs. The level
+arithmetic is theirs (pruner.py:154-156); the draw of a stage's tokens, the mutation and the elitism follow
+evo_prune_search.py line by line, driven by a `random.Random` seeded with the run's seed (blocks in depth order; they
+sort layer names as strings). The budget is a preset: `cpu` fits about 10 minutes on the embedded model on two CPU
+cores, `paper` is the authors' script (400 generations, 64 offspring, survivors 8, 2, 1 on 2048, 16384, 65536 tokens).
+"""
+import math
+import random
+import time
+
+import torch
+from tqdm.auto import tqdm
+
+from dlp.errors import UserError
+from dlp.methods.allocator import Allocation, Allocator
+from dlp.registry import register_allocation
+from dlp.walk.compute_dtype import compute_dtype_of, computing
+from dlp.walk.engine import walk
+from dlp.walk.prune import pruned_block
+from dlp.walk.structure import find_blocks, find_linears
+
+BUDGETS = {
+    "cpu": {"levels": 4, "generations": 14, "offspring": 16, "survivors": [2, 1], "tokens": [512, 2048]},
+    "paper": {"levels": 8, "generations": 400, "offspring": 64, "survivors": [8, 2, 1],
+              "tokens": [2048, 16384, 65536]},
+}
+TARGET_CACHE_BYTES = 4 << 30  # the dense model's log-probabilities kept for reuse; beyond this, recomputed
+DUPLICATE_DRAWS = 1000  # consecutive duplicate offspring after which a generation stops drawing (a tiny search space)
+
+
+def level_sparsities(sparsity: float, weights_diff: int, numel: int, levels: int) -> dict[int, float]:
+    """Level -> sparsity of a unit of `numel` weights: the authors' arithmetic (src/pruner.py:154-156), levels as far
+    as `levels` each way and no further than sparsity 0 or 1."""
+    step = weights_diff / numel
+    low = min(int(sparsity // step), levels)
+    high = min(int((1 - sparsity) // step), levels)
+    return {level: sparsity + level * weights_diff / numel for level in range(-low, high + 1)}
+
+
+def default_weights_diff(sparsity: float, levels: int, numels: list[int], step: float | None) -> int:
+    """Weights per level: `step` of the mean block, or min(s, 1 - s) / (2 levels) of it, the authors' default
+    (0.5 min(s, 1 - s) / levels of a hidden x hidden matrix) with a block in place of that matrix."""
+    step = step if step is not None else 0.5 * min(sparsity, 1 - sparsity) / levels
+    return max(1, round(step * sum(numels) / len(numels)))
+
+
+def draw_tokens(rng: random.Random, n_windows: int, seqlen: int, tokens: int) -> list[tuple[int, int]]:
+    """(window, length) pairs with exactly `tokens` tokens: distinct windows drawn at random, the last cut short
+    (evo_prune_search.py:52-70)."""
+    chosen, used = [], 0
+    while used < tokens:
+        window = rng.randint(0, n_windows - 1)
+        if window in (w for w, _ in chosen):
+            continue
+        length = min(seqlen, tokens - used)
+        chosen.append((window, length))
+        used += length
+    return chosen
+
+
+def mean_token_kl(dense_logprobs: list[torch.Tensor], logits: list[torch.Tensor]) -> float:
+    """Mean over positions of KL(dense || candidate), each a (positions, vocab) pair; log-softmax in float32."""
+    total, positions = 0.0, 0
+    for target, own in zip(dense_logprobs, logits):
+        log_q = torch.log_softmax(own.float(), dim=-1)
+        total += float((target.exp() * (target - log_q)).sum(dtype=torch.float64))
+        positions += target.shape[0]
+    return total / positions
+
+
+class LevelDatabase:
+    """Every block's Linears pruned at each of the block's levels, from the dense weights and the dense model's
+    inputs; `load` puts a level vector's weights in the model, copying only the blocks whose level changed. An entry
+    whose kept weights are the dense ones (magnitude, Wanda, RIA) is stored as its mask."""
+
+    def __init__(self, model, calib: torch.Tensor, criterion, pattern, batch_size, refinement, levels: list[dict],
+                 progress: bool = True, observe=None):
+        """`observe(index, linears, stats)`, when given, sees each block's dense weights and input statistics
+        before its levels are pruned (experiments.fidelity saves them for the authors' code)."""
+        self.model = model
+        self.linears = [find_linears(block) for block in find_blocks(model).blocks]
+        self.dense = [{name: layer.weight.data.clone() for name, layer in linears.items()}
+                      for linears in self.linears]
+        self.entries: list[dict[int, dict]] = [{} for _ in self.linears]
+        self.state: list[int | None] = [None] * len(self.linears)  # None: the block holds its dense weights
+        self.bytes = 0
+        t = time.perf_counter()
+
+        def visit(index, block, linears, stats):
+            if observe is not None:
+                observe(index, linears, stats)
+            for level, sparsity in levels[index].items():
+                new = pruned_block(linears, stats, criterion, sparsity, pattern, refinement) if sparsity > 0 else {}
+                self.entries[index][level] = {name: self._entry(index, name, new.get(name)) for name in linears}
+            return False  # the block stays dense: the next one is calibrated on dense inputs
+
+        needs = criterion.needs | (refinement.needs if refinement is not None else frozenset())
+        if needs:
+            walk(model, calib, visit, needs, batch_size=batch_size, desc="evopress: level database", progress=progress)
+        else:
+            for index, linears in enumerate(tqdm(self.linears, desc="evopress: level database", disable=not progress)):
+                visit(index, None, linears, {name: None for name in linears})
+        self.seconds = time.perf_counter() - t
+
+    def _entry(self, index: int, name: str, new: torch.Tensor | None):
+        dense = self.dense[index][name]
+        if new is None:
+            return None
+        new = new.to(dense.dtype)
+        kept = new != 0
+        if torch.equal(new, dense * kept):
+            self.bytes += kept.numel()
+            return kept
+        self.bytes += new.numel() * new.element_size()
+        return new
+
+    def load(self, levels: list[int | None]) -> None:
+        for index, level in enumerate(levels):
+            if self.state[index] == level:
+                continue
+            for name, layer in self.linears[index].items():
+                dense = self.dense[index][name]
+                entry = None if level is None else self.entries[index][level][name]
+                if entry is None:
+                    layer.weight.data.copy_(dense)
+                elif entry.dtype == torch.bool:
+                    torch.mul(dense, entry, out=layer.weight.data)
+                else:
+                    layer.weight.data.copy_(entry)
+            self.state[index] = level
+
+    def restore(self) -> None:
+        self.load([None] * len(self.linears))
+
+
+class Fitness:
+    """KL of candidates to the dense model on draws of the calibration windows, one window per forward as the
+    authors (batch size 1), so a window's numbers never depend on what it was drawn with."""
+
+    def __init__(self, model, database: LevelDatabase, calib: torch.Tensor):
+        self.model, self.database, self.calib = model, database, calib
+        self.targets: dict[int, torch.Tensor] = {}
+        self.cached_bytes = 0
+        self.forward_tokens = 0
+
+    def _logits(self, window: int, length: int) -> torch.Tensor:
+        device = self.model.get_input_embeddings().weight.device
+        ids = self.calib[window, :length].unsqueeze(0).to(device)
+        with torch.no_grad(), computing(compute_dtype_of(self.model), device):
+            logits = self.model(input_ids=ids, use_cache=False).logits[0, :-1]
+        self.forward_tokens += length
+        return logits.float().cpu()
+
+    def dense_targets(self, draw: list[tuple[int, int]]) -> list[torch.Tensor]:
+        """The dense model's log-probabilities of each drawn window (whole, then cut as the authors cut theirs)."""
+        missing = [w for w, _ in draw if w not in self.targets]
+        fresh = {}
+        if missing:
+            self.database.restore()
+            for window in missing:
+                target = torch.log_softmax(self._logits(window, self.calib.shape[1]), dim=-1)
+                fresh[window] = target
+                if self.cached_bytes + target.numel() * 4 <= TARGET_CACHE_BYTES:
+                    self.targets[window] = target
+                    self.cached_bytes += target.numel() * 4
+        return [(self.targets.get(w, fresh.get(w)))[:length - 1] for w, length in draw]
+
+    def __call__(self, levels: list[int], draw: list[tuple[int, int]], targets: list[torch.Tensor]) -> float:
+        self.database.load(levels)
+        return mean_token_kl(targets, [self._logits(w, length) for w, length in draw])
+
+
+def mutate(rng: random.Random, parent: list[int], allowed: list[dict]) -> list[int]:
+    """A child of `parent`: min(randint(1, 3), randint(1, 3)) swaps, each one block a level down and one (maybe the
+    same) a level up, each block drawn again until it has that level (evo_prune_search.py:267-298)."""
+    child = list(parent)
+    for _ in range(min(rng.randint(1, 3), rng.randint(1, 3))):
+        while True:
+            down = rng.randint(0, len(child) - 1)
+            if child[down] - 1 in allowed[down]:
+                break
+        while True:
+            up = rng.randint(0, len(child) - 1)
+            if child[up] + 1 in allowed[up]:
+                break
+        child[down] -= 1
+        child[up] += 1
+    return child
+
+
+def check_budget(generations, offspring, survivors, tokens) -> None:
+    for name, value in (("generations", generations), ("offspring", offspring)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise UserError(f"evopress {name} must be an integer >= 1 (got {value!r})")
+    for name, values in (("survivors", survivors), ("tokens", tokens)):
+        if (not isinstance(values, (list, tuple)) or not values
+                or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in values)):
+            raise UserError(f"evopress {name} must be a list of integers >= 1 (got {values!r})")
+    if len(survivors) != len(tokens):
+        raise UserError(f"evopress survivors and tokens name the stages: {len(survivors)} survivors for "
+                        f"{len(tokens)} token budgets")
+    if list(survivors) != sorted(survivors, reverse=True) or survivors[0] > offspring or survivors[-1] != 1:
+        raise UserError(f"evopress survivors must shrink from at most offspring={offspring} to 1 "
+                        f"(got {list(survivors)})")
+
+
+@register_allocation("evopress", label="EvoPress", score_label="level")
+class EvoPress(Allocator):
+    description = "EvoPress's searched per-block levels"
+    isolates = "levels searched against the dense model's outputs"
+    searches = True  # the run hands it its criterion (dlp.methods.search.Trials); it scores on calibration windows
+
+    def __init__(self, budget: str = "cpu", levels: int | None = None, step: float | None = None,
+                 generations: int | None = None, offspring: int | None = None, survivors: list | None = None,
+                 tokens: list | None = None, seed: int = 0):
+        if budget not in BUDGETS:
+            raise UserError(f"unknown evopress budget '{budget}'; choose one of {', '.join(BUDGETS)}")
+        chosen = BUDGETS[budget]
+        self.budget = budget
+        self.levels = chosen["levels"] if levels is None else levels
+        self.generations = chosen["generations"] if generations is None else generations
+        self.offspring = chosen["offspring"] if offspring is None else offspring
+        self.survivors = list(chosen["survivors"] if survivors is None else survivors)
+        self.tokens = list(chosen["tokens"] if tokens is None else tokens)
+        if isinstance(self.levels, bool) or not isinstance(self.levels, int) or self.levels < 1:
+            raise UserError(f"evopress levels must be an integer >= 1 (got {self.levels!r})")
+        if step is not None and (isinstance(step, bool) or not isinstance(step, (int, float)) or not 0 < step < 1):
+            raise UserError(f"evopress step must be a sparsity in (0, 1) or null (got {step!r})")
+        check_budget(self.generations, self.offspring, self.survivors, self.tokens)
+        self.step = None if step is None else float(step)
+        self.seed = int(seed)
+
+    def check_calibration(self, nsamples: int, seqlen: int) -> None:
+        if max(self.tokens) > nsamples * seqlen:
+            raise UserError(f"evopress draws {max(self.tokens)} tokens in a stage, more than the calibration's "
+                            f"{nsamples} x {seqlen} = {nsamples * seqlen}: raise data.nsamples or lower "
+                            f"allocation.tokens")
+
+    def allocate(self, model, calib_ids, target, batch_size, progress=True, model_id=None, trials=None):
+        if trials is None:
+            raise UserError("evopress builds its database with the run's criterion: run it through experiments.run")
+        self.check_calibration(*calib_ids.shape)
+        numels = [sum(layer.weight.numel() for layer in find_linears(block).values())
+                  for block in find_blocks(model).blocks]
+        weights_diff = default_weights_diff(target, self.levels, numels, self.step)
+        allowed = [level_sparsities(target, weights_diff, numel, self.levels) for numel in numels]
+        database = LevelDatabase(model, calib_ids, trials.criterion, trials.pattern, batch_size, trials.refinement,
+                                 allowed, progress)
+        fitness = Fitness(model, database, calib_ids)
+        try:
+            parent, history = self.search(fitness, allowed, calib_ids.shape, progress)
+        finally:
+            database.restore()
+        sparsities = [allowed[b][level] for b, level in enumerate(parent)]
+        seconds = sum(h["seconds"] for h in history)
+        return Allocation(sparsities, [float(level) for level in parent], {
+            "levels": parent, "weights_diff": weights_diff, "level_range": [[min(a), max(a)] for a in allowed],
+            "search": {"budget": self.budget, "generations": self.generations, "offspring": self.offspring,
+                       "survivors": self.survivors, "tokens": self.tokens, "seed": self.seed,
+                       "selection": "calibration windows", "forward_tokens": fitness.forward_tokens,
+                       "database_seconds": round(database.seconds, 1), "database_bytes": database.bytes,
+                       "search_seconds": round(seconds, 1),
+                       "seconds_per_generation": round(seconds / len(history), 2),
+                       "fitness": [h["fitness"] for h in history]}})
+
+    def search(self, fitness: Fitness, allowed: list[dict], shape, progress: bool):
+        rng = random.Random(self.seed)
+        n_windows, seqlen = shape
+        parent = [0] * len(allowed)
+        history = []
+        for _ in tqdm(range(self.generations), desc="evopress: generations", disable=not progress):
+            t = time.perf_counter()
+            offspring, duplicates = [], 0
+            while len(offspring) < self.offspring and duplicates < DUPLICATE_DRAWS:
+                child = mutate(rng, parent, allowed)
+                if child in offspring:
+                    duplicates += 1
+                    continue
+                duplicates = 0
+                offspring.append(child)
+            for survive, tokens in zip(self.survivors, self.tokens):
+                if survive == self.survivors[-1] and parent not in offspring:  # elitism: the parent competes last
+                    offspring.append(parent)
+                draw = draw_tokens(rng, n_windows, seqlen, tokens)
+                targets = fitness.dense_targets(draw)
+                scores = [fitness(child, draw, targets) for child in offspring]
+                order = sorted(range(len(offspring)), key=scores.__getitem__)[:survive]
+                offspring, scores = [offspring[i] for i in order], [scores[i] for i in order]
+            parent = offspring[0]
+            history.append({"fitness": scores[0] if math.isfinite(scores[0]) else None,
+                            "seconds": time.perf_counter() - t})
+        return parent, history
