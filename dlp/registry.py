@@ -118,6 +118,11 @@ def reference_allocation() -> str:
     return names[0]
 
 
+def central_allocation() -> str | None:
+    """The registered allocation this suite reproduces (its class says `central = True`), if one is."""
+    return next((name for name, cls in ALLOCATIONS.items() if cls.central), None)
+
+
 def studied_allocations() -> list[str]:
     """Every registered allocation but the controls and the searches (ATP: a prune per trial, asked for by name):
     what the bench and the layer-importance plots default to."""

@@ -26,7 +26,7 @@ from dlp.storage.paths import ROOT
 
 log = logging.getLogger(__name__)
 NOT_IN_KEY = ("force", "progress", "results_dir", "wandb", "selfcheck", "save", "export", "recovery", "threads",
-              "offload", "offload_dir", "device_memory_gib")
+              "offload", "offload_dir", "device_memory_gib", "table_rows")
 
 
 def is_dense(cfg: dict) -> bool:

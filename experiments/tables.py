@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from dlp.registry import ALLOCATIONS, reference_allocation
+from dlp.registry import ALLOCATIONS, central_allocation, reference_allocation
 from dlp.storage.paths import ROOT
 
 from . import grids, tracking
@@ -48,15 +48,21 @@ class Grid:
     criteria: list[str]
     allocations: list[str]
     sparsity: float
+    extra: tuple = ()  # (criterion, allocation) rows below the criteria x allocations: the config's `table_rows`
 
 
 def grid(table: str, criteria: list[str] | None = None, allocations: list[str] | None = None,
          sparsity: float | None = None) -> Grid:
     """The table's experiment config, with any of its criteria, allocations or sparsity replaced."""
     sweep = grids.axes(table, criterion=criteria, allocation=allocations)
-    g = Grid(sweep["criterion"], sweep["allocation"],
-             float(grids.experiment_config(table).sparsity if sparsity is None else sparsity))
-    check_choices([f"criterion={','.join(g.criteria)}", f"allocation={','.join(g.allocations)}"])
+    config = grids.experiment_config(table)
+    # The config's extra rows come with its own grid only: --criteria/--allocations name the whole table.
+    extra = [] if criteria or allocations else [tuple(row.split("/")) for row in config.get("table_rows") or []]
+    main = {(c, a) for c in sweep["criterion"] for a in sweep["allocation"]}
+    g = Grid(sweep["criterion"], sweep["allocation"], float(config.sparsity if sparsity is None else sparsity),
+             tuple(row for row in extra if row not in main))
+    check_choices([f"criterion={','.join(g.criteria + [c for c, _ in g.extra])}",
+                   f"allocation={','.join(g.allocations + [a for _, a in g.extra])}"])
     return g
 
 
@@ -70,9 +76,8 @@ DENSE_ROW = ("Dense", "-")
 def table_rows(g: Grid):
     """The rows in the paper's order, each as (its labels, (criterion, allocation)): the dense row first."""
     yield DENSE_ROW, None
-    for crit in g.criteria:
-        for alloc in g.allocations:
-            yield (method_label(crit), label(ALLOCATIONS, alloc)), (crit, alloc)
+    for crit, alloc in [*((c, a) for c in g.criteria for a in g.allocations), *g.extra]:
+        yield (method_label(crit), label(ALLOCATIONS, alloc)), (crit, alloc)
 
 
 def collect(table, g: Grid, models, preset, extra, seeds=None, launcher=None):
@@ -80,6 +85,9 @@ def collect(table, g: Grid, models, preset, extra, seeds=None, launcher=None):
     fixed = [f"preset={preset}", f"sparsity={g.sparsity}"]
     pruned = grids.cells(table, {"model": models, "criterion": g.criteria, "allocation": g.allocations,
                                  "seed": seeds}, fixed, list(extra))
+    for crit, alloc in g.extra:
+        pruned.update(grids.cells(table, {"model": models, "criterion": [crit], "allocation": [alloc], "seed": seeds},
+                                  fixed, list(extra)))
     grid = {}
     for model in models:
         for row, method in table_rows(g):
@@ -97,42 +105,47 @@ def verdict(table, ours: list[dict], base: list[dict]) -> Verdict:
     return paired_t_verdict(by_seed(metric, ours), by_seed(metric, base), lower_better)
 
 
-def statement(subject: str, v: Verdict, ours: Summary, base: Summary, lower_better: bool, what="seeds") -> str:
-    """One plain sentence: whether `subject` beats uniform, and the evidence."""
+def statement(subject: str, v: Verdict, ours: Summary, base: Summary, lower_better: bool, what="seeds",
+              against="uniform") -> str:
+    """One plain sentence: whether `subject` beats `against` (uniform, DLP), and the evidence."""
     numbers = f"{ours.text()} vs {base.text()}"
     if v.word == "no verdict":
         direction = "lower" if ours.mean < base.mean else "higher" if ours.mean > base.mean else "equal"
         better = direction == ("lower" if lower_better else "higher")
-        return (f"{subject} is {direction} than uniform ({numbers}; {'better' if better else 'not better'}), "
+        return (f"{subject} is {direction} than {against} ({numbers}; {'better' if better else 'not better'}), "
                 f"but {describe(v, what)}.")
     if v.word == "within noise":
-        return f"{subject} does NOT beat uniform: within noise ({numbers}; {describe(v, what)})."
-    return f"{subject} {'beats' if v.word == 'beats' else 'does NOT beat (loses to)'} uniform ({numbers}; {describe(v, what)})."
+        return f"{subject} does NOT beat {against}: within noise ({numbers}; {describe(v, what)})."
+    return (f"{subject} {'beats' if v.word == 'beats' else 'does NOT beat (loses to)'} {against} ({numbers}; "
+            f"{describe(v, what)}).")
 
 
-def comparisons(table, g: Grid, cells, models):
-    """(model, criterion, allocation, verdict, its summary, uniform's summary) for every allocation but uniform."""
+def comparisons(table, g: Grid, cells, models, against: str | None = None):
+    """(model, criterion, allocation, verdict, its summary, the base's summary) for every row whose criterion also
+    has a row with the base allocation (`against`; default: the reference, uniform), but the base's own rows (and,
+    against DLP, uniform's, which the uniform comparisons already cover)."""
     metric = METRICS[table][0]
-    reference = reference_allocation()  # every other allocation is compared with it
-    if reference not in g.allocations:
-        return
+    against = against or reference_allocation()
+    rows = [method for _, method in table_rows(g) if method]
+    skip = {against, reference_allocation()}
     for model in models:
-        for crit in g.criteria:
-            base = cells[((method_label(crit), label(ALLOCATIONS, reference)), model)]
-            for alloc in g.allocations:
-                ours = cells[((method_label(crit), label(ALLOCATIONS, alloc)), model)]
-                if alloc == reference or not finished(base) or not finished(ours):
-                    continue
+        for crit, alloc in rows:
+            if alloc in skip or (crit, against) not in rows:
+                continue
+            base = cells[((method_label(crit), label(ALLOCATIONS, against)), model)]
+            ours = cells[((method_label(crit), label(ALLOCATIONS, alloc)), model)]
+            if finished(base) and finished(ours):
                 yield model, crit, alloc, verdict(table, ours, base), summary(metric, ours), summary(metric, base)
 
 
-def notes(table, g: Grid, cells, models) -> list[str]:
-    """Plain statements of where each allocation beats uniform under the same criterion, or does not."""
+def notes(table, g: Grid, cells, models, against: str | None = None) -> list[str]:
+    """Plain statements of where each allocation beats the base (uniform, or DLP) under the same criterion, or not."""
     lower_better = METRICS[table][2]
     what = "examples" if table == "table2" else "seeds"
-    return [statement(f"{model}, {method_label(crit)}: {label(ALLOCATIONS, alloc)}", v, ours, base, lower_better,
-                      what)
-            for model, crit, alloc, v, ours, base in comparisons(table, g, cells, models)]
+    base = label(ALLOCATIONS, against or reference_allocation())
+    return [statement(f"{model}, {method_label(crit)}: {label(ALLOCATIONS, alloc)}", v, ours, summ, lower_better,
+                      what, base if against else "uniform")
+            for model, crit, alloc, v, ours, summ in comparisons(table, g, cells, models, against)]
 
 
 def per_task_lines(cells, models) -> list[str]:
@@ -193,7 +206,12 @@ def render(table, g: Grid, cells, models, preset, elapsed, seeds=None):
     md += ["", f"{'Lower' if lower_better else 'Higher'} is better. Measured on:", *provenance_lines(cells, models, preset)]
     if table == "table2":
         md += per_task_lines(cells, models)
-    md += ["", "Against uniform:", *[f"- {n}" for n in notes(table, g, cells, models)], "",
+    md += ["", "Against uniform:", *[f"- {n}" for n in notes(table, g, cells, models)]]
+    central = central_allocation()
+    against_central = notes(table, g, cells, models, central) if central else []
+    if against_central:
+        md += ["", f"Against {label(ALLOCATIONS, central)}:", *[f"- {n}" for n in against_central]]
+    md += ["",
            f"Table rendered in {elapsed:.0f} s (cells reused from results/runs/ count as 0)."]
     buf = io.StringIO()
     csv_header, csv_body = csv_rows(table, g, cells, models, seeds)
@@ -206,21 +224,28 @@ def render(table, g: Grid, cells, models, preset, elapsed, seeds=None):
 
 
 def wandb_table(table, g: Grid, cells, models) -> tuple[list[str], list[list]]:
-    """The table as W&B shows it: the paper's rows, and per model the mean, std, seeds and verdict columns."""
+    """The table as W&B shows it: the paper's rows, and per model the mean, std, seeds and verdict columns (against
+    uniform, and against the allocation this suite reproduces)."""
     metric = METRICS[table][0]
-    verdicts = {(model, method_label(crit), label(ALLOCATIONS, alloc)): v
-                for model, crit, alloc, v, _, _ in comparisons(table, g, cells, models)}
+    bases = [reference_allocation(), *([central_allocation()] if central_allocation() else [])]
+    verdicts = [{(model, method_label(crit), label(ALLOCATIONS, alloc)): v
+                 for model, crit, alloc, v, _, _ in comparisons(table, g, cells, models, base)} for base in bases]
     columns = ["Method", "Layerwise", *(c for m in models for c in (f"{m} mean", f"{m} std", f"{m} seeds",
-                                                                    f"{m} vs uniform"))]
+                                                                    *(f"{m} vs {base}" for base in bases)))]
     data = []
     for row, _ in table_rows(g):
         out = [row[0], row[1]]
         for m in models:
             s = summary(metric, cells[(row, m)])
-            v = verdicts.get((m, *row))
-            out += [s.mean if s.n else None, s.std if s.n else None, s.n, v.word if v else ""]
+            words = [v.word if v else "" for v in (found.get((m, *row)) for found in verdicts)]
+            out += [s.mean if s.n else None, s.std if s.n else None, s.n, *words]
         data.append(out)
     return columns, data
+
+
+def all_notes(table, g: Grid, cells, models) -> list[str]:
+    central = central_allocation()
+    return notes(table, g, cells, models) + (notes(table, g, cells, models, central) if central else [])
 
 
 def build(table, models, preset="cpu", sparsity=None, extra=(), out_dir=ROOT / "results", criteria=None,
@@ -241,7 +266,7 @@ def build(table, models, preset="cpu", sparsity=None, extra=(), out_dir=ROOT / "
     publish({out_dir / f"{stem}.{suffix}": text.encode() for suffix, text in (("md", md), ("csv", csv_text), ("tex", tex))},
             failures(cells))
     tracking.log_table_quietly(table, *wandb_table(table, g, cells, models), wandb_cfg, group=table,
-                               notes=notes(table, g, cells, models),
+                               notes=all_notes(table, g, cells, models),
                                settings={"models": models, "preset": preset, "seeds": seeds, "sparsity": g.sparsity,
                                          "criteria": g.criteria, "allocations": g.allocations, "overrides": list(extra)})
     return md, cells

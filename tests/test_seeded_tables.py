@@ -2,6 +2,7 @@
 import csv
 import json
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -53,7 +54,7 @@ def test_table_over_three_seeds(workspace, tmp_path, offline_wandb):
     assert not (tmp_path / "table1.md").exists()  # the single-seed table is not overwritten
     logged = logged_table(tmp_path / "wb", "table1")
     assert logged["columns"] == ["Method", "Layerwise", "smollm2-135m mean", "smollm2-135m std",
-                                 "smollm2-135m seeds", "smollm2-135m vs uniform"]
+                                 "smollm2-135m seeds", "smollm2-135m vs uniform", "smollm2-135m vs dlp"]
     by_row = {tuple(r[:2]): r[2:] for r in logged["data"]}
     assert by_row[("Wanda", "DLP")][:3] == [pytest.approx(s.mean), pytest.approx(s.std), 3]
     assert by_row[("Wanda", "DLP")][3] in ("beats", "loses to", "within noise")
@@ -208,3 +209,37 @@ def test_ablation_grid_sweeps_seeds_with_hydra(workspace, tmp_path, monkeypatch)
     assert [r["config"]["allocation"]["seed"] for r in records] == [0, 1, 2]
     from baselines.allocations.shuffled import shuffled_order
     assert all(r["allocation"]["order"] == shuffled_order(3, r["config"]["seed"]) for r in records)
+
+
+def fake_cells(g, model, ppl_of):
+    """Three seeds' records per row, perplexity ppl_of(criterion, allocation) · (1 + seed/100)."""
+    cells = {}
+    for row, method in tables.table_rows(g):
+        if method:
+            cells[(row, model)] = [{"status": "ok", "key": f"{method}{seed}", "config": {"seed": seed},
+                                    "metrics": {"ppl": ppl_of(*method) * (1 + seed / 100) + seed * len(method[1]) / 7}} for seed in range(3)]
+    return cells
+
+
+def test_table1_adds_the_newer_rows_and_compares_them_with_uniform_and_with_dlp():
+    g = tables.grid("table1")
+    assert g.extra == (("wanda", "atp"), ("wanda", "evopress"), ("sparsegpt", "atp"), ("sparsegpt", "evopress"),
+                       ("ria", "uniform"), ("ria", "dlp"), ("wanda+dsnot", "uniform"), ("wanda+dsnot", "dlp"))
+    rows = [row for row, _ in tables.table_rows(g)]
+    assert rows[10:] == [("Wanda", "ATP"), ("Wanda", "EvoPress"), ("SparseGPT", "ATP"), ("SparseGPT", "EvoPress"),
+                         ("RIA", "Uniform"), ("RIA", "DLP"), ("Wanda + DSnoT", "Uniform"), ("Wanda + DSnoT", "DLP")]
+    ppl = {"uniform": 100.0, "owl": 90.0, "dlp": 80.0, "atp": 79.0, "evopress": 60.0}
+    cells = fake_cells(g, "m", lambda crit, alloc: ppl[alloc])
+    against_dlp = tables.notes("table1", g, cells, ["m"], "dlp")
+    # OWL, ATP and EvoPress against DLP under their criterion; never uniform or DLP itself, nor RIA/DSnoT's DLP row.
+    head = lambda note: re.split(r" \(\d", note)[0]  # noqa: E731
+    assert [head(n) for n in against_dlp] == [
+        "m, Magnitude: OWL does NOT beat (loses to) DLP", "m, SparseGPT: OWL does NOT beat (loses to) DLP",
+        "m, Wanda: OWL does NOT beat (loses to) DLP", "m, Wanda: ATP beats DLP", "m, Wanda: EvoPress beats DLP",
+        "m, SparseGPT: ATP beats DLP", "m, SparseGPT: EvoPress beats DLP"]
+    against_uniform = tables.notes("table1", g, cells, ["m"])
+    assert "m, RIA: DLP beats uniform" in [head(n) for n in against_uniform]
+    assert "m, Wanda + DSnoT: DLP beats uniform" in [head(n) for n in against_uniform]
+    assert len(against_uniform) == 3 * 2 + 4 + 2  # OWL and DLP per paper criterion, the four searches, RIA and DSnoT
+    # --criteria/--allocations name the whole table: no extra rows
+    assert tables.grid("table1", criteria=["wanda"], allocations=["uniform", "dlp"]).extra == ()

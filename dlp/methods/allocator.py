@@ -17,6 +17,7 @@ class Allocator:
     score_label: str = "score"  # what `Allocation.scores` holds, for plots
     control: bool = False  # a control to compare with (dlp.registry.register_allocation)
     reference: bool = False  # the one every other is compared with (uniform: each block at the target, no pass)
+    central: bool = False  # the one this suite reproduces (DLP): tables compare the newer allocations with it too
     supports_nm: bool = False  # whether an N:M pattern may drive it (N:M fixes every matrix at N/M)
     reads_data: bool = True  # whether it reads calibration data (the ablation says so of a control that does not)
     # How the ablation speaks of it: the subject of a sentence ("{of}" the label of the allocation it reorders),

@@ -21,6 +21,8 @@ def dlp_sparsities(scores, target: float, alpha: float) -> tuple[list[float], bo
 
 @register_allocation("dlp", label="DLP", score_label="block score (median |W|·‖X‖)")
 class DLP(Allocator):
+    central = True
+
     def __init__(self, alpha: float = 0.15, statistic: str = "median", outlier_m: float = 5.0):
         if statistic not in ("median", "mean"):
             raise UserError(f"DLP statistic must be median or mean (got '{statistic}')")
