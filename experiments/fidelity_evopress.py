@@ -17,7 +17,14 @@ from pathlib import Path
 
 import torch
 
-from baselines.allocations.evopress import Fitness, LevelDatabase, default_weights_diff, level_sparsities, mutate
+from baselines.allocations.evopress import (
+    Fitness,
+    LevelDatabase,
+    PackedMask,
+    default_weights_diff,
+    level_sparsities,
+    mutate,
+)
 from dlp.errors import UserError
 from dlp.methods.pattern import parse_pattern
 from dlp.registry import make_allocator, make_criterion
@@ -92,8 +99,8 @@ def levels(folder: Path, overrides: list[str], blocks: list[int]) -> int:
         for level in allowed[index]:
             stored = database.entries[index][level][name]
             dense = database.dense[index][name]
-            entry["ours"][level] = (dense if stored is None else dense * stored if stored.dtype == torch.bool
-                                    else stored).float().cpu()
+            entry["ours"][level] = (dense if stored is None else dense * stored.unpack(dense.device)
+                                    if isinstance(stored, PackedMask) else stored).float().cpu()
         torch.save(entry, path)
     fitness = Fitness(model, database, calib)
     draw = [(w, calib.shape[1]) for w in range(min(WINDOWS, calib.shape[0]))]
@@ -144,8 +151,8 @@ def compare_levels(folder: Path, source: str, note: str = "", results: Path = RO
              f"blocks {', '.join(map(str, run['blocks']))}) at commit {run.get('commit')}"
              f"{' with changes' if run.get('dirty') else ''}; authors' code: {source}.", "",
              "## Level database", "",
-             f"Each Linear of the blocks above at every level of its block, this suite's criterion against the "
-             f"authors' FastOBC given the same dense weight and Hessian.", "",
+             "Each Linear of the blocks above at every level of its block, this suite's criterion against the "
+             "authors' FastOBC given the same dense weight and Hessian.", "",
              f"- matrices x levels: {len(rows)}, of which {identical} with identical masks",
              f"- masks agree on {agree} of {total} weights ({100 * agree / total:.5f}%); pruned by the authors' code "
              f"only: {only[0]}, by this suite's only: {only[1]}",

@@ -17,6 +17,7 @@ from tiny import tiny_ids, tiny_model
 from baselines.allocations.evopress import (
     EvoPress,
     LevelDatabase,
+    PackedMask,
     draw_tokens,
     level_sparsities,
     mean_token_kl,
@@ -41,8 +42,8 @@ def test_levels_are_the_authors_arithmetic(case):
 
 def test_the_released_llama_level_ranges():
     # Meta-Llama-3-8B at 70% with weights_diff 1e6 (their script): q/o -8..5, k/v -2..1, MLP -8..8.
-    assert [(min(r), max(r)) for r in (level_sparsities(0.7, 1_000_000, n, 8)
-                                        for n in (4096 * 4096, 4096 * 1024, 4096 * 14336))] == [(-8, 5), (-2, 1), (-8, 8)]
+    ranges = [level_sparsities(0.7, 1_000_000, n, 8) for n in (4096 * 4096, 4096 * 1024, 4096 * 14336)]
+    assert [(min(r), max(r)) for r in ranges] == [(-8, 5), (-2, 1), (-8, 8)]
 
 
 def test_levels_summing_to_zero_keep_the_targets_number_of_weights():
@@ -137,8 +138,11 @@ def test_database_levels_are_the_criterion_on_dense_inputs_and_load_restores():
                 db.restore()
         assert all(torch.equal(v, dense[k]) for k, v in model.state_dict().items())
         stored_as_masks = criterion is wanda
-        assert all((e.dtype == torch.bool) == stored_as_masks
+        assert all(isinstance(e, PackedMask) == stored_as_masks
                    for entry in db.entries for lv in entry.values() for e in lv.values() if e is not None)
+        if stored_as_masks:  # one bit per weight
+            assert db.bytes == sum(-(-w.weight.numel() // 8) for block in find_blocks(model).blocks
+                                   for w in find_linears(block).values()) * sum(len(a) for a in allowed) // n
 
 
 def run(workspace, *overrides, expect=0):
@@ -225,7 +229,7 @@ def test_fidelity_levels_saves_every_level_and_compare_counts_each_side(workspac
     assert done.returncode == 0, done.stderr
     text = (tmp_path / "fidelity-evopress.md").read_text()
     total = sum(w.numel() for path in files for w in torch.load(path)["ours"].values())
-    assert f"- matrices x levels: 35, of which 34 with identical masks" in text
+    assert "- matrices x levels: 35, of which 34 with identical masks" in text
     assert f"masks agree on {total - 1} of {total} weights" in text
     assert "pruned by the authors' code only: 1, by this suite's only: 0" in text
     assert "| uniform | 0 |" in text and text.count("| 1.00e-06 |") == 4

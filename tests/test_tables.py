@@ -9,11 +9,14 @@ from conftest import tiny_overrides
 from experiments import cells as cells_module, plots, tables, tracking
 from experiments.cells import run_cell
 
+# The paper's grid (the config's newer rows search on every cell: tests/test_seeded_tables.py renders them).
+PAPER = {"criteria": ["magnitude", "sparsegpt", "wanda"], "allocations": ["uniform", "owl", "dlp"]}
+
 
 @pytest.fixture(scope="module")
 def table(workspace, tmp_path_factory):
     out = tmp_path_factory.mktemp("tables")
-    md, cells = tables.table1(["smollm2-135m"], "cpu", 0.7, tiny_overrides(workspace, "table_runs"), out)
+    md, cells = tables.table1(["smollm2-135m"], "cpu", 0.7, tiny_overrides(workspace, "table_runs"), out, **PAPER)
     return out, md, cells
 
 
@@ -52,7 +55,7 @@ def test_table1_second_time_reuses_everything(table, workspace, capsys, monkeypa
     monkeypatch.setattr(records, "load_record", counted("load", records.load_record))
     monkeypatch.setattr(cells_module, "validate", counted("validate", cells_module.validate))
     monkeypatch.setattr(pipeline, "run", lambda *a, **k: pytest.fail("a finished cell went to pipeline.run"))
-    _, cells = tables.table1(["smollm2-135m"], "cpu", 0.7, tiny_overrides(workspace, "table_runs"), out)
+    _, cells = tables.table1(["smollm2-135m"], "cpu", 0.7, tiny_overrides(workspace, "table_runs"), out, **PAPER)
     printed = capsys.readouterr().out
     assert calls == {"load": 10, "validate": 10}  # dense + 3 criteria x 3 allocations
     assert printed.count("(reused) -> ") == 10
@@ -79,7 +82,7 @@ def test_failed_cell_is_shown_and_others_kept(workspace, tmp_path, monkeypatch, 
     for name, data in kept.items():
         (tmp_path / name).write_bytes(data)
     with pytest.raises(CellsFailed) as refused:
-        tables.table1(["smollm2-135m"], "cpu", 0.7, overrides, tmp_path)
+        tables.table1(["smollm2-135m"], "cpu", 0.7, overrides, tmp_path, **PAPER)
     assert str(refused.value) == (f"3 cells failed: {tmp_path}/table1.{{md,csv,tex}} left as they were; the partial "
                                   f"results are in {tmp_path}/table1.partial.{{md,csv,tex}}")
     assert {name: (tmp_path / name).read_bytes() for name in kept} == kept
