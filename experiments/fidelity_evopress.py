@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from baselines.allocations.evopress import (
+    EvoPress,
     Fitness,
     LevelDatabase,
     PackedMask,
@@ -47,10 +48,10 @@ def rebuild(folder: Path | None = None, overrides: list[str] | None = None, obse
         overrides = json.loads((folder / "run.json").read_text())["overrides"]
     cfg = compose_config(overrides)
     validate(cfg)
-    if cfg["allocation"]["name"] != "evopress" or HESSIAN not in make_criterion(cfg["criterion"]["name"]).needs:
+    allocator = make_allocator(cfg["allocation"]["name"], **params(cfg["allocation"]))
+    if not isinstance(allocator, EvoPress) or HESSIAN not in make_criterion(cfg["criterion"]["name"]).needs:
         raise UserError("levels checks EvoPress's database, which the authors build with SparseGPT: give "
                         "allocation=evopress criterion=sparsegpt")
-    allocator = make_allocator("evopress", **params(cfg["allocation"]))
     inputs = pipeline.read_inputs(cfg)
     m, d = cfg["model"], cfg["data"]
     model, _, _ = load_model(m["path"], m.get("dtype", "float32"), m.get("device", "auto"), m.get("device_map"),

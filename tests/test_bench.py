@@ -200,14 +200,14 @@ def test_gpu_targets_judge_seconds_and_peak_memory_over_the_weights():
 def test_methods_option_takes_any_registered_pair_in_the_order_given(capsys):
     args = bench.parse(["--methods", "uniform+sparsegpt, alphapruning+magnitude"])
     assert args.methods == [("sparsegpt", "uniform"), ("magnitude", "alphapruning")]
-    # The default comes from the registry: every allocation but the controls and the searches (ATP) under Wanda
+    # The default comes from the registry: every allocation but the controls and the searches (ATP, EvoPress) under Wanda
     # (uniform first), then every other criterion that reads statistics under uniform.
     assert bench.parse([]).methods == [("wanda", "uniform"), ("wanda", "alphapruning"), ("wanda", "owl"),
                                        ("wanda", "dlp"), ("ria", "uniform"), ("sparsegpt", "uniform")]
     assert bench.main(["--methods", "uniform+wanda,alpha+wanda"]) == 2
     assert capsys.readouterr().err.strip() == (
         "error: unknown method 'alpha+wanda'; write allocation+criterion from allocations alphapruning, atp, "
-        "linear, owl, reversed, shuffled, uniform, dlp and criteria magnitude, ria, sparsegpt, wanda")
+        "evopress, linear, owl, reversed, shuffled, uniform, dlp and criteria magnitude, ria, sparsegpt, wanda")
 
 
 @pytest.mark.slow
