@@ -74,10 +74,13 @@ def draw_tokens(rng: random.Random, n_windows: int, seqlen: int, tokens: int) ->
     return chosen
 
 
-def mean_token_kl(dense_logprobs: list[torch.Tensor], logits: list[torch.Tensor]) -> float:
-    """Mean over positions of KL(dense || candidate), each a (positions, vocab) pair; log-softmax in float32."""
+def mean_token_kl(dense_logprobs, logits) -> float:
+    """Mean over positions of KL(dense || candidate), each a (positions, vocab) pair; log-softmax in float32. Pairs
+    are taken one at a time (`logits` may be a generator: one window's logits alive at once), on the logits'
+    device."""
     total, positions = 0.0, 0
     for target, own in zip(dense_logprobs, logits):
+        target = target.to(own.device)
         log_q = torch.log_softmax(own.float(), dim=-1)
         total += float((target.exp() * (target - log_q)).sum(dtype=torch.float64))
         positions += target.shape[0]
@@ -179,7 +182,7 @@ class Fitness:
         with torch.no_grad(), computing(compute_dtype_of(self.model), device):
             logits = self.model(input_ids=ids, use_cache=False).logits[0, :-1]
         self.forward_tokens += length
-        return logits.float().cpu()
+        return logits.float()
 
     def dense_targets(self, draw: list[tuple[int, int]]) -> list[torch.Tensor]:
         """The dense model's log-probabilities of each drawn window (whole, then cut as the authors cut theirs)."""
@@ -188,7 +191,7 @@ class Fitness:
         if missing:
             self.database.restore()
             for window in missing:
-                target = torch.log_softmax(self._logits(window, self.calib.shape[1]), dim=-1)
+                target = torch.log_softmax(self._logits(window, self.calib.shape[1]), dim=-1).cpu()
                 fresh[window] = target
                 if self.cached_bytes + target.numel() * 4 <= TARGET_CACHE_BYTES:
                     self.targets[window] = target
@@ -197,7 +200,7 @@ class Fitness:
 
     def __call__(self, levels: list[int], draw: list[tuple[int, int]], targets: list[torch.Tensor]) -> float:
         self.database.load(levels)
-        return mean_token_kl(targets, [self._logits(w, length) for w, length in draw])
+        return mean_token_kl(targets, (self._logits(w, length) for w, length in draw))
 
 
 def mutate(rng: random.Random, parent: list[int], allowed: list[dict]) -> list[int]:
