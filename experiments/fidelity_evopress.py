@@ -22,8 +22,6 @@ from baselines.allocations.evopress import (
     Fitness,
     LevelDatabase,
     PackedMask,
-    default_weights_diff,
-    level_sparsities,
     mutate,
 )
 from dlp.errors import UserError
@@ -33,7 +31,6 @@ from dlp.storage.io import write_atomic
 from dlp.storage.models import load_model
 from dlp.storage.paths import ROOT
 from dlp.walk.stats import HESSIAN
-from dlp.walk.structure import find_blocks, find_linears
 
 from . import pipeline, records
 from .config import compose_config
@@ -56,10 +53,7 @@ def rebuild(folder: Path | None = None, overrides: list[str] | None = None, obse
     m, d = cfg["model"], cfg["data"]
     model, _, _ = load_model(m["path"], m.get("dtype", "float32"), m.get("device", "auto"), m.get("device_map"),
                              m.get("compute_dtype"), tokenizer=inputs.tokenizer)
-    numels = [sum(layer.weight.numel() for layer in find_linears(block).values())
-              for block in find_blocks(model).blocks]
-    weights_diff = default_weights_diff(cfg["sparsity"], allocator.levels, numels, allocator.step)
-    allowed = [level_sparsities(cfg["sparsity"], weights_diff, numel, allocator.levels) for numel in numels]
+    _, allowed = allocator.block_levels(model, cfg["sparsity"])
     database = LevelDatabase(model, inputs.calib, make_criterion(cfg["criterion"]["name"], **params(cfg["criterion"])),
                              parse_pattern(cfg["pattern"], cfg["sparsity"]), d["batch_size"], None, allowed,
                              cfg["progress"], observe)

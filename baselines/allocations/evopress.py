@@ -269,14 +269,18 @@ class EvoPress(Allocator):
                             f"{nsamples} x {seqlen} = {nsamples * seqlen}: raise data.nsamples or lower "
                             f"allocation.tokens")
 
+    def block_levels(self, model, target: float) -> tuple[int, list[dict]]:
+        """Weights per level, and each block's level -> sparsity."""
+        numels = [sum(layer.weight.numel() for layer in find_linears(block).values())
+                  for block in find_blocks(model).blocks]
+        weights_diff = default_weights_diff(target, self.levels, numels, self.step)
+        return weights_diff, [level_sparsities(target, weights_diff, numel, self.levels) for numel in numels]
+
     def allocate(self, model, calib_ids, target, batch_size, progress=True, model_id=None, trials=None):
         if trials is None:
             raise UserError("evopress builds its database with the run's criterion: run it through experiments.run")
         self.check_calibration(*calib_ids.shape)
-        numels = [sum(layer.weight.numel() for layer in find_linears(block).values())
-                  for block in find_blocks(model).blocks]
-        weights_diff = default_weights_diff(target, self.levels, numels, self.step)
-        allowed = [level_sparsities(target, weights_diff, numel, self.levels) for numel in numels]
+        weights_diff, allowed = self.block_levels(model, target)
         database = LevelDatabase(model, calib_ids, trials.criterion, trials.pattern, batch_size, trials.refinement,
                                  allowed, progress)
         fitness = Fitness(model, database, calib_ids)
