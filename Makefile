@@ -47,7 +47,8 @@ table1: install
 table2: install
 	$(PY) -m experiments.tables table2 --models $(MODELS) --preset $(PRESET) --seeds $(or $(SEEDS),0) $(GRID_OPTIONS)
 
-# Ranking or spread? Controls at DLP's spread, per criterion, at 60% and 70% (conf/experiment/ablation.yaml).
+# Ranking or spread? Controls at DLP's spread and the searched allocations, per criterion, at 60% and 70%
+# (conf/experiment/ablation.yaml).
 ablation: install
 	$(PY) -m experiments.ablation --model $(FIRST_MODEL) --preset $(PRESET) --seeds $(or $(SEEDS),0$(comma)1$(comma)2) $(GRID_OPTIONS)
 
@@ -55,7 +56,8 @@ ablation: install
 recovery: install
 	$(PY) -m experiments.recovery_table --model $(FIRST_MODEL) --preset $(PRESET) $(if $(SEEDS),--seeds $(SEEDS)) $(GRID_OPTIONS)
 
-# Perplexity against sparsity (30% to 80%) for uniform, OWL, DLP and the linear ramp, with seed error bars.
+# Perplexity against sparsity (30% to 80%) for uniform, OWL, DLP and the linear ramp, ATP and EvoPress at 60% and
+# 70%, with seed error bars.
 curves: install
 	$(PY) -m experiments.curves --model $(FIRST_MODEL) --preset $(PRESET) --seeds $(or $(SEEDS),0$(comma)1$(comma)2) $(GRID_OPTIONS)
 

@@ -2,11 +2,12 @@
 
 `python -m experiments.ablation --model smollm2-135m --preset cpu --seeds 0,1,2` runs the grid of
 conf/experiment/ablation.yaml (the same one `python -m experiments.run -m +experiment=ablation` sweeps): per
-criterion, uniform and five allocations of one spread (0.15 either side of the target, DLP's α) — a linear ramp
-over depth, DLP's sparsities shuffled and reversed, OWL at λ = 0.15, DLP itself — at each sparsity, once per
-calibration seed. It writes results/ablation.{md,csv}: WikiText-2 perplexity as mean ± std over seeds, and per
-row one plain sentence of what the row shows, from the verdicts of experiments.verdicts (a paired t-test over
-seeds on log perplexity).
+criterion, uniform, four controls of DLP's spread (0.15 either side of the target, DLP's α) — a linear ramp over
+depth, DLP's sparsities shuffled and reversed, OWL at λ = 0.15 — DLP itself, and the searched allocations (ATP,
+EvoPress), which choose their own spread: against them DLP's ranking meets a search, not a control. At each
+sparsity, once per calibration seed. It writes results/ablation.{md,csv}: WikiText-2 perplexity as mean ± std
+over seeds, and per row one plain sentence of what the row shows, from the verdicts of experiments.verdicts (a
+paired t-test over seeds on log perplexity).
 """
 import csv
 import functools
@@ -14,7 +15,7 @@ import io
 import time
 from pathlib import Path
 
-from dlp.registry import ALLOCATIONS, CRITERIA, reference_allocation
+from dlp.registry import ALLOCATIONS, CRITERIA, central_allocation, reference_allocation
 from dlp.storage.paths import ROOT
 
 from . import grids, tracking
@@ -40,8 +41,10 @@ def allocation_class(choice: str) -> type:
 
 
 def studied_allocation(allocations: list[str]) -> str | None:
-    """The allocation the controls are controls of: the one the reordering controls reorder (their `of`)."""
-    return next((allocation_config(a)["of"] for a in allocations if "of" in allocation_config(a)), None)
+    """The allocation the other rows are set against: the one the reordering controls reorder (their `of`), else
+    the one this suite reproduces (DLP) when it is drawn."""
+    of = next((allocation_config(a)["of"] for a in allocations if "of" in allocation_config(a)), None)
+    return of or next((a for a in allocations if a == central_allocation()), None)
 
 
 def subject(choice: str, studied: str | None) -> str:
@@ -78,9 +81,9 @@ def pct(values) -> str:
     return " and ".join(f"{float(s):.0%}" for s in values)
 
 
-def across(cells, crit, ours, base, sparsities) -> tuple[str, list]:
+def across(cells, crit, ours, base, sparsities) -> tuple[str, dict]:
     """How `ours` compares with `base` at each sparsity, in words ('beats uniform at 60% and 70%'), and the
-    sparsities at which it beats it."""
+    sparsities of each word ({'beats': [0.6, 0.7]})."""
     words = {}
     for s in sparsities:
         v = ppl_verdict(cells, crit, ours, base, s)
@@ -92,16 +95,21 @@ def across(cells, crit, ours, base, sparsities) -> tuple[str, list]:
     for s, w in words.items():
         groups.setdefault(w, []).append(s)
     text = ", ".join(f"{w} {name} at {pct(ss)}" for w, ss in groups.items())
-    return text, groups.get("beats", [])
+    return text, groups
 
 
-def ranking(studied: str, wins: list, sparsities, what: str) -> str:
-    """What the studied allocation beating (or not) a control of the same spread says about its ranking."""
+def ranking(studied: str, groups: dict, sparsities, what: str) -> str:
+    """What the studied allocation beating (or losing to) another row says about its ranking of blocks: a
+    control of the same spread, or a searched allocation (`what` is a singular noun phrase)."""
+    wins, losses = groups.get("beats", []), groups.get("loses to", [])
     if len(wins) == len(sparsities):
         return f"{studied}'s ranking of blocks matters beyond {what}"
-    if not wins:
-        return f"nothing here shows {studied}'s ranking of blocks doing better than {what}"
-    return f"{studied}'s ranking of blocks matters beyond {what} at {pct(wins)} only"
+    if len(losses) == len(sparsities):
+        return f"{what} does better than {studied}'s ranking of blocks"
+    but = f", and {what} does better at {pct(losses)}" if losses else ""
+    if wins:
+        return f"{studied}'s ranking of blocks matters beyond {what} at {pct(wins)} only{but}"
+    return f"nothing here shows {studied}'s ranking of blocks doing better than {what}{but}"
 
 
 def sentence(cells, crit, alloc, sparsities, allocations) -> str:
@@ -116,18 +124,29 @@ def sentence(cells, crit, alloc, sparsities, allocations) -> str:
     if alloc == studied or not cls.isolates or studied not in allocations:
         return f"{subject(alloc, studied)} {vs_uniform}."
     name = allocation_class(studied).label
-    studied_vs, wins = across(cells, crit, studied, alloc, sparsities)
+    studied_vs, groups = across(cells, crit, studied, alloc, sparsities)
     return (f"{subject(alloc, studied)} {vs_uniform}; {name} {studied_vs}: "
-            f"{ranking(name, wins, sparsities, cls.isolates)}.")
+            f"{ranking(name, groups, sparsities, cls.isolates)}.")
+
+
+def spreads(allocations) -> str:
+    """Which rows share a spread of block sparsities and which choose their own, in one or two sentences."""
+    searched = [row_label(a) for a in allocations if allocation_class(a).searches]
+    fixed = "Every non-uniform row spans" if not searched else "Every other non-uniform row spans"
+    text = f"{fixed} the same spread of block sparsities (0.15 either side of the target)."
+    if searched:
+        text = (f"{' and '.join(searched)} search for their own spread: against them DLP's ranking meets a search, "
+                f"not a control of its spread. {text}")
+    return text
 
 
 def render(model, preset, criteria, allocations, sparsities, seeds, cells, elapsed) -> tuple[str, str, list, list]:
     header = ["Allocation", *(f"{float(s):.0%}" for s in sparsities), "What it shows"]
     md = [f"# Ablation: ranking or spread? WikiText-2 perplexity of {model}", "",
           f"Mean ± standard deviation over {len(seeds)} calibration seed{'s' if len(seeds) > 1 else ''} "
-          f"({', '.join(map(str, seeds))}); lower is better. Every non-uniform row spans the same spread of block "
-          "sparsities (0.15 either side of the target). Verdicts: paired two-sided t-test over seeds on log "
-          "perplexity at 5% (experiments/verdicts.py); 'within noise' when it does not reject."]
+          f"({', '.join(map(str, seeds))}); lower is better. {spreads(allocations)} Verdicts: paired two-sided "
+          "t-test over seeds on log perplexity at 5% (experiments/verdicts.py); 'within noise' when it does not "
+          "reject."]
     csv_rows = [["criterion", "allocation", "sparsity", "mean", "std", "n", "seeds", *VERDICT_COLUMNS]]
     wb_rows = []
     for crit in criteria:

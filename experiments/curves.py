@@ -1,12 +1,13 @@
 """Perplexity against sparsity, per criterion: where allocations start to matter.
 
 `python -m experiments.curves --model smollm2-135m --preset cpu --seeds 0,1,2` runs the missing cells (uniform,
-OWL, DLP and the linear ramp under Wanda and SparseGPT at 30% to 80%, once per calibration seed; finished
-records are reused) and writes results/curves-<model>.{png,csv,md}: one panel per criterion, WikiText-2 perplexity
-on a log axis, mean over seeds with ± one standard deviation as error bars, the dense model as a dashed line.
-A point is filled where it differs from uniform at its sparsity (paired t-test over seeds on log perplexity, as
-in experiments/verdicts.py) and hollow where it is within noise; the csv carries that verdict, its ratio and p,
-and the markdown says it in words (`--from-csv` re-renders the markdown alone from the csv).
+OWL, DLP and the linear ramp under Wanda and SparseGPT at 30% to 80%, and ATP and EvoPress at 60% and 70% only: the
+config's `partial_rows`; once per calibration seed; finished records are reused) and writes
+results/curves-<model>.{png,csv,md}: one panel per criterion, WikiText-2 perplexity on a log axis, mean over seeds
+with ± one standard deviation as error bars, the dense model as a dashed line. A point is filled where it differs
+from uniform at its sparsity (paired t-test over seeds on log perplexity, as in experiments/verdicts.py) and hollow
+where it is within noise; the csv carries that verdict, its ratio and p, and the markdown says it in words
+(`--from-csv` re-renders the markdown alone from the csv).
 """
 import csv
 import io
@@ -31,12 +32,25 @@ from .validation import check_choices
 NAME = "curves"  # its grid: conf/experiment/curves.yaml
 
 
-def collect(model, preset, criteria, allocations, sparsities, seeds, extra, launcher=None):
-    """(criterion, allocation, sparsity) -> records, one per seed; ("none", "-", 0.0) -> the dense record."""
+def partial_rows(allocations, sparsities) -> tuple[list[str], list[float]]:
+    """The config's allocations drawn at a few sparsities only (the searched ones: a search per cell), with
+    those sparsities; none when the command line names its own allocations or sparsities."""
+    rows = grids.experiment_config(NAME).get("partial_rows")
+    if allocations or sparsities or not rows:
+        return [], []
+    return list(rows.allocations), [float(s) for s in rows.sparsities]
+
+
+def collect(model, preset, criteria, allocations, sparsities, seeds, extra, launcher=None, partial=((), ())):
+    """(criterion, allocation, sparsity) -> records, one per seed; ("none", "-", 0.0) -> the dense record.
+    `partial` = (allocations, sparsities) drawn beside the grid at those sparsities only."""
     fixed = [f"model={model}", f"preset={preset}"]
     grid = {("none", "-", 0.0): grids.dense_cell(NAME, fixed, extra),
             **grids.cells(NAME, {"criterion": criteria, "allocation": allocations, "sparsity": sparsities,
                                  "seed": seeds}, fixed, extra)}
+    if partial[0]:
+        grid.update(grids.cells(NAME, {"criterion": criteria, "allocation": list(partial[0]),
+                                       "sparsity": list(partial[1]), "seed": seeds}, fixed, extra))
     return run_cells(grid, NAME, launcher)
 
 
@@ -44,7 +58,7 @@ def points(cells, crit, alloc, sparsities):
     """(sparsity, summary) for each sparsity with a finished cell."""
     out = []
     for s in sparsities:
-        x = summary(ppl, cells[(crit, alloc, s)])
+        x = summary(ppl, cells.get((crit, alloc, s), []))
         if x.n:
             out.append((s, x))
     return out
@@ -102,7 +116,7 @@ def table_rows(cells, verdicts, criteria, allocations, sparsities) -> list[list]
         rows.append(["none", "-", 0.0, ppl(dense[0]), 0.0, 1, "", *verdict_columns(None), commits(dense)])
     for crit in criteria:
         for alloc in allocations:
-            for s in sparsities:
+            for s in (s for s in sparsities if (crit, alloc, s) in cells):  # a partial row: its sparsities only
                 x = summary(ppl, cells[(crit, alloc, s)])
                 rows.append([crit, alloc, s, x.mean if x.n else None, x.std if x.n else None, x.n,
                              seeds_text(cells[(crit, alloc, s)]), *verdict_columns(verdicts[(crit, alloc, s)]),
@@ -126,7 +140,7 @@ def findings(rows: list[dict], criteria, allocations, sparsities) -> list[str]:
             for s in sparsities:
                 r = at.get((crit, alloc, float(s)))
                 if r is None or r["ppl_mean"] in ("", None):
-                    cells.append("failed")
+                    cells.append("not drawn" if r is None else "failed")  # a partial row has a few sparsities
                     continue
                 word = r["vs_uniform"] or ""
                 cells.append(f"{float(r['ppl_mean']):.2f} ± {float(r['ppl_std'] or 0):.2f}" + (f" ({word})" if word else ""))
@@ -178,12 +192,15 @@ def build(model="smollm2-135m", preset="cpu", seeds=None, extra=(), out_dir=ROOT
           allocations=None, sparsities=None, launcher=None):
     start = time.time()
     launch, extra = launcher_overrides(launcher, list(extra)), cell_overrides(list(extra))
+    partial = partial_rows(allocations, sparsities)
     sweep = grids.axes(NAME, criterion=criteria, allocation=allocations, sparsity=sparsities, seed=seeds)
     criteria, allocations, sparsities, seeds = (sweep[k] for k in ("criterion", "allocation", "sparsity", "seed"))
     check_choices([f"model={model}", f"preset={preset}", f"criterion={','.join(criteria)}",
-                   f"allocation={','.join(allocations)}"])
+                   f"allocation={','.join(allocations + partial[0])}"])
     wandb_cfg = compose_config([f"preset={preset}", *extra])["wandb"]
-    cells = collect(model, preset, criteria, allocations, sparsities, seeds, list(extra), launch)
+    cells = collect(model, preset, criteria, allocations, sparsities, seeds, list(extra), launch, partial)
+    allocations = allocations + [a for a in partial[0] if a not in allocations]
+    sparsities = sorted(set(sparsities) | set(partial[1]))
     out_dir = Path(out_dir)
     ok = next((r for records in cells.values() for r in finished(records) if r["data"].get("calibration")), None)
     corpus = ok["metrics"]["eval_corpus"] if ok else "?"

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from conftest import tiny_overrides
 
-from experiments import ablation, curves, tables
+from experiments import ablation, curves, grids, tables
 from experiments.verdicts import summarize
 
 
@@ -80,8 +80,10 @@ def test_one_seed_renders_as_before(workspace, tmp_path):
 
 def test_ablation_rows_sentences_and_shared_records(workspace, tmp_path, offline_wandb):
     extra = overrides_without_wandb(workspace, "seeded_runs") + offline_wandb
+    controls_and_dlp = ["uniform", "linear", "shuffled", "reversed", "owl_matched", "dlp"]  # the searches: below
     md, cells = ablation.build("smollm2-135m", "cpu", [0, 1], extra, tmp_path, criteria=["wanda"],
-                               sparsities=[0.5, 0.7])
+                               sparsities=[0.5, 0.7], allocations=controls_and_dlp)
+    assert "Every non-uniform row spans the same spread of block sparsities" in md
     rows = [line for line in md.splitlines() if line.startswith("| ")]
     assert rows[0] == "| Allocation | 50% | 70% | What it shows |"
     assert [r.split(" | ")[0][2:] for r in rows[1:]] == ["Uniform", "Linear (α = 0.15)", "Shuffled DLP",
@@ -118,6 +120,69 @@ def test_ablation_rows_sentences_and_shared_records(workspace, tmp_path, offline
             assert row[-3] in ("beats", "loses to", "within noise") and float(row[-1]) <= 1
     logged = logged_table(tmp_path / "wb", "ablation")
     assert len(logged["data"]) == 6 and logged["columns"][-1] == "What it shows"
+
+
+def hand_cells(ppls: dict, sparsities, crit="wanda") -> dict:
+    """(criterion, allocation, sparsity) -> three seeds' records of perplexity ppls[allocation][sparsity][seed]."""
+    return {(crit, alloc, s): [{"status": "ok", "key": f"{alloc}{s}{seed}", "config": {"seed": seed},
+                                "metrics": {"ppl": v}} for seed, v in enumerate(by_s[s])]
+            for alloc, by_s in ppls.items() for s in sparsities}
+
+
+def test_ablation_sets_dlp_against_the_searched_allocations():
+    """ATP and EvoPress choose their own spread: the ablation says so, and says of each what DLP beating or losing
+    to it shows, with the verdicts computed from hand-made seeds (each row's ratio to the other is the same in every
+    seed, so the paired test rejects whenever the ratio is not 1)."""
+    s6, s7 = 0.6, 0.7
+    base = {s6: [100.0, 110.0, 90.0], s7: [300.0, 330.0, 270.0]}
+    scaled = lambda f6, f7: {s6: [v * f6 for v in base[s6]], s7: [v * f7 for v in base[s7]]}  # noqa: E731
+    ppls = {"uniform": base, "dlp": scaled(0.8, 0.5), "atp": scaled(0.9, 0.6), "evopress": scaled(0.7, 0.4)}
+    allocations = list(ppls)
+    cells = hand_cells(ppls, [s6, s7])
+    said = {a: ablation.sentence(cells, "wanda", a, [s6, s7], allocations) for a in allocations}
+    assert said["dlp"] == "DLP beats uniform at 60% and 70%."
+    assert said["atp"] == ("ATP's searched ramp over depth beats uniform at 60% and 70%; DLP beats ATP at 60% and "
+                           "70%: DLP's ranking of blocks matters beyond a ramp over depth whose slope is searched.")
+    assert said["evopress"] == (
+        "EvoPress's searched per-block levels beat uniform at 60% and 70%; DLP loses to EvoPress at 60% and 70%: "
+        "a search over per-block levels against the dense model's outputs does better than DLP's ranking of blocks.")
+    # Mixed: EvoPress better at 70% only, ATP worse at 60% only.
+    ppls.update(evopress=scaled(0.8, 0.4), atp=scaled(0.9, 0.5))
+    cells = hand_cells(ppls, [s6, s7])
+    assert ablation.sentence(cells, "wanda", "evopress", [s6, s7], allocations).endswith(
+        "DLP is within noise of EvoPress at 60%, loses to EvoPress at 70%: nothing here shows DLP's ranking of blocks "
+        "doing better than a search over per-block levels against the dense model's outputs, and a search over "
+        "per-block levels against the dense model's outputs does better at 70%.")
+    assert ablation.sentence(cells, "wanda", "atp", [s6, s7], allocations).endswith(
+        "DLP beats ATP at 60%, is within noise of ATP at 70%: DLP's ranking of blocks matters beyond a ramp over "
+        "depth whose slope is searched at 60% only.")
+    assert ablation.spreads(allocations).startswith("ATP and EvoPress search for their own spread")
+    assert "Every other non-uniform row spans the same spread" in ablation.spreads(allocations)
+    # The config's grid holds them at 60% and 70%
+    assert {"atp", "evopress"} <= set(grids.sweep_lists("ablation")["allocation"])
+    assert grids.sweep_lists("ablation")["sparsity"] == ["0.6", "0.7"]
+
+
+def test_curves_draw_the_searched_allocations_at_a_few_sparsities(workspace, tmp_path, monkeypatch):
+    """The config's partial rows run beside its grid at their sparsities only: the csv has no row where a partial
+    row was not drawn, the markdown says 'not drawn' there (not 'failed'), the figure has their points only.
+    A cheap allocation stands in for the searched ones here."""
+    assert curves.partial_rows(None, None) == (["atp", "evopress"], [0.6, 0.7])
+    assert curves.partial_rows(["uniform"], None) == ([], []) and curves.partial_rows(None, [0.5]) == ([], [])
+    monkeypatch.setattr(curves, "partial_rows", lambda allocations, sparsities: (["linear"], [0.5]))
+    extra = tiny_overrides(workspace, "seeded_runs")
+    _, cells = curves.build("smollm2-135m", "cpu", [0, 1], extra, tmp_path, criteria=["wanda"],
+                            allocations=["uniform"], sparsities=[0.3, 0.5])
+    assert ("wanda", "linear", 0.5) in cells and ("wanda", "linear", 0.3) not in cells
+    with open(tmp_path / "curves-smollm2-135m.csv", newline="") as f:
+        rows = list(csv.reader(f))
+    assert [r[:3] for r in rows[1:]] == [["none", "-", "0"], ["wanda", "uniform", "0.3"], ["wanda", "uniform", "0.5"],
+                                         ["wanda", "linear", "0.5"]]
+    md = (tmp_path / "curves-smollm2-135m.md").read_text()
+    linear = next(line for line in md.splitlines() if line.startswith("| Linear |"))
+    assert linear.startswith("| Linear | not drawn | ") and "failed" not in md
+    again = curves.from_csv("smollm2-135m", "cpu", tmp_path).read_text()
+    assert again.split("Measured on:")[0] == md.split("Measured on:")[0]
 
 
 def test_curves_png_csv_and_wandb_figure(workspace, tmp_path, offline_wandb):

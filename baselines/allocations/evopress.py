@@ -239,8 +239,8 @@ def check_budget(generations, offspring, survivors, tokens) -> None:
 
 @register_allocation("evopress", label="EvoPress", score_label="level")
 class EvoPress(Allocator):
-    description = "EvoPress's searched per-block levels"
-    isolates = "levels searched against the dense model's outputs"
+    description, plural = "EvoPress's searched per-block levels", True
+    isolates = "a search over per-block levels against the dense model's outputs"
     searches = True  # the run hands it its criterion (dlp.methods.search.Trials); it scores on calibration windows
 
     def __init__(self, budget: str = "cpu", levels: int | None = None, step: float | None = None,
