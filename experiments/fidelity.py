@@ -57,7 +57,7 @@ class Recorder(Refinement):
 
 
 def dump(folder: Path, overrides: list[str]) -> int:
-    commit = records.git_commit()  # now: the code this process runs (the checkout may move on while it runs)
+    commit = records.loaded_commit()  # now: the code this process runs (the checkout may move on while it runs)
     cfg = compose_config(overrides)
     validate(cfg)
     inner = (make_refinement(cfg["refine"]["name"], **params(cfg["refine"])) if records.refinement(cfg) else None)

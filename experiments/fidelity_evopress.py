@@ -72,7 +72,7 @@ def candidates(n_blocks: int, allowed: list[dict], seed: int) -> list[list[int]]
 
 
 def levels(folder: Path, overrides: list[str], blocks: list[int]) -> int:
-    commit = records.git_commit()
+    commit = records.loaded_commit()
     folder.mkdir(parents=True, exist_ok=True)
     saved = []
 

@@ -143,10 +143,9 @@ def execute(cfg: dict, hold: dict | None = None, checked: bool = False, inputs: 
     zs = cfg.get("zeroshot") or {}
     zeroshot = None
     if zs.get("enabled"):
-        from dlp.evaluation.zeroshot import evaluate_zeroshot
+        from dlp.evaluation.zeroshot import evaluate_from_config
         t = time.perf_counter()
-        zeroshot = evaluate_zeroshot(model, tokenizer, zs["tasks"], zs.get("limit"), zs.get("batch_size", 8),
-                                     zs.get("add_bos_token", False), zs.get("source", "auto"))
+        zeroshot = evaluate_from_config(model, tokenizer, zs)
         timings["zeroshot"] = time.perf_counter() - t
 
     target = 0.0 if records.is_dense(cfg) else float(cfg["sparsity"])
@@ -217,8 +216,8 @@ def use_threads(cfg: dict) -> None:
 def execute_and_record(cfg: dict, path: Path, hold: dict | None, inputs: Inputs | None = None) -> dict:
     use_threads(cfg)
     started = time.time()
-    # Read before the run: the commit is that of the code this process loaded, even if the checkout moves on
-    # while it runs (a long cell, a sweep).
+    # Read before the run, the commit once per process (records.loaded_commit): that of the code this process
+    # loaded, even if the checkout moves on while it runs (a long cell, a sweep).
     environment = records.environment()
     base = {"key": records.run_key(cfg), "config": cfg, "started_unix": started}
     try:

@@ -135,6 +135,13 @@ def git_commit() -> dict:
     return {"commit": git("rev-parse", "HEAD") or None, "dirty": bool(dirty)}
 
 
+@functools.lru_cache(maxsize=1)
+def loaded_commit() -> dict:
+    """The commit of the code this process runs: read once, at its first record, so that a sweep's later cells
+    are not relabelled when the checkout moves on while the process runs (its modules were loaded already)."""
+    return git_commit()
+
+
 def environment() -> dict:
     import torch
     import transformers
@@ -142,7 +149,7 @@ def environment() -> dict:
     info = {"python": sys.version.split()[0], "torch": torch.__version__, "transformers": transformers.__version__,
             "platform": platform.platform(), "processor": platform.machine(), "cpu_count": os.cpu_count(),
             "torch_threads": torch.get_num_threads(), "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
-    info.update(git_commit())
+    info.update(loaded_commit())
     return info
 
 

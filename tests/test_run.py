@@ -130,7 +130,7 @@ def test_record_names_the_commit_the_run_started_on(workspace, tmp_path, monkeyp
     from experiments.config import compose_config
 
     commit = {"commit": "started-on", "dirty": False}
-    monkeypatch.setattr(records, "git_commit", lambda: dict(commit))
+    monkeypatch.setattr(records, "loaded_commit", lambda: dict(commit))
     run_for_real = pipeline.execute
 
     def execute_while_the_checkout_moves(cfg, hold=None, **options):
@@ -142,3 +142,19 @@ def test_record_names_the_commit_the_run_started_on(workspace, tmp_path, monkeyp
     cfg = compose_config([*tiny_overrides(workspace, "moving_runs"), "criterion=magnitude", "sparsity=0.5"])
     _, record, reused = pipeline.run(cfg)
     assert not reused and record["environment"]["commit"] == "started-on"
+
+
+def test_a_process_names_the_commit_it_loaded_in_every_record(monkeypatch):
+    """A sweep's later cells keep the commit the process read first, though the checkout moves on meanwhile."""
+    from experiments import records
+
+    checkout = {"commit": "loaded", "dirty": False}
+    monkeypatch.setattr(records, "git_commit", lambda: dict(checkout))
+    records.loaded_commit.cache_clear()
+    try:
+        first = records.environment()["commit"]
+        checkout["commit"] = "moved-on"
+        assert (first, records.environment()["commit"]) == ("loaded", "loaded")
+        assert records.git_commit()["commit"] == "moved-on"
+    finally:
+        records.loaded_commit.cache_clear()
