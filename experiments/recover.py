@@ -163,10 +163,9 @@ def recover(record_path: Path, record: dict, rec: dict, progress: bool = True, h
     zeroshot = None
     zs = cfg.get("zeroshot") or {}
     if zs.get("enabled"):
-        from dlp.evaluation.zeroshot import evaluate_zeroshot
+        from dlp.evaluation.zeroshot import evaluate_from_config
         t = time.perf_counter()
-        zeroshot = evaluate_zeroshot(merged, tokenizer, zs["tasks"], zs.get("limit"), zs.get("batch_size", 8),
-                                     zs.get("add_bos_token", False), zs.get("source", "auto"))
+        zeroshot = evaluate_from_config(merged, tokenizer, zs)
         timings["zeroshot"] = time.perf_counter() - t
     if hold is not None:
         hold.update(model=merged, tokenizer=tokenizer)

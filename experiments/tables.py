@@ -4,8 +4,9 @@ A table's grid is its experiment config, conf/experiment/<table>.yaml (the same 
 -m +experiment=<table>` sweeps): its sparsity, its criteria x allocations, and its other settings. Table 1 of
 the DLP paper: WikiText-2 perplexity at 70% unstructured sparsity, a Dense row, then Magnitude, SparseGPT and
 Wanda each with Uniform, OWL and DLP, one column per model. Table 2: mean zero-shot accuracy over the seven
-tasks (acc, as the Wanda paper), Dense, then SparseGPT and Wanda with Uniform, OWL and DLP, plus a per-task
-table. `--criteria` / `--allocations` take any registered methods instead (dlp.registry); rows are labelled by
+tasks (each task by the metric the papers report, acc or acc_norm), Dense, then SparseGPT and Wanda with Uniform,
+OWL and DLP, plus a per-task table naming each task's metric and examples, and the seconds a cell's evaluation
+took. `--criteria` / `--allocations` take any registered methods instead (dlp.registry); rows are labelled by
 the registry. Missing cells are run first (finished ones are reused); when a cell fails, the table with
 `failed` in its cells goes beside the existing one under a `.partial` name (experiments.publish). Beside the
 table we write what it was measured on, and say plainly where an allocation does not beat uniform.
@@ -31,15 +32,30 @@ from .config import compose_config
 from .methods import method_label
 from .publish import publish
 from .reports.markdown import md_table, provenance_lines
+from .records import machine_line
 from .reports.numbers import by_seed, finished, ppl, summary
 from .validation import check_choices
 from .verdicts import Summary, Verdict, bootstrap_verdict, describe, paired_examples, paired_t_verdict
 
+def zeroshot_mean(r: dict) -> float:
+    """A record's mean zero-shot accuracy (%) over its tasks, each task by its own metric (records made before
+    tasks had one: acc)."""
+    zs = r["metrics"]["zeroshot"]
+    return 100 * zs.get("mean", zs["mean_acc"])
+
+
+def task_score(task: str):
+    """A record's accuracy (%) on one task, by the task's metric."""
+    def score(r: dict) -> float:
+        res = r["metrics"]["zeroshot"]["tasks"][task]
+        return 100 * res[res.get("metric", "acc")]
+    return score
+
+
 # name -> (metric of a record, its label, lower is better)
 METRICS = {
     "table1": (ppl, "WikiText-2 perplexity", True),
-    "table2": (lambda r: 100 * r["metrics"]["zeroshot"]["mean_acc"], "mean zero-shot accuracy (%, acc) over 7 tasks",
-               False),
+    "table2": (zeroshot_mean, "mean zero-shot accuracy (%) over 7 tasks", False),
 }
 
 
@@ -149,26 +165,52 @@ def notes(table, g: Grid, cells, models, against: str | None = None) -> list[str
 
 
 def per_task_lines(cells, models) -> list[str]:
-    """Table 2's companion: accuracy (acc, %) per task, one block per model, from each record's own numbers
-    (mean ± std over seeds when there are several)."""
+    """Table 2's companion: accuracy (%) per task by its metric, one block per model, from each record's own
+    numbers (mean ± std over seeds when there are several); the header names each task's metric and examples."""
     out = []
     for model in models:
         ok = [r for (_, m), records in cells.items() if m == model for r in finished(records)]
         if not ok:
             continue
-        tasks = list(ok[0]["metrics"]["zeroshot"]["tasks"])
+        zs = ok[0]["metrics"]["zeroshot"]
+        tasks = list(zs["tasks"])
         rows = []
         for (label, m), records in cells.items():
             if m != model:
                 continue
-            rows.append([*label, *(summary(lambda r: 100 * r["metrics"]["zeroshot"]["tasks"][t]["acc"], records).text()
-                                   for t in tasks),
-                         summary(lambda r: 100 * r["metrics"]["zeroshot"]["mean_acc"], records).text()])
-        limit = ok[0]["metrics"]["zeroshot"]["limit"]
-        out += ["", f"### {model}: accuracy per task (acc, %; {'first ' + str(limit) if limit else 'all'} examples "
-                f"per task; harness {ok[0]['metrics']['zeroshot']['harness_version']})", "",
-                *md_table(["Method", "Layerwise", *tasks, "Mean"], rows)]
+            rows.append([*label, *(summary(task_score(t), records).text() for t in tasks),
+                         summary(zeroshot_mean, records).text()])
+        header = [f"{t} ({zs['tasks'][t].get('metric', 'acc')})" for t in tasks]
+        examples = [f"{t}: {examples_text(zs, t)}" for t in tasks]
+        out += ["", f"### {model}: accuracy per task (%; harness {zs['harness_version']})", "",
+                *md_table(["Method", "Layerwise", *header, "Mean"], rows), "",
+                f"Examples per task: {'; '.join(examples)}."
+                + (f" A limit of {zs['limit']} examples per task was set for this run." if zs.get("limit") else ""),
+                *seconds_line(ok)]
     return out
+
+
+def examples_text(zs: dict, task: str) -> str:
+    """The examples a task scored, as its record says (records made before it did: the first N, or all)."""
+    res = zs["tasks"][task]
+    if res.get("selection"):
+        return res["selection"]
+    return f"first {zs['limit']}" if zs.get("limit") else f"all ({res.get('n')})"
+
+
+def seconds_line(records: list[dict]) -> list[str]:
+    """What the zero-shot evaluation of a cell cost, from the records' timings, with the machine it ran on."""
+    dense = [r["timings_s"]["zeroshot"] for r in records if "zeroshot" in r.get("timings_s", {})
+             and not r["data"].get("calibration")]
+    pruned = [r["timings_s"]["zeroshot"] for r in records if "zeroshot" in r.get("timings_s", {})
+              and r["data"].get("calibration")]
+    if not dense and not pruned:
+        return []
+    parts = ([f"dense {dense[0]:.0f} s"] if dense else []) + (
+        [f"pruned cells {min(pruned):.0f} to {max(pruned):.0f} s ({len(pruned)} records)"] if pruned else [])
+    batch = records[0]["config"].get("zeroshot", {}).get("batch_size")
+    return ["", f"Zero-shot evaluation per cell: {', '.join(parts)}; batch {batch}, on "
+            f"{machine_line(records[0]['environment'])}."]
 
 
 def seeds_line(cells, seeds) -> list[str]:

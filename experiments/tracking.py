@@ -111,6 +111,7 @@ def log_record(record: dict, wb: dict, group: str | None = None) -> str | None:
         zeroshot = record["metrics"].get("zeroshot")
         if zeroshot:
             run.log({"zeroshot/mean_acc": zeroshot["mean_acc"],
+                     **({"zeroshot/mean": zeroshot["mean"]} if "mean" in zeroshot else {}),  # each task by its metric
                      **{f"zeroshot/{task}/acc": r["acc"] for task, r in zeroshot["tasks"].items()},
                      **{f"zeroshot/{task}/acc_norm": r["acc_norm"] for task, r in zeroshot["tasks"].items()
                         if r["acc_norm"] is not None}})

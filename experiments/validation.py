@@ -64,6 +64,8 @@ def check_values(cfg: dict) -> None:
     if zs.get("enabled"):
         check_count("zeroshot.batch_size", zs.get("batch_size", 8))
         check_count("zeroshot.limit", zs.get("limit"), optional=True)
+        from dlp.evaluation.zeroshot import check_settings
+        check_settings(list(zs.get("tasks") or []), zs.get("metrics"), zs.get("subsets"))
 
 
 def check_sources(cfg: dict) -> None:

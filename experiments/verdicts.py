@@ -6,9 +6,9 @@ same calibration draw. Logs, because at high sparsity perplexity spans orders of
 with it: a ratio is what stays comparable. One seed gives no verdict; two or more are needed, and with three the
 test needs |t| > 4.30, so only a large, consistent difference passes.
 
-Zero-shot accuracy: the pairs are examples (the same examples for both methods, matched by their content,
-each example's accuracy averaged over the seeds a method ran with). A percentile bootstrap over examples,
-resampled within each task, gives a 95% interval for the difference of the mean-over-tasks accuracy; the
+Zero-shot accuracy: the pairs are examples (the same examples for both methods, matched by their content, each
+example's accuracy, by its task's metric, averaged over the seeds a method ran with). A percentile bootstrap over
+examples, resampled within each task, gives a 95% interval for the difference of the mean-over-tasks accuracy; the
 verdict is a win or a loss only when that interval excludes zero.
 """
 import math
@@ -102,16 +102,18 @@ def bootstrap_verdict(ours: dict, base: dict, higher_is_better: bool = True, ite
 
 
 def paired_examples(records_a: list[dict], records_b: list[dict]) -> tuple[dict, dict] | None:
-    """Per-task example accuracies (%, as tables print them) of two methods on the examples both have, each
-    averaged over its records (seeds); None when a record has no per-example results."""
+    """Per-task example accuracies (%, as tables print them, by each task's metric: acc or acc_norm) of two
+    methods on the examples both have, each averaged over its records (seeds); None when a record has no
+    per-example results for its metric."""
     def by_example(records):
         tasks = {}
         for r in records:
             for task, res in r["metrics"]["zeroshot"]["tasks"].items():
                 ex = res.get("examples")
-                if not ex:
+                metric = res.get("metric", "acc")
+                if not ex or metric not in ex:
                     return None
-                for h, acc in zip(ex["doc_hash"], ex["acc"]):
+                for h, acc in zip(ex["doc_hash"], ex[metric]):
                     tasks.setdefault(task, {}).setdefault(h, []).append(acc)
         return {t: {h: 100 * float(np.mean(v)) for h, v in ex.items()} for t, ex in tasks.items()}
 

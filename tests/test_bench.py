@@ -268,3 +268,24 @@ def test_floor_counts_the_statistics_one_block_really_holds(needs):
     held = sum(t.numel() * t.element_size() for st in {id(v): v for v in stats.values()}.values()
                for t in (st.sqnorm, st.gram) if t is not None)
     assert bench.floor_bytes(model, shapes(model), 4, 8, needs)["statistics"] == held > 0
+
+
+def test_zeroshot_bench_counts_positions_and_compares_results_across_batches():
+    """Batch 1 pads nothing: a larger batch computes at least its positions, in fewer forwards, with the same
+    result for every example (float32); the report says so per row."""
+    from tiny import char_tokenizer, tiny_model
+
+    from experiments.bench import zeroshot
+    from experiments.records import environment
+
+    model = tiny_model("llama")
+    model.config.max_position_embeddings = 4096
+    rows = [zeroshot.measure(model, char_tokenizer(), ["rte", "arc_easy"], 6, b, "local") for b in (1, 4)]
+    one, four = rows
+    assert one["examples"] == four["examples"] == 12
+    assert one["forwards"] > four["forwards"] and four["positions"] >= one["positions"] > 0
+    assert one["per_example"] == four["per_example"]
+    md = zeroshot.render("tiny", ["rte", "arc_easy"], 6, rows, environment(), {"model": {"dtype": "float32"}})
+    table = [line for line in md.splitlines() if line.startswith("| 4 |")]
+    assert len(table) == 1 and table[0].endswith("| yes |")
+    assert f"{1 - one['positions'] / four['positions']:.1%}" in table[0]

@@ -157,27 +157,44 @@ def test_wandb_offline_logging(workspace, tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_table2_mean_and_per_task_from_records(workspace, tmp_path):
+    """Each task by its metric (arc_easy by acc_norm here), the mean over those, the verdicts paired on the same
+    metric's per-example scores, each task's metric and examples named, the seconds a cell took said."""
+    from experiments.verdicts import bootstrap_verdict, paired_examples
+
     extra = tiny_overrides(workspace, "table2_runs") + ["zeroshot.tasks=[arc_easy,rte]", "zeroshot.limit=5",
-                                                       "zeroshot.source=local", "zeroshot.batch_size=16"]
+                                                       "zeroshot.source=local", "zeroshot.batch_size=16",
+                                                       "zeroshot.metrics.arc_easy=acc_norm"]
     md, cells = tables.table2(["smollm2-135m"], "cpu", 0.7, extra, tmp_path)
     lines = [line for line in md.splitlines() if line.startswith("| ")]
     labels = [tuple(c.strip() for c in line.split("|")[1:3]) for line in lines[1:8]]
     assert labels == [("Dense", "-")] + [(c, a) for c in ("SparseGPT", "Wanda") for a in ("Uniform", "OWL", "DLP")]
     for (label, _), (record,) in cells.items():
         zs = record["metrics"]["zeroshot"]
-        per_task = [zs["tasks"][t]["acc"] for t in ("arc_easy", "rte")]
-        assert zs["mean_acc"] == pytest.approx(sum(per_task) / 2)
-        for t in ("arc_easy", "rte"):  # each example's result is kept, and they make up the task's accuracy
+        assert zs["mean"] == pytest.approx((zs["tasks"]["arc_easy"]["acc_norm"] + zs["tasks"]["rte"]["acc"]) / 2)
+        for t, metric in (("arc_easy", "acc_norm"), ("rte", "acc")):  # each example kept: they make up the score
             examples = zs["tasks"][t]["examples"]
-            assert len(examples["acc"]) == len(set(examples["doc_hash"])) == 5
-            assert sum(examples["acc"]) / 5 == pytest.approx(zs["tasks"][t]["acc"])
+            assert len(examples[metric]) == len(set(examples["doc_hash"])) == 5
+            assert sum(examples[metric]) / 5 == pytest.approx(zs["tasks"][t][metric])
         row = next(line for line in lines if [c.strip() for c in line.split("|")[1:3]] == list(label))
-        assert f"{100 * zs['mean_acc']:.2f}" in row
-    assert "accuracy per task" in md and "| arc_easy | rte | Mean |" in md.replace("Method | Layerwise | ", "")
+        assert f"{100 * zs['mean']:.2f}" in row
+    assert "| arc_easy (acc_norm) | rte (acc) | Mean |" in md.replace("Method | Layerwise | ", "")
+    assert "Examples per task: arc_easy: first 5 of 2376; rte: first 5 of 277. A limit of 5" in md
+    assert "Zero-shot evaluation per cell: dense " in md and "(6 records); batch 16, on " in md
     assert (tmp_path / "table2.csv").exists() and (tmp_path / "table2.tex").exists()
     against = md.split("Against uniform:\n")[1].split("\n\n")[0].splitlines()
     assert len(against) == 4 and all("95% bootstrap interval" in line and "over 10 examples" in line
                                      for line in against)  # paired over the same examples: 2 tasks x 5
+    # The Wanda DLP line's interval is the bootstrap of the acc_norm/acc examples, recomputed here
+    dlp, uniform = (cells[(("Wanda", a), "smollm2-135m")] for a in ("DLP", "Uniform"))
+    ours, base = paired_examples(dlp, uniform)
+    kept = dlp[0]["metrics"]["zeroshot"]["tasks"]["arc_easy"]["examples"]["acc_norm"]
+    assert sorted(ours["arc_easy"]) == sorted(100 * x for x in kept)  # paired in hash order
+    v = bootstrap_verdict(ours, base)
+    line = next(a for a in against if a.startswith("- smollm2-135m, Wanda: DLP"))
+    assert f"[{v.interval[0]:+.2f}, {v.interval[1]:+.2f}]" in line
+    against_dlp = md.split("Against DLP:\n")[1].split("\n\n")[0].splitlines()
+    # OWL against DLP, per criterion
+    assert [a.split(":")[0].split(", ")[1] for a in against_dlp] == ["SparseGPT", "Wanda"]
 
 
 def test_provenance_names_the_compute_dtype():
