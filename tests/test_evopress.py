@@ -198,8 +198,19 @@ def test_budgets_follow_the_preset():
     allocator = EvoPress(**{k: v for k, v in paper.items() if k != "name"})
     assert (allocator.generations, allocator.offspring, allocator.survivors, allocator.tokens, allocator.levels) == (
         400, 64, [8, 2, 1], [2048, 16384, 65536], 8)
+    budgets = paper["budgets"]
+    assert budgets["cpu"] == {"levels": 4, "generations": 14, "offspring": 16, "survivors": [2, 1],
+                              "tokens": [512, 2048]}
     with pytest.raises(UserError, match="evopress survivors and tokens name the stages"):
-        EvoPress(survivors=[4, 1], tokens=[512])
+        EvoPress(budgets=budgets, survivors=[4, 1], tokens=[512])
+    with pytest.raises(UserError, match="evopress budget 'cpu' does not set generations"):
+        EvoPress(budgets={"cpu": {k: v for k, v in budgets["cpu"].items() if k != "generations"}})
+    # every size given: no budget needed
+    assert EvoPress(budget="none", levels=2, generations=3, offspring=4, survivors=[1], tokens=[64]).generations == 3
+    # the budgets' numbers are in a record's key: another number, another record
+    from experiments.records import run_key
+    cpu = compose_config(["allocation=evopress"])
+    assert run_key(cpu) != run_key(compose_config(["allocation=evopress", "allocation.budgets.cpu.generations=15"]))
 
 
 def test_fidelity_levels_saves_every_level_and_compare_counts_each_side(workspace, tmp_path):

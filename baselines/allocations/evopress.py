@@ -35,11 +35,7 @@ from dlp.walk.engine import walk
 from dlp.walk.prune import pruned_block
 from dlp.walk.structure import find_blocks, find_linears
 
-BUDGETS = {
-    "cpu": {"levels": 4, "generations": 14, "offspring": 16, "survivors": [2, 1], "tokens": [512, 2048]},
-    "paper": {"levels": 8, "generations": 400, "offspring": 64, "survivors": [8, 2, 1],
-              "tokens": [2048, 16384, 65536]},
-}
+SIZES = ("levels", "generations", "offspring", "survivors", "tokens")  # what a budget sets (conf/allocation/evopress.yaml)
 TARGET_CACHE_BYTES = 4 << 30  # the dense model's log-probabilities kept for reuse; beyond this, recomputed
 DUPLICATE_DRAWS = 1000  # consecutive duplicate offspring after which a generation stops drawing (a tiny search space)
 
@@ -243,12 +239,19 @@ class EvoPress(Allocator):
     isolates = "a search over per-block levels against the dense model's outputs"
     searches = True  # the run hands it its criterion (dlp.methods.search.Trials); it scores on calibration windows
 
-    def __init__(self, budget: str = "cpu", levels: int | None = None, step: float | None = None,
-                 generations: int | None = None, offspring: int | None = None, survivors: list | None = None,
-                 tokens: list | None = None, seed: int = 0):
-        if budget not in BUDGETS:
-            raise UserError(f"unknown evopress budget '{budget}'; choose one of {', '.join(BUDGETS)}")
-        chosen = BUDGETS[budget]
+    def __init__(self, budget: str = "cpu", budgets: dict | None = None, levels: int | None = None,
+                 step: float | None = None, generations: int | None = None, offspring: int | None = None,
+                 survivors: list | None = None, tokens: list | None = None, seed: int = 0):
+        """`budgets`: name -> the sizes a search takes where its own setting is null (the YAML's)."""
+        budgets = dict(budgets or {})
+        given = {"levels": levels, "generations": generations, "offspring": offspring, "survivors": survivors,
+                 "tokens": tokens}
+        if budget not in budgets and (budgets or any(v is None for v in given.values())):
+            raise UserError(f"unknown evopress budget '{budget}'; choose one of {', '.join(budgets) or '(none given)'}")
+        chosen = {**dict(budgets.get(budget) or {})}
+        missing = [k for k in SIZES if given[k] is None and chosen.get(k) is None]
+        if missing:
+            raise UserError(f"evopress budget '{budget}' does not set {', '.join(missing)}")
         self.budget = budget
         self.levels = chosen["levels"] if levels is None else levels
         self.generations = chosen["generations"] if generations is None else generations
