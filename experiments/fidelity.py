@@ -33,6 +33,7 @@ from dlp.walk.stats import MEAN, SQNORM, VARIANCE
 from . import fidelity_evopress, pipeline, records
 from .commandline import OneLineParser, one_line_errors
 from .config import compose_config
+from .fidelity_dumps import dumped_pairs
 from .validation import params, validate
 
 
@@ -85,12 +86,8 @@ def compare(folder: Path, source: str, note: str = "", results: Path = ROOT / "r
     cfg = run["config"]
     method = records.refinement(cfg) or cfg["criterion"]["name"]
     rows, agree, total, worst, extra, refined = [], 0, 0, (1.0, "none"), (0, 0), 0
-    for path in sorted(folder.glob("[0-9]*.pt")):
-        ours = torch.load(path)
-        theirs_path = folder / "theirs" / path.name
-        if not theirs_path.exists():
-            raise UserError(f"{theirs_path} is missing: run the authors' function on {path} first")
-        theirs = torch.load(theirs_path)["mask"]
+    for path, ours, theirs in dumped_pairs(folder, "[0-9]*.pt", "the authors' function"):
+        theirs = theirs["mask"]
         same = int((ours["mask"] == theirs).sum())
         only_theirs, only_ours = int((theirs & ~ours["mask"]).sum()), int((ours["mask"] & ~theirs).sum())
         if "initial_mask" in ours:

@@ -34,6 +34,7 @@ from dlp.walk.stats import HESSIAN
 
 from . import pipeline, records
 from .config import compose_config
+from .fidelity_dumps import dumped_pairs
 from .validation import params, validate
 
 CANDIDATES, WINDOWS, STEPS = 4, 4, 12  # uniform and three random walks of STEPS swaps, on the first WINDOWS windows
@@ -117,12 +118,8 @@ def compare_levels(folder: Path, source: str, note: str = "", results: Path = RO
     cfg = run["config"]
     rows, agree, total, only = [], 0, 0, [0, 0]
     worst_weight = 0.0
-    for path in sorted(folder.glob("[0-9]*-*.pt")):
-        ours = torch.load(path)
-        theirs_path = folder / "theirs" / path.name
-        if not theirs_path.is_file():
-            raise UserError(f"{theirs_path} is missing: run the authors' FastOBC on {path} first")
-        theirs = torch.load(theirs_path)["levels"]
+    for path, ours, theirs in dumped_pairs(folder, "[0-9]*-*.pt", "the authors' FastOBC"):
+        theirs = theirs["levels"]
         for level, sparsity in ours["levels"].items():
             mine, their = ours["ours"][level], theirs[level]
             same_mask = (mine == 0) == (their == 0)

@@ -226,3 +226,20 @@ def test_bad_input_to_every_entry_point_leaves_results_as_they_were(repo_copy, m
     assert done.returncode == 2, done.stdout + done.stderr
     assert len(said) == 1 and message in said[0], said
     assert tree_digest(copy / "results") == before
+
+
+def test_fidelity_compare_refuses_a_dump_without_the_authors_result(tmp_path):
+    """Each dumped tensor is paired with the authors' result of the same name; a missing one is one line."""
+    import torch
+
+    from dlp.errors import UserError
+    from experiments.fidelity_dumps import dumped_pairs
+    torch.save({"mask": torch.ones(2, dtype=torch.bool)}, tmp_path / "0.pt")
+    torch.save({"mask": torch.zeros(2, dtype=torch.bool)}, tmp_path / "1.pt")
+    (tmp_path / "theirs").mkdir()
+    torch.save({"mask": torch.zeros(2, dtype=torch.bool)}, tmp_path / "theirs" / "0.pt")
+    pairs = dumped_pairs(tmp_path, "[0-9]*.pt", "the authors' function")
+    path, ours, theirs = next(pairs)
+    assert path.name == "0.pt" and ours["mask"].all() and not theirs["mask"].any()
+    with pytest.raises(UserError, match=r"theirs/1.pt is missing: run the authors' function on .*1.pt first"):
+        next(pairs)
