@@ -19,13 +19,12 @@ from dlp.registry import ALLOCATIONS, CRITERIA, central_allocation, reference_al
 from dlp.storage.paths import ROOT
 
 from . import grids, tracking
-from .cells import cell_overrides, failures, launcher_overrides, run_cells
+from .cells import failures, run_cells, sweep_setup
 from .commandline import grid_options, grid_parser, one_line_errors
 from .config import compose_config
 from .publish import publish
 from .reports.markdown import md_table, provenance_lines
 from .reports.numbers import VERDICT_COLUMNS, ppl, ppl_verdict, seeds_text, summary, verdict_columns
-from .validation import check_choices
 
 EXPERIMENT = "ablation"
 
@@ -175,11 +174,9 @@ def render(model, preset, criteria, allocations, sparsities, seeds, cells, elaps
 def build(model="smollm2-135m", preset="cpu", seeds=None, extra=(), out_dir=ROOT / "results", criteria=None,
           allocations=None, sparsities=None, launcher=None):
     start = time.time()
-    launch, extra = launcher_overrides(launcher, list(extra)), cell_overrides(list(extra))
-    sweep = grids.axes(EXPERIMENT, criterion=criteria, allocation=allocations, sparsity=sparsities, seed=seeds)
-    criteria, allocations, sparsities, seeds = (sweep[k] for k in ("criterion", "allocation", "sparsity", "seed"))
-    check_choices([f"model={model}", f"preset={preset}", f"criterion={','.join(criteria)}",
-                   f"allocation={','.join(allocations)}"])
+    launch, extra, (criteria, allocations, sparsities, seeds) = sweep_setup(
+        EXPERIMENT, model, preset, launcher, extra, criterion=criteria, allocation=allocations, sparsity=sparsities,
+        seed=seeds)
     wandb_cfg = compose_config([f"preset={preset}", *extra])["wandb"]
     cells = collect(model, preset, criteria, allocations, sparsities, seeds, list(extra), launch)
     md, csv_text, columns, rows = render(model, preset, criteria, allocations, sparsities, seeds, cells,

@@ -15,9 +15,9 @@ from dlp.errors import UserError
 from dlp.storage.io import write_atomic
 from dlp.storage.paths import ROOT
 
-from . import pipeline, records, tracking
+from . import grids, pipeline, records, tracking
 from .config import compose_config
-from .validation import validate
+from .validation import check_choices, validate
 
 
 class Pace:
@@ -244,3 +244,14 @@ def job_failures(sweep_dir: Path, missing: list[list[str]]) -> dict:
             if note.get("overrides", [])[-len(cell):] == cell:
                 reasons[tuple(cell)] = note.get("error", "?")
     return reasons
+
+
+def sweep_setup(name: str, model: str, preset: str, launcher: str | None, extra, more_allocations=(), **given):
+    """A seeded report's start (ablation, curves, recovery): the launcher's overrides, the cells' own, the
+    experiment's axes (criterion, allocation, sparsity, seed) with those given replacing the config's, and the
+    model, preset and methods checked, one line for a bad name, before any cell runs."""
+    launch, extra = launcher_overrides(launcher, list(extra)), cell_overrides(list(extra))
+    sweep = grids.axes(name, **given)
+    check_choices([f"model={model}", f"preset={preset}", f"criterion={','.join(sweep['criterion'])}",
+                   f"allocation={','.join([*sweep['allocation'], *more_allocations])}"])
+    return launch, extra, [sweep[k] for k in ("criterion", "allocation", "sparsity", "seed")]

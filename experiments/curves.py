@@ -20,14 +20,13 @@ from dlp.registry import ALLOCATIONS, CRITERIA, reference_allocation
 from dlp.storage.paths import ROOT
 
 from . import grids, tracking
-from .cells import cell_overrides, failures, launcher_overrides, run_cells
+from .cells import failures, run_cells, sweep_setup
 from .commandline import grid_options, grid_parser, one_line_errors
 from .config import compose_config
 from .plots import figure_bytes
 from .publish import publish
 from .reports.markdown import md_table, provenance_lines
 from .reports.numbers import VERDICT_COLUMNS, commits, finished, ppl, ppl_verdict, seeds_text, summary, verdict_columns
-from .validation import check_choices
 
 NAME = "curves"  # its grid: conf/experiment/curves.yaml
 
@@ -191,12 +190,10 @@ def from_csv(model: str, preset: str, out_dir: Path) -> Path:
 def build(model="smollm2-135m", preset="cpu", seeds=None, extra=(), out_dir=ROOT / "results", criteria=None,
           allocations=None, sparsities=None, launcher=None):
     start = time.time()
-    launch, extra = launcher_overrides(launcher, list(extra)), cell_overrides(list(extra))
     partial = partial_rows(allocations, sparsities)
-    sweep = grids.axes(NAME, criterion=criteria, allocation=allocations, sparsity=sparsities, seed=seeds)
-    criteria, allocations, sparsities, seeds = (sweep[k] for k in ("criterion", "allocation", "sparsity", "seed"))
-    check_choices([f"model={model}", f"preset={preset}", f"criterion={','.join(criteria)}",
-                   f"allocation={','.join(allocations + partial[0])}"])
+    launch, extra, (criteria, allocations, sparsities, seeds) = sweep_setup(
+        NAME, model, preset, launcher, extra, partial[0], criterion=criteria, allocation=allocations,
+        sparsity=sparsities, seed=seeds)
     wandb_cfg = compose_config([f"preset={preset}", *extra])["wandb"]
     cells = collect(model, preset, criteria, allocations, sparsities, seeds, list(extra), launch, partial)
     allocations = allocations + [a for a in partial[0] if a not in allocations]

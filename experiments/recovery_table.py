@@ -14,12 +14,11 @@ from dlp.registry import ALLOCATIONS, CRITERIA
 from dlp.storage.paths import ROOT
 
 from . import grids, records, recover
-from .cells import cell_overrides, launcher_overrides, run_cells
+from .cells import run_cells, sweep_setup
 from .commandline import grid_options, grid_parser, one_line_errors
 from .config import compose_config
 from .publish import publish
 from .reports.markdown import md_table
-from .validation import check_choices
 
 NAME = "recovery"  # its grid: conf/experiment/recovery.yaml
 
@@ -93,11 +92,9 @@ def render(model, preset, rows, elapsed) -> tuple[str, str]:
 def build(model="smollm2-135m", preset="cpu", seeds=None, extra=(), out_dir=ROOT / "results", criteria=None,
           allocations=None, sparsities=None, launcher=None):
     start = time.time()
-    launch, extra = launcher_overrides(launcher, list(extra)), cell_overrides(list(extra))
-    sweep = grids.axes(NAME, criterion=criteria, allocation=allocations, sparsity=sparsities, seed=seeds)
-    criteria, allocations, sparsities, seeds = (sweep[k] for k in ("criterion", "allocation", "sparsity", "seed"))
-    check_choices([f"model={model}", f"preset={preset}", f"criterion={','.join(criteria)}",
-                   f"allocation={','.join(allocations)}"])
+    launch, extra, (criteria, allocations, sparsities, seeds) = sweep_setup(
+        NAME, model, preset, launcher, extra, criterion=criteria, allocation=allocations, sparsity=sparsities,
+        seed=seeds)
     recover.check_settings(compose_config([f"preset={preset}", *extra])["recovery"])
     rows = rows_for(model, preset, criteria, allocations, sparsities, seeds, list(extra), launch)
     md, csv_text = render(model, preset, rows, time.time() - start)
