@@ -112,8 +112,9 @@ def test_corrupt_model_cache_is_rebuilt(tmp_path, monkeypatch, caplog):
 def test_dense_zeroshot_above_chance_on_cpu_preset(tmp_path):
     # A quick run: the first 50 examples of each split (the preset's HellaSwag draw set aside), pinned since.
     cfg = compose_config(["model=smollm2-135m", "preset=cpu", "criterion=none", "zeroshot.enabled=true",
-                          "zeroshot.tasks=[arc_easy,hellaswag]", "zeroshot.limit=50", "zeroshot.subsets={}",
-                          f"results_dir={tmp_path}", "progress=false", "wandb.mode=disabled"])
+                          "zeroshot.tasks=[arc_easy,hellaswag]", "zeroshot.limit=50",
+                          "zeroshot.subsets.hellaswag=null", f"results_dir={tmp_path}", "progress=false",
+                          "wandb.mode=disabled"])
     _, record, _ = pipeline.run(cfg)
     zs = record["metrics"]["zeroshot"]
     print("dense zero-shot:", {t: (r["acc"], r["acc_norm"]) for t, r in zs["tasks"].items()})

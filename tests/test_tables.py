@@ -230,3 +230,17 @@ def test_table_refuses_bad_names_in_one_line(argv, line, capsys):
         tables.main(argv)
     err = capsys.readouterr().err
     assert exit_.value.code == 2 and err.startswith(line) and err.count("\n") == 1
+
+
+def test_table2_dense_record_is_shared_across_grids_and_not_with_other_zeroshot_settings():
+    """The dense model's zero-shot evaluation (the costliest cell) is one record whatever the table's sparsity,
+    criteria or seeds; a different task selection is another record."""
+    from experiments.config import compose_config
+    from experiments.records import run_key
+
+    dense = lambda *o: run_key(compose_config(["+experiment=table2", "preset=cpu", "criterion=none", *o]))  # noqa: E731
+    assert dense() == dense("sparsity=0.6") == dense("seed=2") == dense("allocation=dlp")
+    assert dense() != dense("zeroshot.subsets.hellaswag=null") != dense("zeroshot.limit=50")
+    whole = compose_config(["+experiment=table2", "preset=cpu", "zeroshot.subsets.hellaswag=null"])["zeroshot"]
+    assert whole["subsets"] == {"hellaswag": None}  # how the preset's draw is set aside: the whole split
+    assert dense() != run_key(compose_config(["criterion=none"]))  # Table 1's dense record has no zero-shot

@@ -107,7 +107,7 @@ def test_a_subset_and_the_metric_each_task_is_scored_by():
     model = tiny_model("llama")
     model.config.max_position_embeddings = 4096
     result = evaluate_zeroshot(model, char_tokenizer(), ["hellaswag", "rte"], batch_size=16, source="local",
-                               subsets={"hellaswag": 12, "winogrande": 3}, limit=None,
+                               subsets={"hellaswag": 12, "winogrande": 3, "rte": None}, limit=None,
                                metrics={"hellaswag": "acc_norm", "rte": "acc"})
     hs, rte = result["tasks"]["hellaswag"], result["tasks"]["rte"]
     assert (hs["n"], hs["n_split"], hs["metric"]) == (12, 10042, "acc_norm")

@@ -148,6 +148,8 @@ def check_settings(tasks: list[str], metrics: dict | None, subsets: dict | None)
             choices = "acc or acc_norm" if t in HAS_ACC_NORM else "acc only (the harness has no acc_norm for it)"
             raise UserError(f"zeroshot.metrics.{t}={m}: {t} is scored by {choices}")
     for t, size in (subsets or {}).items():
+        if size is None:  # the whole split (how an override sets a preset's subset aside)
+            continue
         if isinstance(size, bool) or not isinstance(size, int) or size < 1:
             raise UserError(f"zeroshot.subsets.{t} must be a number of examples >= 1 (got {size!r})")
 
@@ -170,7 +172,7 @@ def evaluate_zeroshot(model, tokenizer, tasks: list[str], limit: int | None = No
     scored_by = task_metrics(list(tasks), metrics)
     task_objects, data = _load_tasks(list(tasks), source)
     n_docs = {t: len(task_objects[t].eval_docs) for t in tasks}
-    subsets = {t: size for t, size in (subsets or {}).items() if t in tasks}
+    subsets = {t: size for t, size in (subsets or {}).items() if t in tasks and size is not None}
     chosen = {t: chosen_examples(t, n_docs[t], limit, subsets.get(t), subset_seed) for t in tasks}
     samples = {t: idx for t, idx in chosen.items() if idx is not None} or None
     compute = compute_dtype_of(model)
