@@ -31,11 +31,12 @@ from .commandline import LAUNCHER_HELP, OneLineParser, one_line_errors, parse_se
 from .config import compose_config
 from .methods import method_label
 from .publish import publish
-from .reports.markdown import md_table, provenance_lines
 from .records import machine_line
+from .reports.markdown import md_table, provenance_lines
 from .reports.numbers import by_seed, finished, ppl, summary
 from .validation import check_choices
 from .verdicts import Summary, Verdict, bootstrap_verdict, describe, paired_examples, paired_t_verdict
+
 
 def zeroshot_mean(r: dict) -> float:
     """A record's mean zero-shot accuracy (%) over its tasks, each task by its own metric (records made before
@@ -200,10 +201,9 @@ def examples_text(zs: dict, task: str) -> str:
 
 def seconds_line(records: list[dict]) -> list[str]:
     """What the zero-shot evaluation of a cell cost, from the records' timings, with the machine it ran on."""
-    dense = [r["timings_s"]["zeroshot"] for r in records if "zeroshot" in r.get("timings_s", {})
-             and not r["data"].get("calibration")]
-    pruned = [r["timings_s"]["zeroshot"] for r in records if "zeroshot" in r.get("timings_s", {})
-              and r["data"].get("calibration")]
+    timed = [(bool(r["data"].get("calibration")), r["timings_s"]["zeroshot"]) for r in records
+             if "zeroshot" in r.get("timings_s", {})]  # (pruned: a dense record has no calibration, seconds)
+    dense, pruned = ([s for calibrated, s in timed if calibrated == want] for want in (False, True))
     if not dense and not pruned:
         return []
     parts = ([f"dense {dense[0]:.0f} s"] if dense else []) + (

@@ -244,20 +244,17 @@ class EvoPress(Allocator):
                  survivors: list | None = None, tokens: list | None = None, seed: int = 0):
         """`budgets`: name -> the sizes a search takes where its own setting is null (the YAML's)."""
         budgets = dict(budgets or {})
-        given = {"levels": levels, "generations": generations, "offspring": offspring, "survivors": survivors,
-                 "tokens": tokens}
+        given = dict(zip(SIZES, (levels, generations, offspring, survivors, tokens)))
         if budget not in budgets and (budgets or any(v is None for v in given.values())):
             raise UserError(f"unknown evopress budget '{budget}'; choose one of {', '.join(budgets) or '(none given)'}")
-        chosen = {**dict(budgets.get(budget) or {})}
-        missing = [k for k in SIZES if given[k] is None and chosen.get(k) is None]
+        chosen = dict(budgets.get(budget) or {})
+        sizes = {k: chosen.get(k) if given[k] is None else given[k] for k in SIZES}
+        missing = [k for k, v in sizes.items() if v is None]
         if missing:
             raise UserError(f"evopress budget '{budget}' does not set {', '.join(missing)}")
         self.budget = budget
-        self.levels = chosen["levels"] if levels is None else levels
-        self.generations = chosen["generations"] if generations is None else generations
-        self.offspring = chosen["offspring"] if offspring is None else offspring
-        self.survivors = list(chosen["survivors"] if survivors is None else survivors)
-        self.tokens = list(chosen["tokens"] if tokens is None else tokens)
+        self.levels, self.generations, self.offspring = sizes["levels"], sizes["generations"], sizes["offspring"]
+        self.survivors, self.tokens = list(sizes["survivors"]), list(sizes["tokens"])
         if isinstance(self.levels, bool) or not isinstance(self.levels, int) or self.levels < 1:
             raise UserError(f"evopress levels must be an integer >= 1 (got {self.levels!r})")
         if step is not None and (isinstance(step, bool) or not isinstance(step, (int, float)) or not 0 < step < 1):

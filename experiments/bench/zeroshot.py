@@ -20,7 +20,7 @@ from dlp.storage.paths import ROOT
 
 from ..commandline import one_line_errors
 from ..config import compose_config
-from ..records import environment, machine_line
+from ..records import commit_label, environment, machine_line
 
 
 def count_positions(model) -> tuple[dict, object]:
@@ -53,12 +53,12 @@ def measure(model, tokenizer, tasks, limit, batch, source) -> dict:
 
 
 def render(model_name, tasks, limit, rows, env, cfg) -> str:
-    scored = next((r["positions"] for r in rows if r["batch"] == 1), None)
     base = next((r for r in rows if r["batch"] == 1), None)
+    scored = base["positions"] if base else None
     lines = [f"# Zero-shot speed against batch size: {model_name}", "",
              f"Dense model, first {limit} examples of {', '.join(tasks)} (0-shot, lm-evaluation-harness), "
              f"dtype {cfg['model']['dtype']}, {torch.get_num_threads()} threads; machine: {machine_line(env)}, "
-             f"commit {str(env.get('commit'))[:10]}{'+dirty' if env.get('dirty') else ''}.", "",
+             f"commit {commit_label(env)}.", "",
              "| Batch | Seconds | Examples/s | Scored tokens/s | Padding share | Same results as batch 1 |",
              "|---|---|---|---|---|---|"]
     for r in rows:
