@@ -7,7 +7,8 @@ Wanda each with Uniform, OWL and DLP, one column per model. Table 2: mean zero-s
 tasks (each task by the metric the papers report, acc or acc_norm), Dense, then SparseGPT and Wanda with Uniform,
 OWL and DLP, plus a per-task table naming each task's metric and examples, and the seconds a cell's evaluation
 took. `--criteria` / `--allocations` take any registered methods instead (dlp.registry); rows are labelled by
-the registry. Missing cells are run first (finished ones are reused); when a cell fails, the table with
+the registry. A model the config's `model_rows` names runs only those rows; its other cells read "not run".
+Missing cells are run first (finished ones are reused); when a cell fails, the table with
 `failed` in its cells goes beside the existing one under a `.partial` name (experiments.publish). Beside the
 table we write what it was measured on, and say plainly where an allocation does not beat uniform.
 
@@ -19,9 +20,10 @@ which says "within noise" when the difference is not consistent. One seed render
 import csv
 import io
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from dlp.errors import UserError
 from dlp.registry import ALLOCATIONS, central_allocation, reference_allocation
 from dlp.storage.paths import ROOT
 
@@ -66,6 +68,9 @@ class Grid:
     allocations: list[str]
     sparsity: float
     extra: tuple = ()  # (criterion, allocation) rows below the criteria x allocations: the config's `table_rows`
+    # model -> the (criterion, allocation) rows it runs, for a model that runs fewer than all: the config's
+    # `model_rows` (its other cells read "not run")
+    model_rows: dict = field(default_factory=dict)
 
 
 def grid(table: str, criteria: list[str] | None = None, allocations: list[str] | None = None,
@@ -74,10 +79,18 @@ def grid(table: str, criteria: list[str] | None = None, allocations: list[str] |
     sweep = grids.axes(table, criterion=criteria, allocation=allocations)
     config = grids.experiment_config(table)
     # The config's extra rows come with its own grid only: --criteria/--allocations name the whole table.
-    extra = [] if criteria or allocations else [tuple(row.split("/")) for row in config.get("table_rows") or []]
+    own = not (criteria or allocations)
+    extra = [tuple(row.split("/")) for row in config.get("table_rows") or []] if own else []
     main = {(c, a) for c in sweep["criterion"] for a in sweep["allocation"]}
     g = Grid(sweep["criterion"], sweep["allocation"], float(config.sparsity if sparsity is None else sparsity),
-             tuple(row for row in extra if row not in main))
+             tuple(row for row in extra if row not in main),
+             {str(m): frozenset(tuple(row.split("/")) for row in rows)
+              for m, rows in (config.get("model_rows") or {}).items()} if own else {})
+    for model, rows in g.model_rows.items():
+        unknown = sorted("/".join(r) for r in rows - main - set(g.extra))
+        if unknown:
+            raise UserError(f"conf/experiment/{table}.yaml: model_rows of {model} names {', '.join(unknown)}, "
+                            "not a row of the table (criterion/allocation)")
     check_choices([f"criterion={','.join(g.criteria + [c for c, _ in g.extra])}",
                    f"allocation={','.join(g.allocations + [a for _, a in g.extra])}"])
     return g
@@ -88,6 +101,34 @@ def label(table: dict, name: str) -> str:
 
 
 DENSE_ROW = ("Dense", "-")
+NOT_RUN = "not run"
+
+
+def runs(g: Grid, model: str, method: tuple | None) -> bool:
+    """Whether the table runs this (criterion, allocation) cell on `model`: every row (the dense row always),
+    unless the config's `model_rows` names the rows that model runs."""
+    return method is None or model not in g.model_rows or method in g.model_rows[model]
+
+
+def not_run_cells(g: Grid, models) -> set:
+    """The (row labels, model) cells the table leaves empty by its `model_rows`."""
+    return {(row, m) for m in models for row, method in table_rows(g) if not runs(g, m, method)}
+
+
+def value_text(metric, records, not_run: bool) -> str:
+    return NOT_RUN if not_run else summary(metric, records).text()
+
+
+def not_run_lines(g: Grid, models) -> list[str]:
+    """Which models run fewer rows, and which: said under the table, so that "not run" is never read as a
+    failure."""
+    out = []
+    for model in models:
+        if model in g.model_rows:
+            names = [" ".join(row) for row, method in table_rows(g) if method in g.model_rows[model]]
+            out.append(f"{model} runs only {', '.join(names)} (and the dense row): the config's `model_rows`; its "
+                       f"other cells read \"{NOT_RUN}\".")
+    return ["", *out] if out else []
 
 
 def table_rows(g: Grid):
@@ -108,9 +149,11 @@ def collect(table, g: Grid, models, preset, extra, seeds=None, launcher=None):
     grid = {}
     for model in models:
         for row, method in table_rows(g):
-            grid[(row, model)] = (pruned[(model, *method)] if method else
-                                  grids.dense_cell(table, [f"model={model}", *fixed], list(extra)))
-    return run_cells(grid, table, launcher)
+            if runs(g, model, method):
+                grid[(row, model)] = (pruned[(model, *method)] if method else
+                                      grids.dense_cell(table, [f"model={model}", *fixed], list(extra)))
+    out = run_cells(grid, table, launcher)
+    return {(row, m): out.get((row, m), []) for m in models for row, _ in table_rows(g)}
 
 
 def verdict(table, ours: list[dict], base: list[dict]) -> Verdict:
@@ -165,7 +208,7 @@ def notes(table, g: Grid, cells, models, against: str | None = None) -> list[str
             for model, crit, alloc, v, ours, summ in comparisons(table, g, cells, models, against)]
 
 
-def per_task_lines(cells, models) -> list[str]:
+def per_task_lines(cells, models, skip=frozenset()) -> list[str]:
     """Table 2's companion: accuracy (%) per task by its metric, one block per model, from each record's own
     numbers (mean ± std over seeds when there are several); the header names each task's metric and examples."""
     out = []
@@ -177,7 +220,7 @@ def per_task_lines(cells, models) -> list[str]:
         tasks = list(zs["tasks"])
         rows = []
         for (label, m), records in cells.items():
-            if m != model:
+            if m != model or (label, m) in skip:
                 continue
             rows.append([*label, *(summary(task_score(t), records).text() for t in tasks),
                          summary(zeroshot_mean, records).text()])
@@ -213,11 +256,13 @@ def seconds_line(records: list[dict]) -> list[str]:
             f"{machine_line(records[0]['environment'])}."]
 
 
-def seeds_line(cells, seeds) -> list[str]:
-    """How many seeds each number averages, said once under the table (nothing when there is one seed)."""
+def seeds_line(cells, seeds, skip=frozenset()) -> list[str]:
+    """How many seeds each number averages, said once under the table (nothing when there is one seed); `skip`:
+    the cells not run."""
     if not seeds or len(seeds) < 2:
         return []
-    short = sorted({len(finished(records)) for (row, _), records in cells.items() if row[0] != "Dense"} - {len(seeds)})
+    short = sorted({len(finished(records)) for key, records in cells.items()
+                    if key[0][0] != "Dense" and key not in skip} - {len(seeds)})
     return ["", f"Mean ± standard deviation over {len(seeds)} calibration seeds ({', '.join(map(str, seeds))}; "
             "the dense model has no calibration, so one run)"
             + (f"; some cells have only {', '.join(map(str, short))} finished seeds" if short else "") + "."]
@@ -228,12 +273,12 @@ def csv_rows(table, g: Grid, cells, models, seeds):
     metric = METRICS[table][0]
     several = bool(seeds) and len(seeds) > 1
     header = ["Method", "Layerwise", *(c for m in models for c in ((m, f"{m} std", f"{m} n") if several else (m,)))]
-    rows = []
+    rows, skip = [], not_run_cells(g, models)
     for row, _ in table_rows(g):
         out = [row[0], row[1]]
         for m in models:
             s = summary(metric, cells[(row, m)])
-            text = "failed" if s.n == 0 else f"{s.mean:.2f}"
+            text = NOT_RUN if (row, m) in skip else "failed" if s.n == 0 else f"{s.mean:.2f}"
             out += [text, f"{s.std:.2f}" if s.n else "", str(s.n)] if several else [text]
         rows.append(out)
     return header, rows
@@ -241,13 +286,14 @@ def csv_rows(table, g: Grid, cells, models, seeds):
 
 def render(table, g: Grid, cells, models, preset, elapsed, seeds=None):
     metric, metric_label, lower_better = METRICS[table]
-    header = ["Method", "Layerwise", *models]
-    rows = [[row[0], row[1], *(summary(metric, cells[(row, m)]).text() for m in models)] for row, _ in table_rows(g)]
+    header, skip = ["Method", "Layerwise", *models], not_run_cells(g, models)
+    rows = [[row[0], row[1], *(value_text(metric, cells[(row, m)], (row, m) in skip) for m in models)]
+            for row, _ in table_rows(g)]
     md = [f"# Table {table[-1]}: {metric_label} at {g.sparsity:.0%} unstructured sparsity",
-          "", *md_table(header, rows), *seeds_line(cells, seeds)]
+          "", *md_table(header, rows), *seeds_line(cells, seeds, skip), *not_run_lines(g, models)]
     md += ["", f"{'Lower' if lower_better else 'Higher'} is better. Measured on:", *provenance_lines(cells, models, preset)]
     if table == "table2":
-        md += per_task_lines(cells, models)
+        md += per_task_lines(cells, models, skip)
     md += ["", "Against uniform:", *[f"- {n}" for n in notes(table, g, cells, models)]]
     central = central_allocation()
     against_central = notes(table, g, cells, models, central) if central else []

@@ -244,3 +244,75 @@ def test_table2_dense_record_is_shared_across_grids_and_not_with_other_zeroshot_
     whole = compose_config(["+experiment=table2", "preset=cpu", "zeroshot.subsets.hellaswag=null"])["zeroshot"]
     assert whole["subsets"] == {"hellaswag": None}  # how the preset's draw is set aside: the whole split
     assert dense() != run_key(compose_config(["criterion=none"]))  # Table 1's dense record has no zero-shot
+
+
+def test_a_cell_is_one_record_in_every_report():
+    """Table 1, the ablation, the curves and the recovery table reuse each other's cells: the layout settings
+    their configs carry (rows, partial rows, per-model rows) stay out of a record's key, and so must any other
+    top-level key an experiment config adds to a run's settings."""
+    from experiments import grids
+    from experiments.config import compose_config
+    from experiments.records import NOT_IN_KEY, run_key
+
+    cell = ["preset=cpu", "criterion=sparsegpt", "allocation=dlp", "sparsity=0.7", "seed=1"]
+    plain = compose_config(cell)
+    for name in ("table1", "ablation", "curves", "recovery"):
+        cfg = compose_config([f"+experiment={name}", *cell])
+        assert set(cfg) - set(plain) <= set(NOT_IN_KEY), name
+        assert run_key(cfg) == run_key(plain), name
+    assert {"table_rows", "model_rows"} <= set(grids.experiment_config("table1"))  # what the check above covers
+    assert "partial_rows" in grids.experiment_config("curves")
+
+
+def test_model_rows_run_and_show_only_the_named_rows(monkeypatch):
+    """A model the config's `model_rows` names runs those rows and the dense row, nothing else; its other cells
+    read "not run" (never "failed"), leave the seed count alone, and give no verdict."""
+    g = tables.grid("table1")
+    headline = {("wanda", "uniform"), ("wanda", "dlp"), ("wanda", "atp"), ("wanda", "evopress")}
+    assert g.model_rows == {"gemma3-270m": headline}
+    ran = {}
+
+    def fake_run_cells(grid, group, launcher=None):
+        ran.update(grid)
+        return {key: [{"status": "ok", "key": f"{key}{s}", "config": {"seed": s},
+                       "metrics": {"ppl": 100.0 + len(key[0][1]) + s + (key[0][1] == "DLP") * 50}}
+                      for s, _ in enumerate(cells)] for key, cells in grid.items()}
+
+    monkeypatch.setattr(tables, "run_cells", fake_run_cells)
+    models = ["smollm2-135m", "gemma3-270m"]
+    cells = tables.collect("table1", g, models, "cpu", [], [0, 1, 2])
+    rows = list(tables.table_rows(g))
+    assert len(ran) == len(rows) + 1 + len(headline)  # every row of the first model, the dense row and four
+    gemma_ran = {method for (row, m) in ran if m == "gemma3-270m" for r, method in rows if r == row}
+    assert gemma_ran == headline | {None}
+    assert all(len(ran[key]) == 3 for key in ran if key[0] != tables.DENSE_ROW)  # once per seed
+    assert cells[(("Magnitude", "Uniform"), "gemma3-270m")] == [] and len(cells) == 2 * len(rows)
+    monkeypatch.setattr(tables, "provenance_lines", lambda *a: [])
+    md, csv_text, _ = tables.render("table1", g, cells, models, "cpu", 0.0, [0, 1, 2])
+    lines = md.splitlines()
+    assert "| Magnitude | Uniform | 108.00 ± 1.00 | not run |" in lines  # 100 + len("Uniform") + seed
+    assert "| Wanda | DLP | 154.00 ± 1.00 | 154.00 ± 1.00 |" in lines
+    assert "some cells have only" not in md and "failed" not in md
+    assert ("gemma3-270m runs only Wanda Uniform, Wanda DLP, Wanda ATP, Wanda EvoPress (and the dense row): the "
+            "config's `model_rows`; its other cells read \"not run\".") in lines
+    gemma_notes = [n for n in lines if n.startswith("- gemma3-270m")]
+    assert [re.split(r" (is|beats|does) ", n)[0] for n in gemma_notes] == [
+        "- gemma3-270m, Wanda: DLP", "- gemma3-270m, Wanda: ATP", "- gemma3-270m, Wanda: EvoPress",
+        "- gemma3-270m, Wanda: ATP", "- gemma3-270m, Wanda: EvoPress"]  # against uniform, then against DLP
+    assert "Magnitude,Uniform,108.00,1.00,3,not run,,0" in csv_text.splitlines()
+    # --criteria/--allocations name the whole table, for every model
+    assert tables.grid("table1", criteria=["wanda"]).model_rows == {}
+
+
+def test_model_rows_naming_no_row_of_the_table_is_one_line(monkeypatch):
+    from omegaconf import OmegaConf
+
+    from dlp.errors import UserError
+    from experiments import grids
+
+    config = grids.experiment_config("table1")
+    config.model_rows = OmegaConf.create({"gemma3-270m": ["wanda/uniform", "wanda/foo"]})
+    monkeypatch.setattr(grids, "experiment_config", lambda name: config)
+    with pytest.raises(UserError, match=r"^conf/experiment/table1.yaml: model_rows of gemma3-270m names wanda/foo, "
+                                        r"not a row of the table \(criterion/allocation\)$"):
+        tables.grid("table1")
