@@ -10,7 +10,8 @@ took. `--criteria` / `--allocations` take any registered methods instead (dlp.re
 the registry. A model the config's `model_rows` names runs only those rows; its other cells read "not run".
 Missing cells are run first (finished ones are reused); when a cell fails, the table with
 `failed` in its cells goes beside the existing one under a `.partial` name (experiments.publish). Beside the
-table we write what it was measured on, and say plainly where an allocation does not beat uniform.
+table we write what it was measured on, say plainly where an allocation does not beat uniform, and name each
+model's best row with whether it beats the next best.
 
 With `--seeds 0,1,2` every cell runs once per calibration seed (each its own record); a cell shows the mean ± std
 over seeds, and each allocation is compared with uniform under the same criterion by the rule of
@@ -208,6 +209,25 @@ def notes(table, g: Grid, cells, models, against: str | None = None) -> list[str
             for model, crit, alloc, v, ours, summ in comparisons(table, g, cells, models, against)]
 
 
+def best_lines(table, g: Grid, cells, models) -> list[str]:
+    """Per model, the pruned row with the best mean and whether it beats the next best (the same paired rule as
+    every verdict here): which method a model favours, said with its evidence."""
+    metric, _, lower_better = METRICS[table]
+    what = "examples" if table == "table2" else "seeds"
+    out = []
+    for model in models:
+        ranked = sorted(((summary(metric, cells[(row, model)]), row) for row, method in table_rows(g)
+                         if method and finished(cells[(row, model)])), key=lambda t: t[0].mean,
+                        reverse=not lower_better)
+        if len(ranked) < 2:
+            continue
+        (best, row), (nxt, next_row) = ranked[:2]
+        v = verdict(table, cells[(row, model)], cells[(next_row, model)])
+        out.append(statement(f"{model}: {' '.join(row)}", v, best, nxt, lower_better, what,
+                             f"the next best, {' '.join(next_row)}"))
+    return ["", "Best per model:", *[f"- {line}" for line in out]] if out else []
+
+
 def per_task_lines(cells, models, skip=frozenset()) -> list[str]:
     """Table 2's companion: accuracy (%) per task by its metric, one block per model, from each record's own
     numbers (mean ± std over seeds when there are several); the header names each task's metric and examples."""
@@ -299,6 +319,7 @@ def render(table, g: Grid, cells, models, preset, elapsed, seeds=None):
     against_central = notes(table, g, cells, models, central) if central else []
     if against_central:
         md += ["", f"Against {label(ALLOCATIONS, central)}:", *[f"- {n}" for n in against_central]]
+    md += best_lines(table, g, cells, models)
     md += ["",
            f"Table rendered in {elapsed:.0f} s (cells reused from results/runs/ count as 0)."]
     buf = io.StringIO()

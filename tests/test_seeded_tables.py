@@ -309,3 +309,19 @@ def test_table1_adds_the_newer_rows_and_compares_them_with_uniform_and_with_dlp(
     assert len(against_uniform) == 3 * 2 + 4 + 2  # OWL and DLP per paper criterion, the four searches, RIA and DSnoT
     # --criteria/--allocations name the whole table: no extra rows
     assert tables.grid("table1", criteria=["wanda"], allocations=["uniform", "dlp"]).extra == ()
+
+
+def test_table1_names_the_best_row_per_model_against_the_next_best():
+    g = tables.grid("table1")
+    ppl = {"uniform": 100.0, "owl": 90.0, "dlp": 80.0, "atp": 79.0, "evopress": 60.0}
+    cells = fake_cells(g, "m", lambda crit, alloc: ppl[alloc] * (0.9 if crit == "sparsegpt" else 1.0))
+    lines = tables.best_lines("table1", g, cells, ["m"])
+    assert lines[:2] == ["", "Best per model:"] and len(lines) == 3
+    # 54 (SparseGPT EvoPress) against 60 (Wanda EvoPress) at seed 0, by a consistent 10% over three seeds
+    assert lines[2].startswith("- m: SparseGPT EvoPress beats the next best, Wanda EvoPress (55.68 ± 1.68 vs 61.74 ± 1.74;")
+    assert "paired t-test p = " in lines[2] and "over 3 seeds" in lines[2]
+    one_seed = {key: records[:1] for key, records in cells.items()}
+    (line,) = tables.best_lines("table1", g, one_seed, ["m"])[2:]
+    assert line == ("- m: SparseGPT EvoPress is lower than the next best, Wanda EvoPress (54.00 vs 60.00; better), "
+                    "but 1 seed: no verdict (needs 2 or more).")
+    assert tables.best_lines("table1", g, {key: [] for key in cells}, ["m"]) == []  # nothing finished

@@ -295,10 +295,12 @@ def test_model_rows_run_and_show_only_the_named_rows(monkeypatch):
     assert "some cells have only" not in md and "failed" not in md
     assert ("gemma3-270m runs only Wanda Uniform, Wanda DLP, Wanda ATP, Wanda EvoPress (and the dense row): the "
             "config's `model_rows`; its other cells read \"not run\".") in lines
-    gemma_notes = [n for n in lines if n.startswith("- gemma3-270m")]
+    gemma_notes = [n for n in lines if n.startswith("- gemma3-270m,")]
     assert [re.split(r" (is|beats|does) ", n)[0] for n in gemma_notes] == [
         "- gemma3-270m, Wanda: DLP", "- gemma3-270m, Wanda: ATP", "- gemma3-270m, Wanda: EvoPress",
         "- gemma3-270m, Wanda: ATP", "- gemma3-270m, Wanda: EvoPress"]  # against uniform, then against DLP
+    assert any(n.startswith("- gemma3-270m: Wanda ATP beats the next best, Wanda Uniform (104.00 ± 1.00 vs 108.00 ± "
+                            "1.00;") for n in lines)  # the best of the rows it ran
     assert "Magnitude,Uniform,108.00,1.00,3,not run,,0" in csv_text.splitlines()
     # --criteria/--allocations name the whole table, for every model
     assert tables.grid("table1", criteria=["wanda"]).model_rows == {}
