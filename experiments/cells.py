@@ -21,12 +21,17 @@ from .validation import check_choices, validate
 
 
 class Pace:
-    """How far a grid's fresh cells have got, and the time left at the pace so far: a long grid (hours on a CPU)
-    says where it stands after every cell, with or without progress bars."""
+    """How far a grid's fresh cells have got, and the time left: a long grid (hours on a CPU) says where it stands
+    after every cell, with or without progress bars. A cell is timed like the cells of its method (the same
+    overrides but the seed) that this grid or an earlier one finished, else at this grid's pace so far: a
+    searched allocation's cells take several times a plain cell's, and seeds 1 and 2 take what seed 0 took."""
 
-    def __init__(self, cells: list[list[str]]):
+    def __init__(self, cells: list[list[str]], seconds: dict | None = None):
+        """`seconds`: {method (kind()): [seconds of its finished cells]}, from the records found."""
         self.waiting = {tuple(o) for o in cells}
         self.todo, self.done, self.started = len(self.waiting), 0, time.time()
+        self.last = self.started
+        self.seconds = {k: list(v) for k, v in (seconds or {}).items()}
 
     def claims(self, overrides: list[str]) -> bool:
         """Whether this cell is one to run and not yet counted (a cell shared by two rows counts once)."""
@@ -35,12 +40,27 @@ class Pace:
         self.waiting.discard(tuple(overrides))
         return True
 
-    def step(self) -> str:
-        self.done += 1
-        left = self.todo - self.done
-        if left <= 0:
+    def step(self, overrides: list[str] | None = None) -> str:
+        """Count the cell just finished; `overrides`: the cell, when it ran here to the end (its time then
+        times its method; a failure or a record another process wrote says nothing of it)."""
+        now = time.time()
+        if overrides is not None:
+            self.seconds.setdefault(kind(overrides), []).append(now - self.last)
+        self.done, self.last = self.done + 1, now
+        if self.done >= self.todo:
             return f"{self.done}/{self.todo}"
-        return f"{self.done}/{self.todo}, ≈ {duration((time.time() - self.started) / self.done * left)} left"
+        pace = (now - self.started) / self.done
+        left = sum(mean(self.seconds.get(kind(o))) or pace for o in self.waiting)
+        return f"{self.done}/{self.todo}, ≈ {duration(left)} left"
+
+
+def kind(overrides) -> tuple:
+    """A cell's method: its overrides but the seed."""
+    return tuple(o for o in overrides if not o.startswith("seed="))
+
+
+def mean(values: list[float] | None) -> float | None:
+    return sum(values) / len(values) if values else None
 
 
 def duration(seconds: float) -> str:
@@ -67,7 +87,7 @@ def run_cell(overrides: list[str], group: str = "tables", cfg: dict | None = Non
         return failed(overrides, exc, label=label)
     how = "reused" if reused else f"ran in {record['wall_s']:.0f} s"
     if pace is not None:  # reused too: another process may have finished it meanwhile
-        how += f"; cell {pace.step()}"
+        how += f"; cell {pace.step(None if reused else overrides)}"
     report(label, record, how, path)
     if not reused:
         tracking.log_quietly(record, cfg["wandb"], group=group)
@@ -149,7 +169,12 @@ def run_cells(grid: dict, group: str, launcher: list[str] | None = None) -> dict
     elif todo:
         print(f"{len(todo)} of {len(unique)} cells without a finished record: running them here, one after another",
               flush=True)
-        pace = Pace(todo)
+        timed = {}
+        for o in unique:
+            record = found.get(tuple(o), (None, None))[1]
+            if record is not None and "wall_s" in record:
+                timed.setdefault(kind(o), []).append(record["wall_s"])
+        pace = Pace(todo, timed)
     out = {}
     for key, cells in grid.items():
         out[key] = []

@@ -108,9 +108,29 @@ def test_pace_counts_cells_once_and_extrapolates(monkeypatch):
     now[0] += 150
     assert pace.step() == "1/3, ≈ 5 min left"  # two cells to go at 150 s each
     now[0] += 7050
+    assert pace.claims(["a=2"])
     assert pace.step() == "2/3, ≈ 1 h 00 min left"
     assert pace.step() == "3/3"
     assert cells_module.duration(20) == "1 min" and cells_module.duration(125 * 60 + 10) == "2 h 05 min"
+
+
+def test_pace_times_a_cell_like_its_method(monkeypatch):
+    """Seeds 1 and 2 of a search are timed by seed 0's record, not by the plain cells' pace; a method with no
+    timing yet goes at the grid's pace."""
+    now = [0.0]
+    monkeypatch.setattr(cells_module.time, "time", lambda: now[0])
+    cells = [[f"allocation={a}", f"seed={s}"] for a in ("uniform", "atp") for s in (1, 2)] + [["allocation=owl"]]
+    pace = cells_module.Pace(cells, {("allocation=atp",): [1500.0, 1300.0]})  # seed 0's record, another grid's
+    assert pace.claims(cells[0])
+    now[0] += 120
+    # uniform seed 2 at 120 s, atp seeds 1 and 2 at 1400 s each, owl at the grid's pace (120 s)
+    assert pace.step(cells[0]) == f"1/5, ≈ {cells_module.duration(120 + 2 * 1400 + 120)} left"
+    assert pace.claims(cells[1])
+    now[0] += 180  # uniform now averages 150 s; the grid's pace too
+    assert pace.step(cells[1]) == f"2/5, ≈ {cells_module.duration(2 * 1400 + 150)} left"
+    assert pace.claims(cells[2])
+    now[0] += 5
+    assert pace.step() == f"3/5, ≈ {cells_module.duration(1400 + 305 / 3)} left"  # a failure: not timed
 
 
 def test_plots_from_records(workspace, tmp_path):
