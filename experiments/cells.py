@@ -148,10 +148,11 @@ def cell_overrides(extra: list[str]) -> list[str]:
     return [o for o in extra if not o.startswith("hydra.")]
 
 
-def run_cells(grid: dict, group: str, launcher: list[str] | None = None) -> dict:
+def run_cells(grid: dict, group: str, launcher: list[str] | None = None, run: bool = True) -> dict:
     """{key: [overrides per seed]} -> {key: [record per seed]} (failed cells as {"status": "failed", ...}).
     Every cell is checked first: one that is bad input (a bad override, a missing file) refuses the whole grid in
-    one line (UserError) before any work."""
+    one line (UserError) before any work. `run` False: the finished records alone, a cell without one left out
+    of its list (a peek at a grid that runs elsewhere)."""
     unique = list({tuple(o): o for cells in grid.values() for o in cells}.values())
     prepared = {tuple(o): prepare(o) for o in unique}
     bad = [(o, error) for o in unique for error in [prepared[tuple(o)][1]] if isinstance(error, UserError)]
@@ -164,7 +165,10 @@ def run_cells(grid: dict, group: str, launcher: list[str] | None = None) -> dict
     todo = [o for o in unique if tuple(o) in found and found[tuple(o)][1] is None]
     labels = {tuple(o): cell_text(o, unique) for o in unique}
     pace, reasons = None, {}
-    if todo and launcher is not None:
+    if todo and not run:
+        print(f"{len(todo)} of {len(unique)} cells without a finished record: not run (finished records only)",
+              flush=True)
+    elif todo and launcher is not None:
         reasons = launch(todo, group, launcher)
     elif todo:
         print(f"{len(todo)} of {len(unique)} cells without a finished record: running them here, one after another",
@@ -187,6 +191,8 @@ def run_cells(grid: dict, group: str, launcher: list[str] | None = None) -> dict
             if record is not None:
                 out[key].append(record)
                 report(labels[tuple(overrides)], record, "reused", path)
+            elif not run:
+                continue
             elif launcher is None:
                 out[key].append(run_cell(overrides, group, cfg, pace if pace and pace.claims(overrides) else None,
                                          labels[tuple(overrides)]))

@@ -17,11 +17,19 @@ def partial_path(path: Path) -> Path:
     return path.with_name(f"{path.stem}.partial{path.suffix}")
 
 
-def publish(files: dict[Path, bytes], failures: list[tuple[str, str]]) -> list[Path]:
+def publish(files: dict[Path, bytes], failures: list[tuple[str, str]], incomplete: bool = False) -> list[Path]:
     """Write `files` (path -> content) when `failures` ((cell, why) pairs) is empty, and remove the partial
     files an earlier incomplete try left; else write them under their partial names and raise CellsFailed,
-    after one line per failed cell."""
+    after one line per failed cell. `incomplete`: some cells were not run on purpose (a grid rendered from its
+    finished records): the partial names, and no error."""
     paths = [Path(p) for p in files]
+    if incomplete and not failures:
+        partial = [partial_path(p) for p in paths]
+        for path, data in zip(partial, files.values()):
+            write_atomic(path, data)
+        print(f"some cells not run: {names(paths)} left as {'they were' if len(paths) > 1 else 'it was'}; this "
+              f"rendering is in {names(partial)}", file=sys.stderr)
+        return partial
     if not failures:
         for path, data in zip(paths, files.values()):
             write_atomic(path, data)

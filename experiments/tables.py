@@ -9,7 +9,9 @@ OWL and DLP, plus a per-task table naming each task's metric and examples, and t
 took. `--criteria` / `--allocations` take any registered methods instead (dlp.registry); rows are labelled by
 the registry. A model the config's `model_rows` names runs only those rows; its other cells read "not run".
 Missing cells are run first (finished ones are reused); when a cell fails, the table with
-`failed` in its cells goes beside the existing one under a `.partial` name (experiments.publish). Beside the
+`failed` in its cells goes beside the existing one under a `.partial` name (experiments.publish).
+`--finished-only` runs nothing: a peek at a grid running elsewhere, from its finished records (the cells
+without one read "not run"; an incomplete table goes under the `.partial` name too). Beside the
 table we write what it was measured on, say plainly where an allocation does not beat uniform, and name each
 model's best row with whether it beats the next best.
 
@@ -111,24 +113,30 @@ def runs(g: Grid, model: str, method: tuple | None) -> bool:
     return method is None or model not in g.model_rows or method in g.model_rows[model]
 
 
-def not_run_cells(g: Grid, models) -> set:
-    """The (row labels, model) cells the table leaves empty by its `model_rows`."""
-    return {(row, m) for m in models for row, method in table_rows(g) if not runs(g, m, method)}
+def not_run_cells(cells) -> set:
+    """The (row labels, model) cells without a record: left out by `model_rows`, or not finished yet when the
+    table is rendered from finished records only (a failed cell has its failure's record)."""
+    return {key for key, records in cells.items() if not records}
 
 
-def value_text(metric, records, not_run: bool) -> str:
-    return NOT_RUN if not_run else summary(metric, records).text()
+def value_text(metric, records) -> str:
+    return summary(metric, records).text() if records else NOT_RUN
 
 
-def not_run_lines(g: Grid, models) -> list[str]:
-    """Which models run fewer rows, and which: said under the table, so that "not run" is never read as a
-    failure."""
+def not_run_lines(g: Grid, cells, models) -> list[str]:
+    """Why cells read "not run", said under the table so that it is never read as a failure: a model that runs
+    fewer rows, and which; cells without a finished record yet (--finished-only)."""
     out = []
     for model in models:
         if model in g.model_rows:
             names = [" ".join(row) for row, method in table_rows(g) if method in g.model_rows[model]]
             out.append(f"{model} runs only {', '.join(names)} (and the dense row): the config's `model_rows`; its "
                        f"other cells read \"{NOT_RUN}\".")
+    waiting = [key for key in not_run_cells(cells) if runs(g, key[1], dict(table_rows(g))[key[0]])]
+    if waiting:
+        out.append(f"{len(waiting)} cell{'s' if len(waiting) > 1 else ''} without a finished record yet read "
+                   f"\"{NOT_RUN}\": rendered from the finished records only (--finished-only); cells with only some "
+                   "seeds finished average those.")
     return ["", *out] if out else []
 
 
@@ -139,7 +147,7 @@ def table_rows(g: Grid):
         yield (method_label(crit), label(ALLOCATIONS, alloc)), (crit, alloc)
 
 
-def collect(table, g: Grid, models, preset, extra, seeds=None, launcher=None):
+def collect(table, g: Grid, models, preset, extra, seeds=None, launcher=None, run=True):
     """(row, model) -> the records of that cell, one per seed (the dense row's is one record for every seed)."""
     fixed = [f"preset={preset}", f"sparsity={g.sparsity}"]
     pruned = grids.cells(table, {"model": models, "criterion": g.criteria, "allocation": g.allocations,
@@ -153,7 +161,7 @@ def collect(table, g: Grid, models, preset, extra, seeds=None, launcher=None):
             if runs(g, model, method):
                 grid[(row, model)] = (pruned[(model, *method)] if method else
                                       grids.dense_cell(table, [f"model={model}", *fixed], list(extra)))
-    out = run_cells(grid, table, launcher)
+    out = run_cells(grid, table, launcher, run)
     return {(row, m): out.get((row, m), []) for m in models for row, _ in table_rows(g)}
 
 
@@ -293,12 +301,12 @@ def csv_rows(table, g: Grid, cells, models, seeds):
     metric = METRICS[table][0]
     several = bool(seeds) and len(seeds) > 1
     header = ["Method", "Layerwise", *(c for m in models for c in ((m, f"{m} std", f"{m} n") if several else (m,)))]
-    rows, skip = [], not_run_cells(g, models)
+    rows = []
     for row, _ in table_rows(g):
         out = [row[0], row[1]]
         for m in models:
             s = summary(metric, cells[(row, m)])
-            text = NOT_RUN if (row, m) in skip else "failed" if s.n == 0 else f"{s.mean:.2f}"
+            text = NOT_RUN if not cells[(row, m)] else "failed" if s.n == 0 else f"{s.mean:.2f}"
             out += [text, f"{s.std:.2f}" if s.n else "", str(s.n)] if several else [text]
         rows.append(out)
     return header, rows
@@ -306,11 +314,10 @@ def csv_rows(table, g: Grid, cells, models, seeds):
 
 def render(table, g: Grid, cells, models, preset, elapsed, seeds=None):
     metric, metric_label, lower_better = METRICS[table]
-    header, skip = ["Method", "Layerwise", *models], not_run_cells(g, models)
-    rows = [[row[0], row[1], *(value_text(metric, cells[(row, m)], (row, m) in skip) for m in models)]
-            for row, _ in table_rows(g)]
+    header, skip = ["Method", "Layerwise", *models], not_run_cells(cells)
+    rows = [[row[0], row[1], *(value_text(metric, cells[(row, m)]) for m in models)] for row, _ in table_rows(g)]
     md = [f"# Table {table[-1]}: {metric_label} at {g.sparsity:.0%} unstructured sparsity",
-          "", *md_table(header, rows), *seeds_line(cells, seeds, skip), *not_run_lines(g, models)]
+          "", *md_table(header, rows), *seeds_line(cells, seeds, skip), *not_run_lines(g, cells, models)]
     md += ["", f"{'Lower' if lower_better else 'Higher'} is better. Measured on:", *provenance_lines(cells, models, preset)]
     if table == "table2":
         md += per_task_lines(cells, models, skip)
@@ -358,22 +365,27 @@ def all_notes(table, g: Grid, cells, models) -> list[str]:
 
 
 def build(table, models, preset="cpu", sparsity=None, extra=(), out_dir=ROOT / "results", criteria=None,
-          allocations=None, seeds=None, launcher=None):
+          allocations=None, seeds=None, launcher=None, finished_only=False):
     """`launcher`: run the missing cells through this Hydra launcher (experiments.cells); `hydra.*` overrides in
-    `extra` are its options."""
+    `extra` are its options. `finished_only`: run nothing, render the finished records (the table then goes
+    under its .partial name if any cell it runs has none, and is not logged to W&B)."""
     start = time.time()
     launch = launcher_overrides(launcher, list(extra))
     extra = cell_overrides(list(extra))
     g = grid(table, criteria, allocations, sparsity)
     check_choices([f"model={','.join(models)}", f"preset={preset}"])  # one line now, not one failed cell per row
     wandb_cfg = compose_config([f"preset={preset}", *extra])["wandb"]  # also refuses bad overrides before any cell
-    cells = collect(table, g, models, preset, list(extra), seeds, launch)
+    cells = collect(table, g, models, preset, list(extra), seeds, launch, run=not finished_only)
     md, csv_text, tex = render(table, g, cells, models, preset, time.time() - start, seeds)
+    waiting = finished_only and any(len(finished(cells[(row, m)])) < (len(seeds or [0]) if method else 1)
+                                    for m in models for row, method in table_rows(g) if runs(g, m, method))
     out_dir = Path(out_dir)
     # Several seeds go beside the single-seed table, not over it: results/table1-3seeds.md next to table1.md.
     stem = table if not seeds or len(seeds) == 1 else f"{table}-{len(seeds)}seeds"
     publish({out_dir / f"{stem}.{suffix}": text.encode() for suffix, text in (("md", md), ("csv", csv_text), ("tex", tex))},
-            failures(cells))
+            failures(cells), incomplete=waiting)
+    if waiting:
+        return md, cells
     tracking.log_table_quietly(table, *wandb_table(table, g, cells, models), wandb_cfg, group=table,
                                notes=all_notes(table, g, cells, models),
                                settings={"models": models, "preset": preset, "seeds": seeds, "sparsity": g.sparsity,
@@ -402,13 +414,15 @@ def main(argv=None):
                         "seed (default: the config's seed)")
     parser.add_argument("--out", default=str(ROOT / "results"))
     parser.add_argument("--launcher", default=None, help=LAUNCHER_HELP)
+    parser.add_argument("--finished-only", action="store_true", help="run nothing: render the finished records "
+                        "(cells without one read 'not run'; an incomplete table goes under its .partial name)")
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for every cell (hydra.launcher.* for the "
                         "launcher)")
     args = parser.parse_intermixed_args(argv)  # overrides may follow the options, as `make table1 OVERRIDES=` puts them
     split = lambda text: text.split(",") if text else None  # noqa: E731
     md, _ = one_line_errors(lambda: build(args.table, args.models.split(","), args.preset, args.sparsity,
                                           args.overrides, args.out, split(args.criteria), split(args.allocations),
-                                          parse_seeds(args.seeds), args.launcher))
+                                          parse_seeds(args.seeds), args.launcher, args.finished_only))
     print(md)
 
 

@@ -325,3 +325,33 @@ def test_table1_names_the_best_row_per_model_against_the_next_best():
     assert line == ("- m: SparseGPT EvoPress is lower than the next best, Wanda EvoPress (54.00 vs 60.00; better), "
                     "but 1 seed: no verdict (needs 2 or more).")
     assert tables.best_lines("table1", g, {key: [] for key in cells}, ["m"]) == []  # nothing finished
+
+
+def test_finished_only_renders_the_records_there_are_and_runs_nothing(workspace, tmp_path, monkeypatch, capsys):
+    """A peek at a grid still running elsewhere: finished cells as they are, a seed short said under the table,
+    the others "not run"; the result goes under the .partial name and nothing is computed."""
+    from experiments import pipeline
+
+    extra = tiny_overrides(workspace, "peek_runs")  # records of its own: no other test's DLP cells
+    _, ran = tables.table1(["smollm2-135m"], "cpu", 0.7, extra, tmp_path / "full", criteria=["wanda"],
+                           allocations=["uniform"], seeds=[0, 1])
+    monkeypatch.setattr(pipeline, "run", lambda *a, **k: pytest.fail("--finished-only ran a cell"))
+    out = tmp_path / "peek"
+    md, cells = tables.table1(["smollm2-135m"], "cpu", 0.7, extra, out, criteria=["wanda"],
+                              allocations=["uniform", "dlp"], seeds=[0, 1, 2], finished_only=True)
+    uniform = ran[(("Wanda", "Uniform"), "smollm2-135m")]
+    s = summarize(r["metrics"]["ppl"] for r in uniform)
+    lines = md.splitlines()
+    assert f"| Wanda | Uniform | {s.mean:.2f} ± {s.std:.2f} |" in lines  # seeds 0 and 1 of three
+    assert "| Wanda | DLP | not run |" in lines and cells[(("Wanda", "DLP"), "smollm2-135m")] == []
+    assert "; some cells have only 2 finished seeds." in md
+    assert ("1 cell without a finished record yet read \"not run\": rendered from the finished records only "
+            "(--finished-only); cells with only some seeds finished average those.") in lines
+    assert sorted(p.name for p in out.iterdir()) == ["table1-3seeds.partial.csv", "table1-3seeds.partial.md",
+                                                     "table1-3seeds.partial.tex"]
+    assert "not run (finished records only)" in capsys.readouterr().out
+    # every cell finished: the table under its own name, as running the grid wrote it
+    tables.table1(["smollm2-135m"], "cpu", 0.7, extra, out, criteria=["wanda"], allocations=["uniform"], seeds=[0, 1],
+                  finished_only=True)
+    strip = lambda path: path.read_text().split("\nTable rendered in")[0]  # noqa: E731
+    assert strip(out / "table1-2seeds.md") == strip(tmp_path / "full" / "table1-2seeds.md")

@@ -295,7 +295,7 @@ def test_model_rows_run_and_show_only_the_named_rows(monkeypatch):
     assert g.model_rows == {"gemma3-270m": headline}
     ran = {}
 
-    def fake_run_cells(grid, group, launcher=None):
+    def fake_run_cells(grid, group, launcher=None, run=True):
         ran.update(grid)
         return {key: [{"status": "ok", "key": f"{key}{s}", "config": {"seed": s},
                        "metrics": {"ppl": 100.0 + len(key[0][1]) + s + (key[0][1] == "DLP") * 50}}
