@@ -23,6 +23,10 @@ SEEDS ?=
 LAUNCHER ?=
 OVERRIDES ?=
 GRID_OPTIONS = $(if $(LAUNCHER),--launcher $(LAUNCHER)) $(OVERRIDES)
+# A peek at a table whose cells run elsewhere: make table1 SEEDS=0,1,2 FINISHED_ONLY=1 renders the finished
+# records and runs nothing (the other cells read "not run"; results/table1-3seeds.partial.md).
+FINISHED_ONLY ?=
+TABLE_OPTIONS = $(GRID_OPTIONS) $(if $(FINISHED_ONLY),--finished-only)
 
 .PHONY: install run table1 table2 ablation curves recovery plots bench bench-gpu test test-fast clean-cache
 
@@ -42,10 +46,10 @@ run: install
 	$(PY) -m experiments.run model=smollm2-135m criterion=wanda allocation=uniform sparsity=0.5 preset=cpu
 
 table1: install
-	$(PY) -m experiments.tables table1 --models $(MODELS) --preset $(PRESET) --seeds $(or $(SEEDS),0) $(GRID_OPTIONS)
+	$(PY) -m experiments.tables table1 --models $(MODELS) --preset $(PRESET) --seeds $(or $(SEEDS),0) $(TABLE_OPTIONS)
 
 table2: install
-	$(PY) -m experiments.tables table2 --models $(MODELS) --preset $(PRESET) --seeds $(or $(SEEDS),0) $(GRID_OPTIONS)
+	$(PY) -m experiments.tables table2 --models $(MODELS) --preset $(PRESET) --seeds $(or $(SEEDS),0) $(TABLE_OPTIONS)
 
 # Ranking or spread? Controls at DLP's spread and the searched allocations, per criterion, at 60% and 70%
 # (conf/experiment/ablation.yaml).
