@@ -215,6 +215,13 @@ def test_table2_mean_and_per_task_from_records(workspace, tmp_path):
     against_dlp = md.split("Against DLP:\n")[1].split("\n\n")[0].splitlines()
     # OWL against DLP, per criterion
     assert [a.split(":")[0].split(", ")[1] for a in against_dlp] == ["SparseGPT", "Wanda"]
+    # the best pruned row by mean accuracy (higher is better here), set against the next best on paired examples
+    pruned = [(tables.zeroshot_mean(records[0]), label) for (label, _), records in cells.items() if label[0] != "Dense"]
+    ranked = sorted(pruned, key=lambda t: t[0], reverse=True)
+    (best,) = md.split("Best per model:\n")[1].split("\n\n")[0].splitlines()
+    assert best.startswith(f"- smollm2-135m: {' '.join(ranked[0][1])} ")
+    assert f"the next best, {' '.join(ranked[1][1])}" in best and f"({ranked[0][0]:.2f} vs {ranked[1][0]:.2f};" in best
+    assert "over 10 examples" in best
 
 
 def test_provenance_names_the_compute_dtype():
