@@ -39,6 +39,7 @@ from .publish import publish
 from .records import machine_line
 from .reports.markdown import md_table, provenance_lines
 from .reports.numbers import by_seed, finished, ppl, summary
+from .reports.search_cost import cost_line
 from .validation import check_choices
 from .verdicts import Summary, Verdict, bootstrap_verdict, describe, paired_examples, paired_t_verdict
 
@@ -327,6 +328,10 @@ def render(table, g: Grid, cells, models, preset, elapsed, seeds=None):
     if against_central:
         md += ["", f"Against {label(ALLOCATIONS, central)}:", *[f"- {n}" for n in against_central]]
     md += best_lines(table, g, cells, models)
+    costs = [line for model in models for row, method in table_rows(g) if method
+             for line in [cost_line(f"{model}, {' '.join(row)}", cells[(row, model)])] if line]
+    if costs:
+        md += ["", "Search cost per cell, on the machine named above:", *[f"- {c}" for c in costs]]
     md += ["",
            f"Table rendered in {elapsed:.0f} s (cells reused from results/runs/ count as 0)."]
     buf = io.StringIO()

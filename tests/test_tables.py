@@ -348,3 +348,23 @@ def test_model_rows_naming_no_row_of_the_table_is_one_line(monkeypatch):
     with pytest.raises(UserError, match=r"^conf/experiment/table1.yaml: model_rows of gemma3-270m names wanda/foo, "
                                         r"not a row of the table \(criterion/allocation\)$"):
         tables.grid("table1")
+
+
+def test_search_cost_lines_from_records():
+    """A search's minutes, its parts and its budget, from what its records say; a plain cell says nothing."""
+    from experiments.reports.search_cost import cost_line
+
+    def record(search):
+        return {"status": "ok", "key": str(search), "allocation": {"name": "x", "search": search}}
+
+    evo = {"budget": "cpu", "generations": 14, "offspring": 16, "survivors": [2, 1], "tokens": [512, 2048]}
+    evopress = [record({**evo, "database_seconds": 60.0, "search_seconds": 540.0, "seconds_per_generation": 38.57}),
+                record({**evo, "database_seconds": 90.0, "search_seconds": 600.0, "seconds_per_generation": 42.86})]
+    assert cost_line("m, Wanda EvoPress", evopress) == (
+        "m, Wanda EvoPress: 10.0 to 11.5 min a search; level database 60 to 90 s, 38.6 to 42.9 s a generation "
+        "(budget `cpu`: 14 generations x 16 offspring, survivors 2/1, tokens 512/2048; 2 records)")
+    atp = [record({"trials": 10, "seconds": 1420.0, "selection": {"windows": 16}}), {"status": "failed"}]
+    assert cost_line("m, SparseGPT ATP", atp) == ("m, SparseGPT ATP: 23.7 min a search; 142 s a trial "
+                                                  "(10 trials on 16 windows; 1 record)")
+    fixed_beta = [{"status": "ok", "key": "k", "allocation": {"name": "atp", "beta": 0.01}}]
+    assert cost_line("m, Wanda ATP", fixed_beta) is None and cost_line("m, Wanda DLP", []) is None
