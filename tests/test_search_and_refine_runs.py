@@ -36,6 +36,18 @@ def test_atp_search_scores_each_step_on_held_out_documents_and_leaves_the_model_
     assert fixed["sparsity"]["per_matrix"] == searched["sparsity"]["per_matrix"]
 
 
+def test_atp_search_shows_each_trial_and_the_best_so_far(workspace):
+    """A trial is a whole prune (minutes on a CPU): the search is a progress bar of its trials."""
+    done = subprocess.run([sys.executable, "-m", "experiments.run", *tiny_overrides(workspace, "search_runs"),
+                           "criterion=wanda", "allocation=atp", "allocation.step=0.1", "allocation.windows=2",
+                           "progress=true", "force=true"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    record = json.loads(Path(done.stdout.strip().splitlines()[-1].removeprefix("record: ")).read_text())
+    best = min(record["allocation"]["search"]["tried"], key=lambda t: t["ppl"])
+    assert "atp: beta trials: 100%" in done.stderr and "5/5" in done.stderr
+    assert f"best={best['beta']:g} ({best['ppl']:.2f})" in done.stderr, done.stderr[-500:]
+
+
 def test_dsnot_on_wanda_keeps_each_matrix_sparsity_and_changes_the_model(workspace):
     wanda = run(workspace, "criterion=wanda", "sparsity=0.6")
     dsnot = run(workspace, "criterion=wanda", "sparsity=0.6", "refine=dsnot", "refine.skip=none",

@@ -12,6 +12,8 @@ beyond the run's prune.
 """
 from decimal import Decimal
 
+from tqdm.auto import tqdm
+
 from dlp.errors import UserError
 from dlp.methods.allocator import Allocation, Allocator
 from dlp.registry import register_allocation
@@ -75,8 +77,12 @@ class ATP(Allocator):
             raise UserError("atp's search of beta prunes with the run's criterion: run it through experiments.run, "
                             "or give allocation.beta")
         tried = []
-        for beta in beta_grid(n_blocks, target, self.step):
+        # A trial is a whole prune and a selection perplexity: minutes each on a CPU, so each one is shown.
+        bar = tqdm(beta_grid(n_blocks, target, self.step), desc="atp: beta trials", disable=not progress)
+        for beta in bar:
             tried.append({"beta": beta, "ppl": trials.perplexity(atp_sparsities(n_blocks, target, beta))})
+            best = min(tried, key=lambda t: t["ppl"])
+            bar.set_postfix(beta=beta, best=f"{best['beta']:g} ({best['ppl']:.2f})")
         best = min(tried, key=lambda t: t["ppl"])  # the first (smallest β) of equal perplexities, as search.sh
         return Allocation(atp_sparsities(n_blocks, target, best["beta"]), depth,
                           {"beta": best["beta"], "search": {"tried": tried, **trials.record()}})
