@@ -7,6 +7,7 @@ can, and a device memory cap, which can pick a smaller automatic batch and so mo
 record names the count, the cap and the batch it ran with),
 so the same config finds its record again and is not recomputed unless forced.
 """
+import collections
 import functools
 import hashlib
 import json
@@ -144,12 +145,25 @@ def loaded_commit() -> dict:
     return git_commit()
 
 
+def cpu_model() -> str:
+    """The CPU's model name: torch's CPU kernels, and so the last bits of every figure, differ between CPU models
+    (an Intel and an AMD x86_64 give the same cell perplexities a few parts in 1e7 apart)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name") and ":" in line:
+                return line.split(":", 1)[1].strip()
+    except OSError:  # not Linux
+        pass
+    return platform.processor() or platform.machine()
+
+
 def environment() -> dict:
     import torch
     import transformers
 
     info = {"python": sys.version.split()[0], "torch": torch.__version__, "transformers": transformers.__version__,
-            "platform": platform.platform(), "processor": platform.machine(), "cpu_count": os.cpu_count(),
+            "platform": platform.platform(), "processor": platform.machine(), "cpu_model": cpu_model(),
+            "cpu_count": os.cpu_count(),
             "torch_threads": torch.get_num_threads(), "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
     info.update(loaded_commit())
     return info
@@ -161,9 +175,19 @@ def commit_label(env: dict) -> str:
 
 
 def machine_line(env: dict) -> str:
-    """A record's machine and library versions as reports print them."""
-    return (f"{env.get('platform')}, {env.get('cpu_count')} CPUs, GPU {env.get('cuda') or 'none'}, "
+    """A record's machine and library versions as reports print them (the CPU model where the record has it)."""
+    cpu = f"{env['cpu_model']}, " if env.get("cpu_model") else ""
+    return (f"{env.get('platform')}, {cpu}{env.get('cpu_count')} CPUs, GPU {env.get('cuda') or 'none'}, "
             f"torch {env.get('torch')}, transformers {env.get('transformers')}")
+
+
+def machines_text(records: list[dict]) -> str:
+    """The machines a set of records ran on, each with how many of them when they are several, so that a table
+    whose cells ran on different machines says so."""
+    counts = collections.Counter(machine_line(r["environment"]) for r in records)
+    if len(counts) == 1:
+        return f"machine: {next(iter(counts))}"
+    return "machines: " + "; ".join(f"{line} ({n} record{'s' if n > 1 else ''})" for line, n in sorted(counts.items()))
 
 
 def peak_memory() -> dict:

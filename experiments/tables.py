@@ -36,7 +36,7 @@ from .commandline import LAUNCHER_HELP, OneLineParser, one_line_errors, parse_se
 from .config import compose_config
 from .methods import method_label
 from .publish import publish
-from .records import machine_line
+from .records import machines_text
 from .reports.markdown import md_table, provenance_lines
 from .reports.numbers import by_seed, finished, ppl, summary
 from .reports.search_cost import cost_line
@@ -281,8 +281,7 @@ def seconds_line(records: list[dict]) -> list[str]:
     parts = ([f"dense {dense[0]:.0f} s"] if dense else []) + (
         [f"pruned cells {min(pruned):.0f} to {max(pruned):.0f} s ({len(pruned)} records)"] if pruned else [])
     batch = records[0]["config"].get("zeroshot", {}).get("batch_size")
-    return ["", f"Zero-shot evaluation per cell: {', '.join(parts)}; batch {batch}, on "
-            f"{machine_line(records[0]['environment'])}."]
+    return ["", f"Zero-shot evaluation per cell: {', '.join(parts)}; batch {batch}; {machines_text(records)}."]
 
 
 def seeds_line(cells, seeds, skip=frozenset()) -> list[str]:

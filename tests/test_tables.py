@@ -368,3 +368,26 @@ def test_search_cost_lines_from_records():
                                                   "(10 trials on 16 windows; 1 record)")
     fixed_beta = [{"status": "ok", "key": "k", "allocation": {"name": "atp", "beta": 0.01}}]
     assert cost_line("m, Wanda ATP", fixed_beta) is None and cost_line("m, Wanda DLP", []) is None
+
+
+def test_a_table_names_every_machine_its_cells_ran_on(table):
+    """Records from two CPU models (other kernels, other last bits) are not passed off as one machine: the
+    provenance line names both, with how many records each ran."""
+    from experiments.records import cpu_model, machine_line, machines_text
+    from experiments.reports.markdown import provenance_lines
+
+    _, md, cells = table
+    env = next(iter(cells.values()))[0]["environment"]
+    assert env["cpu_model"] == cpu_model() and cpu_model() in machine_line(env)
+    assert f"; machine: {machine_line(env)}, commits" in md  # every cell here ran on this machine
+    other = {**env, "cpu_model": "Other CPU"}
+    records = [{"environment": env}] * 2 + [{"environment": other}]
+    assert machines_text(records) == (f"machines: {machine_line(other)} (1 record); {machine_line(env)} (2 records)"
+                                      if machine_line(other) < machine_line(env) else
+                                      f"machines: {machine_line(env)} (2 records); {machine_line(other)} (1 record)")
+    mixed = {key: [{**r, "environment": other} if i == 0 and key[0][0] == "Wanda" else r for i, r in enumerate(rs)]
+             for key, rs in cells.items()}
+    line = provenance_lines(mixed, ["smollm2-135m"], "cpu")[0]
+    assert "machines: " in line and "Other CPU" in line and f"{cpu_model()}, " in line
+    older = {k: v for k, v in env.items() if k != "cpu_model"}  # a record made before the CPU model was kept
+    assert machine_line(older) == machine_line(env).replace(f"{cpu_model()}, ", "")

@@ -1,6 +1,6 @@
 """What a report prints beside its numbers: Markdown tables, and the line per column that says what it was
 measured on (data, sizes, dtype, machine, commits), read from the records."""
-from ..records import machine_line
+from ..records import machines_text
 from .numbers import commits, finished
 
 
@@ -19,12 +19,12 @@ def provenance_lines(cells, models, preset) -> list[str]:
             lines.append(f"- {model}: no finished cell")
             continue
         r = next((x for x in ok if x["data"].get("calibration")), ok[0])
-        ev, env = r["metrics"]["eval"], r["environment"]
+        ev = r["metrics"]["eval"]
         calib = r["data"].get("calibration", {})
         lines.append(
             f"- {model}: preset `{preset}`, eval on `{r['metrics']['eval_corpus']}` ({ev['windows']} windows x "
             f"{ev['seqlen']} tokens), calibration `{calib.get('name', '-')}` ({calib.get('nsamples', '-')} x "
-            f"{calib.get('seqlen', '-')}), dtype {precision(r['config']['model'])}; machine: {machine_line(env)}, "
+            f"{calib.get('seqlen', '-')}), dtype {precision(r['config']['model'])}; {machines_text(ok)}, "
             f"commits {commits(ok)}")
     return lines
 
