@@ -154,6 +154,24 @@ def test_notebook_runs_headless(workspace, tmp_path, monkeypatch):
     assert (tmp_path / "smollm2-135m_wanda_s0.7.png").exists()
     outputs = [o for cell in nb.cells if cell.cell_type == "code" for o in cell.outputs]
     assert any("image/png" in o.get("data", {}) for o in outputs)
+    pivot = next(o["data"]["text/plain"] for o in nb.cells[2].outputs if "text/plain" in o.get("data", {}))
+    assert pivot.splitlines()[0].split() == ["allocation", "alphapruning", "dlp", "owl", "uniform"]  # the default
+
+
+def test_notebook_draws_the_allocations_named(workspace, tmp_path, monkeypatch):
+    """DLP_NB_ALLOCATIONS picks the allocations drawn (a search such as ATP only when named)."""
+    nbformat = pytest.importorskip("nbformat")
+    from nbclient import NotebookClient
+
+    monkeypatch.setenv("DLP_NB_OVERRIDES", " ".join(tiny_overrides(workspace, "table_runs")))
+    monkeypatch.setenv("DLP_NB_FIGURES", str(tmp_path))
+    monkeypatch.setenv("DLP_NB_ALLOCATIONS", "uniform,linear")
+    root = os.path.dirname(os.path.dirname(__file__))
+    nb = nbformat.read(os.path.join(root, "notebooks", "layer_importance.ipynb"), as_version=4)
+    NotebookClient(nb, timeout=600, kernel_name="python3",
+                   resources={"metadata": {"path": os.path.join(root, "notebooks")}}).execute()
+    pivot = next(o["data"]["text/plain"] for o in nb.cells[2].outputs if "text/plain" in o.get("data", {}))
+    assert pivot.splitlines()[0].split() == ["allocation", "linear", "uniform"]
 
 
 def test_wandb_offline_logging(workspace, tmp_path, monkeypatch):
