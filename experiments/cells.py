@@ -152,7 +152,7 @@ def run_cells(grid: dict, group: str, launcher: list[str] | None = None, run: bo
     """{key: [overrides per seed]} -> {key: [record per seed]} (failed cells as {"status": "failed", ...}).
     Every cell is checked first: one that is bad input (a bad override, a missing file) refuses the whole grid in
     one line (UserError) before any work. `run` False: the finished records alone, a cell without one left out
-    of its list (a peek at a grid that runs elsewhere)."""
+    of its list (a peek at a grid that runs elsewhere), a cell whose record says it failed given as failed."""
     unique = list({tuple(o): o for cells in grid.values() for o in cells}.values())
     prepared = {tuple(o): prepare(o) for o in unique}
     bad = [(o, error) for o in unique for error in [prepared[tuple(o)][1]] if isinstance(error, UserError)]
@@ -191,7 +191,10 @@ def run_cells(grid: dict, group: str, launcher: list[str] | None = None, run: bo
             if record is not None:
                 out[key].append(record)
                 report(labels[tuple(overrides)], record, "reused", path)
-            elif not run:
+            elif not run:  # a cell that failed elsewhere is named as failed, not passed off as still to run
+                why = records.recorded_failure(path)
+                if why is not None:
+                    out[key].append(failed(overrides, why, label=labels[tuple(overrides)]))
                 continue
             elif launcher is None:
                 out[key].append(run_cell(overrides, group, cfg, pace if pace and pace.claims(overrides) else None,

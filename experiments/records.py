@@ -121,6 +121,17 @@ def load_record(path: Path, warn: bool = True) -> dict | None:
     return record if ok else None
 
 
+def recorded_failure(path: Path) -> str | None:
+    """Why the run at `path` failed, when its record says it did; None when there is no record or it did not."""
+    try:
+        record = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+    if isinstance(record, dict) and record.get("status") == "failed":
+        return str(record.get("error") or "failed, no reason recorded")
+    return None
+
+
 def save_record(path: Path, record: dict) -> None:
     write_json_atomic(path, record)
 

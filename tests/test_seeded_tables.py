@@ -355,3 +355,31 @@ def test_finished_only_renders_the_records_there_are_and_runs_nothing(workspace,
                   finished_only=True)
     strip = lambda path: path.read_text().split("\nTable rendered in")[0]  # noqa: E731
     assert strip(out / "table1-2seeds.md") == strip(tmp_path / "full" / "table1-2seeds.md")
+
+
+def test_finished_only_names_a_cell_that_failed_elsewhere(workspace, tmp_path, monkeypatch, capsys):
+    """A cell whose record says it failed is a failure in the peek too, named with its reason, never a cell
+    "not run" as if it were still to come."""
+    from dlp.methods.dlp_allocation import DLP
+    from experiments import pipeline
+    from experiments.publish import CellsFailed
+
+    extra = tiny_overrides(workspace, "peek_failed_runs")
+
+    def broken(self, *args, **kwargs):
+        raise RuntimeError("allocation broke")
+
+    monkeypatch.setattr(DLP, "allocate", broken)
+    with pytest.raises(CellsFailed):  # the run that fails writes the failed cell's record
+        tables.table1(["smollm2-135m"], "cpu", 0.7, extra, tmp_path / "run", criteria=["wanda"],
+                      allocations=["uniform", "dlp"], seeds=[0])
+    monkeypatch.undo()
+    monkeypatch.setattr(pipeline, "run", lambda *a, **k: pytest.fail("--finished-only ran a cell"))
+    capsys.readouterr()
+    with pytest.raises(CellsFailed, match="1 cell failed"):
+        tables.table1(["smollm2-135m"], "cpu", 0.7, extra, tmp_path / "peek", criteria=["wanda"],
+                      allocations=["uniform", "dlp"], seeds=[0], finished_only=True)
+    err = capsys.readouterr().err
+    assert "RuntimeError: allocation broke" in err and "allocation=dlp" in err
+    md = (tmp_path / "peek" / "table1.partial.md").read_text()
+    assert "| Wanda | DLP | not run |" not in md and "without a finished record yet" not in md
