@@ -38,7 +38,7 @@ from .methods import method_label
 from .publish import publish
 from .records import machines_text
 from .reports.markdown import md_table, provenance_lines
-from .reports.numbers import by_seed, finished, ppl, summary
+from .reports.numbers import by_seed, finished, on_common_seeds, ppl, summary
 from .reports.search_cost import cost_line
 from .validation import check_choices
 from .verdicts import Summary, Verdict, bootstrap_verdict, describe, paired_examples, paired_t_verdict
@@ -176,9 +176,10 @@ def verdict(table, ours: list[dict], base: list[dict]) -> Verdict:
 
 
 def statement(subject: str, v: Verdict, ours: Summary, base: Summary, lower_better: bool, what="seeds",
-              against="uniform") -> str:
-    """One plain sentence: whether `subject` beats `against` (uniform, DLP), and the evidence."""
-    numbers = f"{ours.text()} vs {base.text()}"
+              against="uniform", scope="") -> str:
+    """One plain sentence: whether `subject` beats `against` (uniform, DLP), and the evidence; `scope`: which
+    seeds the numbers cover when not every finished one (on_common_seeds)."""
+    numbers = f"{ours.text()} vs {base.text()}{f', {scope}' if scope else ''}"
     if v.word == "no verdict":
         direction = "lower" if ours.mean < base.mean else "higher" if ours.mean > base.mean else "equal"
         better = direction == ("lower" if lower_better else "higher")
@@ -204,8 +205,10 @@ def comparisons(table, g: Grid, cells, models, against: str | None = None):
                 continue
             base = cells[((method_label(crit), label(ALLOCATIONS, against)), model)]
             ours = cells[((method_label(crit), label(ALLOCATIONS, alloc)), model)]
-            if finished(base) and finished(ours):
-                yield model, crit, alloc, verdict(table, ours, base), summary(metric, ours), summary(metric, base)
+            ours, base, scope = on_common_seeds(ours, base)
+            if base and ours:
+                yield (model, crit, alloc, verdict(table, ours, base), summary(metric, ours), summary(metric, base),
+                       scope)
 
 
 def notes(table, g: Grid, cells, models, against: str | None = None) -> list[str]:
@@ -214,8 +217,8 @@ def notes(table, g: Grid, cells, models, against: str | None = None) -> list[str
     what = "examples" if table == "table2" else "seeds"
     base = label(ALLOCATIONS, against or reference_allocation())
     return [statement(f"{model}, {method_label(crit)}: {label(ALLOCATIONS, alloc)}", v, ours, summ, lower_better,
-                      what, base if against else "uniform")
-            for model, crit, alloc, v, ours, summ in comparisons(table, g, cells, models, against)]
+                      what, base if against else "uniform", scope)
+            for model, crit, alloc, v, ours, summ, scope in comparisons(table, g, cells, models, against)]
 
 
 def best_lines(table, g: Grid, cells, models) -> list[str]:
@@ -230,10 +233,14 @@ def best_lines(table, g: Grid, cells, models) -> list[str]:
                         reverse=not lower_better)
         if len(ranked) < 2:
             continue
-        (best, row), (nxt, next_row) = ranked[:2]
-        v = verdict(table, cells[(row, model)], cells[(next_row, model)])
-        out.append(statement(f"{model}: {' '.join(row)}", v, best, nxt, lower_better, what,
-                             f"the next best, {' '.join(next_row)}"))
+        (_, row), (_, next_row) = ranked[:2]
+        ours, base, scope = on_common_seeds(cells[(row, model)], cells[(next_row, model)])
+        if not ours:
+            out.append(f"{model}: {' '.join(row)} has the best mean, {' '.join(next_row)} the next; they share no "
+                       "finished seed to compare on.")
+            continue
+        out.append(statement(f"{model}: {' '.join(row)}", verdict(table, ours, base), summary(metric, ours),
+                             summary(metric, base), lower_better, what, f"the next best, {' '.join(next_row)}", scope))
     return ["", "Best per model:", *[f"- {line}" for line in out]] if out else []
 
 
@@ -349,7 +356,7 @@ def wandb_table(table, g: Grid, cells, models) -> tuple[list[str], list[list]]:
     metric = METRICS[table][0]
     bases = [reference_allocation(), *([central_allocation()] if central_allocation() else [])]
     verdicts = [{(model, method_label(crit), label(ALLOCATIONS, alloc)): v
-                 for model, crit, alloc, v, _, _ in comparisons(table, g, cells, models, base)} for base in bases]
+                 for model, crit, alloc, v, *_ in comparisons(table, g, cells, models, base)} for base in bases]
     columns = ["Method", "Layerwise", *(c for m in models for c in (f"{m} mean", f"{m} std", f"{m} seeds",
                                                                     *(f"{m} vs {base}" for base in bases)))]
     data = []

@@ -383,3 +383,26 @@ def test_finished_only_names_a_cell_that_failed_elsewhere(workspace, tmp_path, m
     assert "RuntimeError: allocation broke" in err and "allocation=dlp" in err
     md = (tmp_path / "peek" / "table1.partial.md").read_text()
     assert "| Wanda | DLP | not run |" not in md and "without a finished record yet" not in md
+
+
+def test_rows_with_different_finished_seeds_are_compared_on_the_seeds_they_share():
+    """A peek can hold rows with different seeds finished: the sentences compare them on the seeds both have
+    (saying so), never one row's seed 0 against another's seed 1."""
+    g = tables.grid("table1")
+    ppl = {"uniform": 100.0, "owl": 90.0, "dlp": 80.0, "atp": 79.0, "evopress": 60.0}
+    cells = fake_cells(g, "m", lambda crit, alloc: ppl[alloc])
+    cells[(("Wanda", "Uniform"), "m")] = cells[(("Wanda", "Uniform"), "m")][:2]  # seeds 0, 1
+    cells[(("Wanda", "DLP"), "m")] = cells[(("Wanda", "DLP"), "m")][1:2]  # seed 1
+    cells[(("Wanda", "OWL"), "m")] = cells[(("Wanda", "OWL"), "m")][2:]  # seed 2: none in common with uniform
+    wanda = [n for n in tables.notes("table1", g, cells, ["m"]) if n.startswith("m, Wanda: ")]
+    # seed 1: uniform 100 · 1.01 + 7/7 = 102.00, DLP 80 · 1.01 + 3/7 = 81.23
+    assert wanda[0] == ("m, Wanda: DLP is lower than uniform (81.23 vs 102.00, on the 1 seed both finished; better), "
+                        "but 1 seed: no verdict (needs 2 or more).")
+    assert not any(n.startswith("m, Wanda: OWL") for n in wanda)
+    assert len(wanda) == 3  # DLP, ATP, EvoPress (all three seeds of the searches, two shared with uniform)
+    assert "on the 2 seeds both finished" in wanda[1] and "over 2 seeds" in wanda[1]
+    only = {key: [] for key in cells}
+    only[(("Wanda", "EvoPress"), "m")] = cells[(("Wanda", "EvoPress"), "m")][:1]  # seed 0: 60.00
+    only[(("Wanda", "ATP"), "m")] = cells[(("Wanda", "ATP"), "m")][1:2]  # seed 1: 79 · 1.01 + 3/7 = 80.22
+    assert tables.best_lines("table1", g, only, ["m"])[2:] == [
+        "- m: Wanda EvoPress has the best mean, Wanda ATP the next; they share no finished seed to compare on."]

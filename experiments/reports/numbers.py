@@ -29,6 +29,18 @@ def by_seed(metric, records: list[dict]) -> dict:
     return {r["config"]["seed"]: metric(r) for r in finished(records)}
 
 
+def on_common_seeds(ours: list[dict], base: list[dict]) -> tuple[list[dict], list[dict], str]:
+    """Two cells' finished records on the seeds both finished, and what was left out (empty when nothing was):
+    a comparison of means over different seeds would credit one row with an easier seed."""
+    a, b = finished(ours), finished(base)
+    seeds_a, seeds_b = ({r["config"]["seed"] for r in x} for x in (a, b))
+    if seeds_a == seeds_b:
+        return a, b, ""
+    both = seeds_a & seeds_b
+    return ([r for r in a if r["config"]["seed"] in both], [r for r in b if r["config"]["seed"] in both],
+            f"on the {len(both)} seed{'' if len(both) == 1 else 's'} both finished")
+
+
 def seeds_text(records: list[dict]) -> str:
     """The seeds of a cell's finished records, as csv files list them: '0 1 2'."""
     return " ".join(str(r["config"]["seed"]) for r in finished(records))
