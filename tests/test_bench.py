@@ -3,6 +3,7 @@ import json
 
 import pytest
 import torch
+from conftest import tiny_overrides
 from tiny import tiny_model
 
 from dlp.registry import make_criterion
@@ -289,3 +290,34 @@ def test_zeroshot_bench_counts_positions_and_compares_results_across_batches():
     table = [line for line in md.splitlines() if line.startswith("| 4 |")]
     assert len(table) == 1 and table[0].endswith("| yes |")
     assert f"{1 - one['positions'] / four['positions']:.1%}" in table[0]
+
+
+def test_rounding_bench_runs_each_cell_at_two_thread_counts(workspace, tmp_path):
+    """Two processes per cell, forced, differing only in torch threads; the seeds' records found beside them."""
+    from experiments.bench import rounding
+    from experiments.cells import run_cell
+
+    extra = tiny_overrides(workspace, "rounding_runs")
+    seeds = [run_cell(["criterion=wanda", "allocation=uniform", "sparsity=0.7", "model=smollm2-135m", "preset=cpu",
+                       *extra, f"seed={s}"]) for s in (0, 1)]
+    out = tmp_path / "rounding"
+    assert rounding.main(["--cells", "wanda/uniform", "--records", str(workspace / "rounding_runs"), "--out", str(out),
+                          *extra]) == 0
+    report = json.loads(out.with_suffix(".json").read_text())
+    (row,) = report["rows"]
+    assert sorted(row["ppl"]) == ["1", "2"] and row["seeds_ppl"] == [r["metrics"]["ppl"] for r in seeds]
+    ppl = list(row["ppl"].values())
+    assert row["relative_difference"] == pytest.approx(abs(ppl[0] - ppl[1]) / min(ppl))
+    assert row["same_ppl"] == (ppl[0] == ppl[1])
+    md = out.with_suffix(".md").read_text()
+    assert md.count("\n| ") == 2 and "\n| wanda / uniform | " in md
+    assert report["settings"][-1] == "seed=0" and not any(o.startswith("results_dir=") for o in report["settings"])
+
+
+def test_rounding_bench_refuses_a_cell_that_is_not_a_pair(capsys):
+    from experiments.bench import rounding
+
+    with pytest.raises(SystemExit) as exc:
+        from experiments.commandline import one_line_errors
+        one_line_errors(lambda: rounding.main(["--cells", "wanda"]))
+    assert exc.value.code == 2 and "criterion/allocation pairs" in capsys.readouterr().err
