@@ -217,7 +217,7 @@ def test_table2_mean_and_per_task_from_records(workspace, tmp_path):
         assert f"{100 * zs['mean']:.2f}" in row
     assert "| arc_easy (acc_norm) | rte (acc) | Mean |" in md.replace("Method | Layerwise | ", "")
     assert "Examples per task: arc_easy: first 5 of 2376; rte: first 5 of 277. A limit of 5" in md
-    assert "Zero-shot evaluation per cell: dense " in md and "(6 records); batch 16, on " in md
+    assert "Zero-shot evaluation per cell: dense " in md and "(6 records); batch 16; machine: " in md
     assert (tmp_path / "table2.csv").exists() and (tmp_path / "table2.tex").exists()
     against = md.split("Against uniform:\n")[1].split("\n\n")[0].splitlines()
     assert len(against) == 4 and all("95% bootstrap interval" in line and "over 10 examples" in line
