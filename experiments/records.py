@@ -106,28 +106,31 @@ def record_path(cfg: dict, key: str | None = None) -> Path:
     return Path(cfg["results_dir"]) / f"{stem}_{key or run_key(cfg)}.json"
 
 
-def load_record(path: Path, warn: bool = True) -> dict | None:
-    """The finished record at `path`, or None when absent, failed or unreadable (then it is recomputed; a
-    truncated or corrupt file is said in one line when `warn`)."""
+def read_record(path: Path, warn: bool = True) -> dict | None:
+    """The record at `path`, finished or failed, or None when absent or unreadable (a truncated or corrupt file,
+    or JSON that is not an object, is said in one line when `warn`: it will be recomputed)."""
     try:
         record = json.loads(Path(path).read_text())
-        ok = record.get("status") == "ok"
+        record.get("status")  # JSON, but not an object: unreadable as a record
     except FileNotFoundError:
         return None
     except (OSError, ValueError, AttributeError) as exc:
         if warn:
             log.warning("unreadable record %s (%s): recomputing it", path, first_line(exc))
         return None
-    return record if ok else None
+    return record
+
+
+def load_record(path: Path, warn: bool = True) -> dict | None:
+    """The finished record at `path`, or None when absent, failed or unreadable (then it is recomputed)."""
+    record = read_record(path, warn)
+    return record if record is not None and record.get("status") == "ok" else None
 
 
 def recorded_failure(path: Path) -> str | None:
     """Why the run at `path` failed, when its record says it did; None when there is no record or it did not."""
-    try:
-        record = json.loads(Path(path).read_text())
-    except (OSError, ValueError):
-        return None
-    if isinstance(record, dict) and record.get("status") == "failed":
+    record = read_record(path, warn=False)
+    if record is not None and record.get("status") == "failed":
         return str(record.get("error") or "failed, no reason recorded")
     return None
 

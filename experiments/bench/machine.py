@@ -6,24 +6,17 @@ reset at the start of each phase through /proc/self/clear_refs (Linux; elsewhere
 reported and said so); on CUDA the allocator's own peak statistics are reset.
 """
 import os
-import platform
 import time
 from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 
+from ..records import cpu_model
+
 
 def describe(device: torch.device) -> dict:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    info = {"cpu": cpu, "cpu_threads": torch.get_num_threads(), "logical_cpus": os.cpu_count(),
+    info = {"cpu": cpu_model(), "cpu_threads": torch.get_num_threads(), "logical_cpus": os.cpu_count(),
             "torch": torch.__version__, "device": str(device)}
     try:
         info["memory_gib"] = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)

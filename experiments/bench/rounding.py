@@ -24,17 +24,18 @@ from dlp.storage.io import write_atomic, write_json_atomic
 from dlp.storage.paths import ROOT
 
 from ..commandline import OneLineParser, one_line_errors
+from ..config import compose_config
 from ..grids import setting
-from ..records import commit_label, machine_line, record_path
+from ..records import commit_label, load_record, machine_line, record_path
 from ..validation import check_choices
 
 THREADS = (2, 1)
 
 
-def run_once(cell: list[str], threads: int, work: Path) -> dict:
-    """One run of `cell` with `threads` torch threads, forced, in its own process and folder; its record."""
-    results = work / f"{'_'.join(o.split('=')[1] for o in cell)}_t{threads}"
-    argv = [sys.executable, "-m", "experiments.run", *cell, f"threads={threads}", f"results_dir={results}",
+def run_once(cell: list[str], threads: int, results: Path) -> dict:
+    """One run of `cell` at seed 0 with `threads` torch threads, forced, in its own process writing into the
+    empty folder `results`; its record."""
+    argv = [sys.executable, "-m", "experiments.run", *cell, "seed=0", f"threads={threads}", f"results_dir={results}",
             "force=true", "progress=false", "wandb.mode=disabled"]
     done = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True)
     if done.returncode != 0:
@@ -44,9 +45,6 @@ def run_once(cell: list[str], threads: int, work: Path) -> dict:
 
 def seed_records(cell: list[str], records_dir: Path) -> list[dict]:
     """The finished records of `cell` at seeds 0, 1, 2 in `records_dir` (the table runs' records), if any."""
-    from ..config import compose_config
-    from ..records import load_record
-
     found = []
     for seed in (0, 1, 2):
         cfg = compose_config([*cell, f"seed={seed}", f"results_dir={records_dir}"])
@@ -72,8 +70,7 @@ def render(rows: list[dict], settings: list[str], env: dict, seconds: float) -> 
     lines = ["# Rounding against seeds: one cell with 2 and with 1 CPU thread", "",
              f"Written by `python -m experiments.bench.rounding` with `{' '.join(settings)}` in "
              f"{seconds / 60:.0f} min; {machine_line(env)}; commit {commit_label(env)}. Each run is its own process "
-             "(`force=true`); only "
-             "the thread count differs, so only the order of partial sums does.", "",
+             "(`force=true`); only the thread count differs, so only the order of partial sums does.", "",
              "| cell | perplexity, 2 threads | perplexity, 1 thread | difference | seeds 0, 1, 2 (records) | seeds' "
              "std / mean |", "|---|---|---|---|---|---|"]
     for r in rows:
@@ -107,19 +104,19 @@ def main(argv=None) -> int:
         raise UserError(f"--sparsity must be in (0, 1), got {args.sparsity}")
     own = ("results_dir=", "force=", "threads=", "seed=")  # set here for each run
     settings = [f"model={args.model}", f"preset={args.preset}", f"sparsity={args.sparsity}",
-                *(o for o in args.overrides if not o.startswith(own)), "seed=0"]
+                *(o for o in args.overrides if not o.startswith(own))]
     started, rows, env = time.time(), [], None
     with tempfile.TemporaryDirectory(prefix="dlp-rounding-") as tmp:
         for criterion, allocation in pairs:
             cell = [*settings, *setting("criterion", criterion), f"allocation={allocation}"]
-            runs = {t: run_once(cell, t, Path(tmp)) for t in THREADS}
+            runs = {t: run_once(cell, t, Path(tmp) / f"{len(rows)}_t{t}") for t in THREADS}
             env = env or runs[THREADS[0]]["environment"]
-            rows.append(row(f"{criterion} / {allocation}", runs,
-                            seed_records([c for c in cell if not c.startswith("seed=")], Path(args.records))))
+            rows.append(row(f"{criterion} / {allocation}", runs, seed_records(cell, Path(args.records))))
     out = Path(args.out or ROOT / "results" / f"rounding-{args.model}")
-    md = render(rows, settings, env, time.time() - started)
+    md = render(rows, [*settings, "seed=0"], env, time.time() - started)
     write_atomic(out.with_suffix(".md"), md.encode())
-    write_json_atomic(out.with_suffix(".json"), {"settings": settings, "environment": env, "rows": rows})
+    write_json_atomic(out.with_suffix(".json"), {"settings": [*settings, "seed=0"], "environment": env,
+                                                 "rows": rows})
     print(md)
     return 0
 
