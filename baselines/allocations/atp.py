@@ -81,8 +81,7 @@ class ATP(Allocator):
         bar = tqdm(beta_grid(n_blocks, target, self.step), desc="atp: beta trials", disable=not progress)
         for beta in bar:
             tried.append({"beta": beta, "ppl": trials.perplexity(atp_sparsities(n_blocks, target, beta))})
-            best = min(tried, key=lambda t: t["ppl"])
+            best = min(tried, key=lambda t: t["ppl"])  # the first (smallest β) of equal perplexities, as search.sh
             bar.set_postfix(beta=beta, best=f"{best['beta']:g} ({best['ppl']:.2f})")
-        best = min(tried, key=lambda t: t["ppl"])  # the first (smallest β) of equal perplexities, as search.sh
         return Allocation(atp_sparsities(n_blocks, target, best["beta"]), depth,
                           {"beta": best["beta"], "search": {"tried": tried, **trials.record()}})
