@@ -1,4 +1,5 @@
 """One run from a resolved config: validate, load, calibrate, allocate, prune, measure, record."""
+import shutil
 import time
 import traceback
 from dataclasses import dataclass
@@ -73,10 +74,12 @@ def read_inputs(cfg: dict) -> Inputs:
     return Inputs(corpus, calib_corpus, tokenizer, calib, timings)
 
 
-def execute(cfg: dict, hold: dict | None = None, checked: bool = False, inputs: Inputs | None = None) -> dict:
+def execute(cfg: dict, hold: dict | None = None, checked: bool = False, inputs: Inputs | None = None,
+            checkpoints: Path | None = None) -> dict:
     """Do the run; returns the record (status ok). Raises UserError on bad input. `hold`, a dict, receives the
     pruned model and its tokenizer (to save them) instead of letting them go with the run. `checked`: the caller
-    has validated `cfg` already; `inputs`: read already (read_inputs)."""
+    has validated `cfg` already; `inputs`: read already (read_inputs); `checkpoints`: where zero-shot tasks
+    finished by an earlier attempt of this run are kept (dlp.evaluation.task_checkpoints)."""
     if not checked:
         validate(cfg)
     use_threads(cfg)
@@ -145,8 +148,10 @@ def execute(cfg: dict, hold: dict | None = None, checked: bool = False, inputs: 
     if zs.get("enabled"):
         from dlp.evaluation.zeroshot import evaluate_from_config
         t = time.perf_counter()
-        zeroshot = evaluate_from_config(model, tokenizer, zs)
-        timings["zeroshot"] = time.perf_counter() - t
+        zeroshot = evaluate_from_config(model, tokenizer, zs, checkpoints)
+        # the cell's whole cost: tasks kept from an earlier attempt count the seconds they took then
+        timings["zeroshot"] = time.perf_counter() - t + sum(zeroshot["tasks"][name]["seconds"]
+                                                            for name in zeroshot["resumed_tasks"])
 
     target = 0.0 if records.is_dense(cfg) else float(cfg["sparsity"])
     n_params = actual["pruned_parameters"]
@@ -220,8 +225,11 @@ def execute_and_record(cfg: dict, path: Path, hold: dict | None, inputs: Inputs 
     # loaded, even if the checkout moves on while it runs (a long cell, a sweep).
     environment = records.environment()
     base = {"key": records.run_key(cfg), "config": cfg, "started_unix": started}
+    checkpoints = records.checkpoint_folder(path)
+    if cfg.get("force"):  # a forced run computes everything again
+        shutil.rmtree(checkpoints, ignore_errors=True)
     try:
-        record = execute(cfg, hold, checked=True, inputs=inputs)
+        record = execute(cfg, hold, checked=True, inputs=inputs, checkpoints=checkpoints)
     except UserError as exc:
         if not isinstance(exc, CheckFailed):
             raise  # bad input found once the run had started (a corpus too short for its windows): no record
@@ -233,6 +241,7 @@ def execute_and_record(cfg: dict, path: Path, hold: dict | None, inputs: Inputs 
     record = {**base, **record, "environment": environment, **records.peak_memory(),
               "wall_s": time.time() - started}
     records.save_record(path, record)
+    shutil.rmtree(checkpoints, ignore_errors=True)  # the record holds all they held
     return record
 
 

@@ -106,6 +106,12 @@ def record_path(cfg: dict, key: str | None = None) -> Path:
     return Path(cfg["results_dir"]) / f"{stem}_{key or run_key(cfg)}.json"
 
 
+def checkpoint_folder(path: Path) -> Path:
+    """Where a run keeps work an interrupted attempt can resume from (zero-shot tasks already scored), beside its
+    record and hidden like its lock; removed once the record is written."""
+    return path.with_name(f".{path.stem}.checkpoints")
+
+
 def read_record(path: Path, warn: bool = True) -> dict | None:
     """The record at `path`, finished or failed, or None when absent or unreadable (a truncated or corrupt file,
     or JSON that is not an object, is said in one line when `warn`: it will be recomputed)."""

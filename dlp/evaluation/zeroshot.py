@@ -15,11 +15,14 @@ block to the device in turn.
 import functools
 import hashlib
 import math
+import sys
+import time
 from pathlib import Path
 
 import torch
 
 from dlp.errors import UserError
+from dlp.evaluation import task_checkpoints
 from dlp.storage.hub import hub_reachable
 from dlp.walk.compute_dtype import compute_dtype_of
 from dlp.walk.offload import streaming
@@ -154,16 +157,20 @@ def check_settings(tasks: list[str], metrics: dict | None, subsets: dict | None)
             raise UserError(f"zeroshot.subsets.{t} must be a number of examples >= 1 (got {size!r})")
 
 
-def evaluate_from_config(model, tokenizer, zs: dict) -> dict:
+def evaluate_from_config(model, tokenizer, zs: dict, checkpoints: Path | None = None) -> dict:
     """evaluate_zeroshot with a run's `zeroshot` config section."""
     return evaluate_zeroshot(model, tokenizer, zs["tasks"], zs.get("limit"), zs.get("batch_size", 8),
                              zs.get("add_bos_token", False), zs.get("source", "auto"), subsets=zs.get("subsets"),
-                             subset_seed=zs.get("subset_seed", 0), metrics=zs.get("metrics"))
+                             subset_seed=zs.get("subset_seed", 0), metrics=zs.get("metrics"), checkpoints=checkpoints)
 
 
 def evaluate_zeroshot(model, tokenizer, tasks: list[str], limit: int | None = None, batch_size: int = 8,
                       add_bos_token: bool = False, source: str = "auto", subsets: dict | None = None,
-                      subset_seed: int = 0, metrics: dict | None = None) -> dict:
+                      subset_seed: int = 0, metrics: dict | None = None, checkpoints: Path | None = None) -> dict:
+    """Score `tasks` one after another (each its own harness call, so a task's numbers do not depend on which
+    others run beside it). `checkpoints`: a folder where each finished task is kept with a digest of the weights
+    (dlp.evaluation.task_checkpoints); a task found there, scored on the same weights with the same settings, is
+    not scored again."""
     import lm_eval
     from lm_eval.evaluator import simple_evaluate
     from lm_eval.models.huggingface import HFLM
@@ -174,32 +181,53 @@ def evaluate_zeroshot(model, tokenizer, tasks: list[str], limit: int | None = No
     n_docs = {t: len(task_objects[t].eval_docs) for t in tasks}
     subsets = {t: size for t, size in (subsets or {}).items() if t in tasks and size is not None}
     chosen = {t: chosen_examples(t, n_docs[t], limit, subsets.get(t), subset_seed) for t in tasks}
-    samples = {t: idx for t, idx in chosen.items() if idx is not None} or None
     compute = compute_dtype_of(model)
     # A compute dtype (dlp.walk.compute_dtype) runs the harness's forward passes under autocast, as perplexity does.
     # The harness opens its own autocast context around each forward (switched off unless told), so it is told;
     # autocast leaves log_softmax in bfloat16 (3 significant digits), so log-likelihoods are taken in float32.
     precision = {"mixed_precision_dtype": compute, "softmax_dtype": torch.float32} if compute is not None else {}
+    settings = {t: {"examples": chosen[t], "n_split": n_docs[t], "metric": scored_by[t], "batch_size": batch_size,
+                    "add_bos_token": add_bos_token, "compute_dtype": str(compute), "data": data[t],
+                    "harness_version": lm_eval.__version__} for t in tasks}
+    digest = task_checkpoints.weights_digest(model) if checkpoints is not None else None
+    per_task = task_checkpoints.load_finished(checkpoints, digest, settings) if checkpoints is not None else {}
+    resumed = [t for t in tasks if t in per_task]
+    if resumed:
+        print(f"zero-shot: {len(resumed)} of {len(tasks)} tasks already scored on these weights, kept "
+              f"({', '.join(resumed)}; {checkpoints})", file=sys.stderr)
     lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, add_bos_token=add_bos_token,
               **precision)
-    with streaming(model):
-        out = simple_evaluate(model=lm, tasks=list(task_objects.values()), num_fewshot=0, samples=samples,
-                              bootstrap_iters=1000, log_samples=True)
-    per_task = {}
     for name in tasks:
-        r = out["results"][name]
-        n = int(out.get("n-samples", {}).get(name, {}).get("effective", 0)) or None
-        per_task[name] = {
-            "acc": r.get("acc,none"), "acc_stderr": r.get("acc_stderr,none"),
-            "acc_norm": r.get("acc_norm,none"), "acc_norm_stderr": r.get("acc_norm_stderr,none"),
-            "metric": scored_by[name], "score": r.get(f"{scored_by[name]},none"),
-            "n": n, "n_split": n_docs[name], "subset": subsets.get(name),
-            "selection": selection_text(n or 0, n_docs[name], limit, subsets.get(name), subset_seed),
-            "version": out.get("versions", {}).get(name), "data": data[name],
-            "examples": per_example(out.get("samples", {}).get(name, []))}
+        if name in per_task:
+            continue
+        t = time.perf_counter()
+        samples = {name: chosen[name]} if chosen[name] is not None else None
+        with streaming(model):
+            out = simple_evaluate(model=lm, tasks=[task_objects[name]], num_fewshot=0, samples=samples,
+                                  bootstrap_iters=1000, log_samples=True)
+        per_task[name] = task_result(out, name, scored_by[name], n_docs[name], limit, subsets.get(name),
+                                     subset_seed, data[name])
+        per_task[name]["seconds"] = time.perf_counter() - t
+        task_checkpoints.save_finished(checkpoints, name, per_task[name], digest, settings[name])
+    per_task = {t: per_task[t] for t in tasks}
     mean = lambda key: (sum(per_task[t][key] for t in tasks) / len(tasks)  # noqa: E731
                         if all(per_task[t][key] is not None for t in tasks) else math.nan)
     return {"tasks": per_task, "mean": mean("score"), "metrics": scored_by, "mean_acc": mean("acc"),
             "mean_metric": "per task: " + ", ".join(f"{t} {m}" for t, m in scored_by.items()),
             "limit": limit, "subsets": subsets, "subset_seed": subset_seed, "add_bos_token": add_bos_token,
-            "batch_size": batch_size, "harness_version": lm_eval.__version__}
+            "batch_size": batch_size, "harness_version": lm_eval.__version__, "resumed_tasks": resumed,
+            "seconds": sum(per_task[t]["seconds"] for t in tasks)}
+
+
+def task_result(out: dict, name: str, metric: str, n_docs: int, limit: int | None, subset: int | None,
+                subset_seed: int, data: dict) -> dict:
+    """One task's entry of the record, from the harness's output."""
+    r = out["results"][name]
+    n = int(out.get("n-samples", {}).get(name, {}).get("effective", 0)) or None
+    return {"acc": r.get("acc,none"), "acc_stderr": r.get("acc_stderr,none"),
+            "acc_norm": r.get("acc_norm,none"), "acc_norm_stderr": r.get("acc_norm_stderr,none"),
+            "metric": metric, "score": r.get(f"{metric},none"),
+            "n": n, "n_split": n_docs, "subset": subset,
+            "selection": selection_text(n or 0, n_docs, limit, subset, subset_seed),
+            "version": out.get("versions", {}).get(name), "data": data,
+            "examples": per_example(out.get("samples", {}).get(name, []))}
