@@ -195,9 +195,12 @@ def commit_label(env: dict) -> str:
 
 
 def machine_line(env: dict) -> str:
-    """A record's machine and library versions as reports print them (the CPU model where the record has it)."""
+    """A record's machine and library versions as reports print them (the CPU model where the record has it, and
+    the torch thread count on a CPU run: SparseGPT's last bits depend on it, so a table run at two counts says so)."""
     cpu = f"{env['cpu_model']}, " if env.get("cpu_model") else ""
-    return (f"{env.get('platform')}, {cpu}{env.get('cpu_count')} CPUs, GPU {env.get('cuda') or 'none'}, "
+    threads = env.get("torch_threads")
+    threads = f"{threads} torch thread{'s' if threads > 1 else ''}, " if threads and not env.get("cuda") else ""
+    return (f"{env.get('platform')}, {cpu}{env.get('cpu_count')} CPUs, {threads}GPU {env.get('cuda') or 'none'}, "
             f"torch {env.get('torch')}, transformers {env.get('transformers')}")
 
 

@@ -407,5 +407,8 @@ def test_a_table_names_every_machine_its_cells_ran_on(table):
              for key, rs in cells.items()}
     line = provenance_lines(mixed, ["smollm2-135m"], "cpu")[0]
     assert "machines: " in line and "Other CPU" in line and f"{cpu_model()}, " in line
+    one_thread = {**env, "torch_threads": 1}  # another thread count on the same CPU: other last bits too
+    assert "1 torch thread, GPU none" in machine_line(one_thread) != machine_line(env)
+    assert len(machines_text([{"environment": env}, {"environment": one_thread}]).split("; ")) == 2
     older = {k: v for k, v in env.items() if k != "cpu_model"}  # a record made before the CPU model was kept
     assert machine_line(older) == machine_line(env).replace(f"{cpu_model()}, ", "")

@@ -13,8 +13,6 @@ import json
 import time
 from pathlib import Path
 
-import torch
-
 from dlp.storage.io import write_atomic
 from dlp.storage.paths import ROOT
 
@@ -57,7 +55,7 @@ def render(model_name, tasks, limit, rows, env, cfg) -> str:
     scored = base["positions"] if base else None
     lines = [f"# Zero-shot speed against batch size: {model_name}", "",
              f"Dense model, first {limit} examples of {', '.join(tasks)} (0-shot, lm-evaluation-harness), "
-             f"dtype {cfg['model']['dtype']}, {torch.get_num_threads()} threads; machine: {machine_line(env)}, "
+             f"dtype {cfg['model']['dtype']}; machine: {machine_line(env)}, "
              f"commit {commit_label(env)}.", "",
              "| Batch | Seconds | Examples/s | Scored tokens/s | Padding share | Same results as batch 1 |",
              "|---|---|---|---|---|---|"]
