@@ -31,8 +31,8 @@ from .validation import params, validate
 
 def eval_corpus(cfg: dict):
     ev = cfg["eval"]
-    return corpora.load(ev["corpus"], data_dir_cfg=ev.get("data_dir"), allow_substitute=ev.get("allow_substitute", False),
-                        path=ev.get("path"))
+    return corpora.load(ev["corpus"], data_dir_cfg=ev.get("data_dir"),
+                        allow_substitute=ev.get("allow_substitute", False), path=ev.get("path"))
 
 
 def calibration_corpus(cfg: dict):
@@ -173,8 +173,8 @@ def execute(cfg: dict, hold: dict | None = None, checked: bool = False, inputs: 
 
 
 def offload_options(cfg: dict) -> dict:
-    """Where the run keeps its blocks (dlp.walk.offload) and its device memory cap, as load_model takes them; offload=disk
-    writes the pruned blocks to `offload_dir`, by default a folder of the cache named by the run's key."""
+    """Where the run keeps its blocks (dlp.walk.offload) and its device memory cap, as load_model takes them;
+    offload=disk writes the pruned blocks to `offload_dir`, by default a folder of the cache named by the run's key."""
     mode = cfg.get("offload") or "none"
     folder = cfg.get("offload_dir") or (cache_dir() / "offload" / records.run_key(cfg) if mode == "disk" else None)
     return {"offload": mode, "offload_dir": folder, "device_memory_gib": cfg.get("device_memory_gib")}

@@ -183,8 +183,8 @@ def environment() -> dict:
 
     info = {"python": sys.version.split()[0], "torch": torch.__version__, "transformers": transformers.__version__,
             "platform": platform.platform(), "processor": platform.machine(), "cpu_model": cpu_model(),
-            "cpu_count": os.cpu_count(),
-            "torch_threads": torch.get_num_threads(), "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+            "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
     info.update(loaded_commit())
     return info
 
