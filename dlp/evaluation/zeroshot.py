@@ -203,8 +203,9 @@ def evaluate_zeroshot(model, tokenizer, tasks: list[str], limit: int | None = No
         t = time.perf_counter()
         samples = {name: chosen[name]} if chosen[name] is not None else None
         with streaming(model):
+            # the index read once per process: the harness would otherwise read every task YAML it ships per call
             out = simple_evaluate(model=lm, tasks=[task_objects[name]], num_fewshot=0, samples=samples,
-                                  bootstrap_iters=1000, log_samples=True)
+                                  bootstrap_iters=1000, log_samples=True, task_manager=_task_manager())
         per_task[name] = task_result(out, name, scored_by[name], n_docs[name], limit, subsets.get(name),
                                      subset_seed, data[name])
         per_task[name]["seconds"] = time.perf_counter() - t
