@@ -25,7 +25,7 @@ def weights_digest(model) -> str:
         for name, layer in find_linears(block).items():
             weight = layer.weight.detach().to("cpu").contiguous()
             digest.update(f"{index}.{name}:{weight.dtype}:{tuple(weight.shape)}".encode())
-            digest.update(weight.view(-1).view(dtype=torch.uint8).numpy().tobytes())
+            digest.update(weight.view(-1).view(dtype=torch.uint8).numpy())  # its bytes in place, no copy
     return digest.hexdigest()
 
 
