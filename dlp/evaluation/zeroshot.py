@@ -190,7 +190,7 @@ def evaluate_zeroshot(model, tokenizer, tasks: list[str], limit: int | None = No
                     "add_bos_token": add_bos_token, "compute_dtype": str(compute), "data": data[t],
                     "harness_version": lm_eval.__version__} for t in tasks}
     digest = task_checkpoints.weights_digest(model) if checkpoints is not None else None
-    per_task = task_checkpoints.load_finished(checkpoints, digest, settings) if checkpoints is not None else {}
+    per_task = task_checkpoints.load_finished(checkpoints, digest, settings)
     resumed = [t for t in tasks if t in per_task]
     if resumed:
         print(f"zero-shot: {len(resumed)} of {len(tasks)} tasks already scored on these weights, kept "
