@@ -85,6 +85,29 @@ def test_other_weights_other_settings_or_a_torn_file_score_again(model, tmp_path
     assert score(model, tmp_path)["resumed_tasks"] == [] and len(calls) == 2
 
 
+def test_a_retry_from_another_copy_of_the_task_files_keeps_the_tasks(model, tmp_path, monkeypatch):
+    """The same data read from another folder (another checkout, another cache) is the same data: the tasks stay
+    kept, and the record still names the file each was read from and its sha256."""
+    import shutil
+
+    from dlp.evaluation.tasks.offline_data import EXPECTED_SHA256, task_dir
+
+    first = score(model, tmp_path / "checkpoints")
+    other = tmp_path / "other-cache"
+    (other / "tasks").mkdir(parents=True)
+    for name in [f"{t}.jsonl" for t in TASKS] + ["manifest.json"]:
+        shutil.copy(task_dir() / name, other / "tasks" / name)
+    monkeypatch.setenv("DLP_CACHE", str(other))
+    calls = counting_harness(monkeypatch)
+    again = score(model, tmp_path / "checkpoints")
+    assert calls == [] and again["resumed_tasks"] == TASKS
+    fresh = score(model)  # scored from the other copy: it names that copy
+    for t in TASKS:
+        assert fresh["tasks"][t]["data"]["file"] == str(other / "tasks" / f"{t}.jsonl")
+        assert fresh["tasks"][t]["data"]["sha256"] == EXPECTED_SHA256[t] == first["tasks"][t]["data"]["sha256"]
+        assert fresh["tasks"][t]["acc"] == first["tasks"][t]["acc"]
+
+
 def test_the_digest_covers_every_block_linear_bit_for_bit(model):
     before = task_checkpoints.weights_digest(model)
     assert task_checkpoints.weights_digest(model) == before

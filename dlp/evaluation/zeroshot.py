@@ -75,7 +75,7 @@ def _load_tasks(names: list[str], source: str) -> tuple[dict, dict]:
         source = "hub" if hub_reachable() else "local"
     tasks, provenance = {}, {}
     if source == "local":
-        from dlp.evaluation.tasks.offline_data import TASKS as LOCAL, ensure_task_files
+        from dlp.evaluation.tasks.offline_data import EXPECTED_SHA256, TASKS as LOCAL, ensure_task_files
         folder = ensure_task_files(tasks=names)
     for name in names:
         entry = manager._entry(name)  # pinned harness version: its index and factory are stable here
@@ -85,6 +85,7 @@ def _load_tasks(names: list[str], source: str) -> tuple[dict, dict]:
         if source == "local":
             overrides = local_overrides(name, folder)
             provenance[name] = {"source": "local", "file": str(folder / f"{name}.jsonl"),
+                                "sha256": EXPECTED_SHA256[name],  # ensure_task_files checked the file against it
                                 "stands_in_for": list(LOCAL[name]["hub"])}
         else:
             provenance[name] = {"source": "huggingface-hub"}
@@ -186,8 +187,10 @@ def evaluate_zeroshot(model, tokenizer, tasks: list[str], limit: int | None = No
     # The harness opens its own autocast context around each forward (switched off unless told), so it is told;
     # autocast leaves log_softmax in bfloat16 (3 significant digits), so log-likelihoods are taken in float32.
     precision = {"mixed_precision_dtype": compute, "softmax_dtype": torch.float32} if compute is not None else {}
+    # The data by what it holds, not where it lies: a retry from another checkout or cache folder keeps the tasks.
     settings = {t: {"examples": chosen[t], "n_split": n_docs[t], "metric": scored_by[t], "batch_size": batch_size,
-                    "add_bos_token": add_bos_token, "compute_dtype": str(compute), "data": data[t],
+                    "add_bos_token": add_bos_token, "compute_dtype": str(compute),
+                    "data": {k: v for k, v in data[t].items() if k != "file"},
                     "harness_version": lm_eval.__version__} for t in tasks}
     digest = task_checkpoints.weights_digest(model) if checkpoints is not None else None
     per_task = task_checkpoints.load_finished(checkpoints, digest, settings)
