@@ -26,10 +26,11 @@ from dlp.storage.io import sha256_file, write_json_atomic
 from dlp.storage.paths import ROOT
 
 log = logging.getLogger(__name__)
-# Settings that do not change what a run computes. The last three are a report's layout, which the experiment
+# Settings that do not change what a run computes. The last four are a report's layout, which the experiment
 # configs (conf/experiment) carry beside their run settings: a cell is the same record in every report.
 NOT_IN_KEY = ("force", "progress", "results_dir", "wandb", "selfcheck", "save", "export", "recovery", "threads",
-              "offload", "offload_dir", "device_memory_gib", "table_rows", "partial_rows", "model_rows")
+              "offload", "offload_dir", "device_memory_gib", "table_rows", "partial_rows", "model_rows",
+              "table_without_tasks")
 
 
 def is_dense(cfg: dict) -> bool:

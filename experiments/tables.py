@@ -27,6 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from dlp.errors import UserError
+from dlp.evaluation.answer_priors import references_for
+from dlp.evaluation.zeroshot import TASKS as ZEROSHOT_TASKS
 from dlp.registry import ALLOCATIONS, central_allocation, reference_allocation
 from dlp.storage.paths import ROOT
 
@@ -48,7 +50,15 @@ def zeroshot_mean(r: dict) -> float:
     """A record's mean zero-shot accuracy (%) over its tasks, each task by its own metric (records made before
     tasks had one: acc)."""
     zs = r["metrics"]["zeroshot"]
-    return 100 * zs.get("mean", zs["mean_acc"])
+    return 100 * (zs["mean"] if "mean" in zs else zs["mean_acc"])
+
+
+def mean_without(tasks: frozenset):
+    """A record's mean zero-shot accuracy (%) over its tasks but `tasks`, each by its own metric."""
+    def score(r: dict) -> float:
+        kept = [t for t in r["metrics"]["zeroshot"]["tasks"] if t not in tasks]
+        return sum(task_score(t)(r) for t in kept) / len(kept)
+    return score
 
 
 def task_score(task: str):
@@ -75,6 +85,8 @@ class Grid:
     # model -> the (criterion, allocation) rows it runs, for a model that runs fewer than all: the config's
     # `model_rows` (its other cells read "not run")
     model_rows: dict = field(default_factory=dict)
+    # zero-shot tasks the verdicts are also given without: the config's `table_without_tasks`
+    without_tasks: tuple = ()
 
 
 def grid(table: str, criteria: list[str] | None = None, allocations: list[str] | None = None,
@@ -89,7 +101,12 @@ def grid(table: str, criteria: list[str] | None = None, allocations: list[str] |
     g = Grid(sweep["criterion"], sweep["allocation"], float(config.sparsity if sparsity is None else sparsity),
              tuple(row for row in extra if row not in main),
              {str(m): frozenset(tuple(row.split("/")) for row in rows)
-              for m, rows in (config.get("model_rows") or {}).items()} if own else {})
+              for m, rows in (config.get("model_rows") or {}).items()} if own else {},
+             tuple(config.get("table_without_tasks") or ()))
+    unknown = sorted(set(g.without_tasks) - set(ZEROSHOT_TASKS))
+    if unknown or (g.without_tasks and set(ZEROSHOT_TASKS) <= set(g.without_tasks)):
+        raise UserError(f"conf/experiment/{table}.yaml: table_without_tasks must name some of the zero-shot tasks "
+                        f"({', '.join(ZEROSHOT_TASKS)}), not all (got {', '.join(g.without_tasks)})")
     for model, rows in g.model_rows.items():
         unknown = sorted("/".join(r) for r in rows - main - set(g.extra))
         if unknown:
@@ -166,12 +183,15 @@ def collect(table, g: Grid, models, preset, extra, seeds=None, launcher=None, ru
     return {(row, m): out.get((row, m), []) for m in models for row, _ in table_rows(g)}
 
 
-def verdict(table, ours: list[dict], base: list[dict]) -> Verdict:
-    """`ours` against `base` (the same criterion and model, every seed of each), by the table's rule."""
+def verdict(table, ours: list[dict], base: list[dict], without=frozenset()) -> Verdict:
+    """`ours` against `base` (the same criterion and model, every seed of each), by the table's rule; zero-shot:
+    over the tasks but those `without` names."""
     metric, _, lower_better = METRICS[table]
     if table == "table2":
         pairs = paired_examples(finished(ours), finished(base))
-        return bootstrap_verdict(*pairs, higher_is_better=not lower_better) if pairs else Verdict("no verdict", 0)
+        pairs = pairs and tuple({t: v for t, v in side.items() if t not in without} for side in pairs)
+        return (bootstrap_verdict(*pairs, higher_is_better=not lower_better) if pairs and pairs[0]
+                else Verdict("no verdict", 0))
     return paired_t_verdict(by_seed(metric, ours), by_seed(metric, base), lower_better)
 
 
@@ -191,11 +211,11 @@ def statement(subject: str, v: Verdict, ours: Summary, base: Summary, lower_bett
             f"{describe(v, what)}).")
 
 
-def comparisons(table, g: Grid, cells, models, against: str | None = None):
+def comparisons(table, g: Grid, cells, models, against: str | None = None, without=frozenset()):
     """(model, criterion, allocation, verdict, its summary, the base's summary) for every row whose criterion also
     has a row with the base allocation (`against`; default: the reference, uniform), but the base's own rows (and,
-    against DLP, uniform's, which the uniform comparisons already cover)."""
-    metric = METRICS[table][0]
+    against DLP, uniform's, which the uniform comparisons already cover); zero-shot tasks in `without` left out."""
+    metric = mean_without(without) if without else METRICS[table][0]
     against = against or reference_allocation()
     rows = [method for _, method in table_rows(g) if method]
     skip = {against, reference_allocation()}
@@ -207,18 +227,19 @@ def comparisons(table, g: Grid, cells, models, against: str | None = None):
             ours = cells[((method_label(crit), label(ALLOCATIONS, alloc)), model)]
             ours, base, scope = on_common_seeds(ours, base)
             if base and ours:
-                yield (model, crit, alloc, verdict(table, ours, base), summary(metric, ours), summary(metric, base),
-                       scope)
+                yield (model, crit, alloc, verdict(table, ours, base, without), summary(metric, ours),
+                       summary(metric, base), scope)
 
 
-def notes(table, g: Grid, cells, models, against: str | None = None) -> list[str]:
-    """Plain statements of where each allocation beats the base (uniform, or DLP) under the same criterion, or not."""
+def notes(table, g: Grid, cells, models, against: str | None = None, without=frozenset()) -> list[str]:
+    """Plain statements of where each allocation beats the base (uniform, or DLP) under the same criterion, or not
+    (zero-shot: over the tasks but those in `without`)."""
     lower_better = METRICS[table][2]
     what = "examples" if table == "table2" else "seeds"
     base = label(ALLOCATIONS, against or reference_allocation())
     return [statement(f"{model}, {method_label(crit)}: {label(ALLOCATIONS, alloc)}", v, ours, summ, lower_better,
                       what, base if against else "uniform", scope)
-            for model, crit, alloc, v, ours, summ, scope in comparisons(table, g, cells, models, against)]
+            for model, crit, alloc, v, ours, summ, scope in comparisons(table, g, cells, models, against, without)]
 
 
 def best_lines(table, g: Grid, cells, models) -> list[str]:
@@ -260,14 +281,39 @@ def per_task_lines(cells, models, skip=frozenset()) -> list[str]:
                 continue
             rows.append([*label, *(summary(task_score(t), records).text() for t in tasks),
                          summary(zeroshot_mean, records).text()])
+        references, said = reference_rows(zs, tasks)
         header = [f"{t} ({zs['tasks'][t].get('metric', 'acc')})" for t in tasks]
         examples = [f"{t}: {examples_text(zs, t)}" for t in tasks]
         out += ["", f"### {model}: accuracy per task (%; harness {zs['harness_version']})", "",
-                *md_table(["Method", "Layerwise", *header, "Mean"], rows), "",
+                *md_table(["Method", "Layerwise", *header, "Mean"], rows + references), "",
                 f"Examples per task: {'; '.join(examples)}."
                 + (f" A limit of {zs['limit']} examples per task was set for this run." if zs.get("limit") else ""),
-                *seconds_line(ok)]
+                *said, *seconds_line(ok)]
     return out
+
+
+def reference_rows(zs: dict, tasks: list[str]) -> tuple[list[list[str]], list[str]]:
+    """Two rows that read no text, over the examples a record scored (dlp.evaluation.answer_priors): chance, and
+    always the answer most often gold there; and the line that says what they are. Nothing for records without
+    per-example results."""
+    hashes = {t: (zs["tasks"][t].get("examples") or {}).get("doc_hash") for t in tasks}
+    if not all(hashes.values()):
+        return [], []
+    refs = references_for(hashes)
+    rows = []
+    for name, key in (("Chance", "chance"), ("Most frequent answer", "most_frequent")):
+        values = [100 * refs[t][key] if refs[t] else None for t in tasks]
+        mean = f"{sum(values) / len(values):.2f}" if None not in values else "n/a"
+        rows.append([name, "-", *(f"{v:.2f}" if v is not None else "n/a" for v in values), mean])
+    answers = [f"{t}: {refs[t]['label']!r}" if refs[t]["label"] else f"{t}: choice {refs[t]['answer'] + 1}"
+               for t in tasks if refs[t]]
+    line = ("Reference rows, on the same examples, reading no text: Chance is a uniform random pick; Most frequent "
+            f"answer always gives the answer that is gold most often there ({'; '.join(answers)}). A pruned model "
+            "that leans to that answer gains on the task without having kept more.")
+    missing = [t for t in tasks if not refs[t]]
+    if missing:
+        line += f" n/a: {', '.join(missing)} scored examples the local task files do not hold."
+    return rows, ["", line]
 
 
 def examples_text(zs: dict, task: str) -> str:
@@ -328,11 +374,14 @@ def render(table, g: Grid, cells, models, preset, elapsed, seeds=None):
     md += ["", f"{'Lower' if lower_better else 'Higher'} is better. Measured on:", *provenance_lines(cells, models, preset)]
     if table == "table2":
         md += per_task_lines(cells, models, skip)
-    md += ["", "Against uniform:", *[f"- {n}" for n in notes(table, g, cells, models)]]
     central = central_allocation()
-    against_central = notes(table, g, cells, models, central) if central else []
-    if against_central:
-        md += ["", f"Against {label(ALLOCATIONS, central)}:", *[f"- {n}" for n in against_central]]
+    for without in ((), *([left_out] if (left_out := tasks_left_out(table, g, cells)) else [])):
+        leaving = f", without {', '.join(without)} (mean over the other tasks)" if without else ""
+        md += ["", f"Against uniform{leaving}:", *[f"- {n}" for n in notes(table, g, cells, models,
+                                                                            without=frozenset(without))]]
+        against_central = notes(table, g, cells, models, central, frozenset(without)) if central else []
+        if against_central:
+            md += ["", f"Against {label(ALLOCATIONS, central)}{leaving}:", *[f"- {n}" for n in against_central]]
     md += best_lines(table, g, cells, models)
     costs = [line for model in models for row, method in table_rows(g) if method
              for line in [cost_line(f"{model}, {' '.join(row)}", cells[(row, model)])] if line]
@@ -348,6 +397,16 @@ def render(table, g: Grid, cells, models, preset, elapsed, seeds=None):
     tex += [" & ".join(c.replace("±", "$\\pm$") for c in r) + " \\\\" for r in rows]
     tex += ["\\bottomrule", "\\end{tabular}"]
     return "\n".join(md) + "\n", buf.getvalue(), "\n".join(tex) + "\n"
+
+
+def tasks_left_out(table, g: Grid, cells) -> tuple:
+    """The config's `table_without_tasks` that the records scored, when others remain: the tasks the verdicts are
+    given without as well (nothing to leave out of a table that never scored them)."""
+    if table != "table2":
+        return ()
+    scored = {t for records in cells.values() for r in finished(records) for t in r["metrics"]["zeroshot"]["tasks"]}
+    out = tuple(t for t in g.without_tasks if t in scored)
+    return out if scored - set(out) else ()
 
 
 def wandb_table(table, g: Grid, cells, models) -> tuple[list[str], list[list]]:

@@ -240,6 +240,19 @@ def test_table2_mean_and_per_task_from_records(workspace, tmp_path):
     assert best.startswith(f"- smollm2-135m: {' '.join(ranked[0][1])} ")
     assert f"the next best, {' '.join(ranked[1][1])}" in best and f"({ranked[0][0]:.2f} vs {ranked[1][0]:.2f};" in best
     assert "over 10 examples" in best
+    # reference rows over the same first 5 examples, from the task files' own fields; no BoolQ, so no verdicts
+    # without it
+    from dlp.evaluation.tasks.offline_data import ensure_task_files
+    folder = ensure_task_files(tasks=["arc_easy", "rte"])
+    arc, rte = ([json.loads(line) for line in (folder / f"{t}.jsonl").read_text().splitlines()[:5]]
+                for t in ("arc_easy", "rte"))
+    chance = 100 * sum(1 / len(d["choices"]["text"]) for d in arc) / 5
+    gold = [d["choices"]["label"].index(d["answerKey"]) for d in arc]
+    frequent = (100 * max(gold.count(g) for g in gold) / 5, 100 * max(sum(d["label"] for d in rte), 5 - sum(
+        d["label"] for d in rte)) / 5)
+    assert f"| Chance | - | {chance:.2f} | 50.00 | {(chance + 50) / 2:.2f} |" in md
+    assert f"| Most frequent answer | - | {frequent[0]:.2f} | {frequent[1]:.2f} | {sum(frequent) / 2:.2f} |" in md
+    assert "Reference rows, on the same examples" in md and "without boolq" not in md
 
 
 def test_provenance_names_the_compute_dtype():
@@ -412,3 +425,50 @@ def test_a_table_names_every_machine_its_cells_ran_on(table):
     assert len(machines_text([{"environment": env}, {"environment": one_thread}]).split("; ")) == 2
     older = {k: v for k, v in env.items() if k != "cpu_model"}  # a record made before the CPU model was kept
     assert machine_line(older) == machine_line(env).replace(f"{cpu_model()}, ", "")
+
+
+def zeroshot_record(key: str, scores: dict) -> dict:
+    """A finished zero-shot record with per-example accuracies: task -> list of 0/1."""
+    tasks = {t: {"acc": sum(v) / len(v), "metric": "acc",
+                 "examples": {"doc_hash": [f"{t}{i}" for i in range(len(v))], "acc": [float(x) for x in v]}}
+             for t, v in scores.items()}
+    mean = sum(t["acc"] for t in tasks.values()) / len(tasks)
+    return {"status": "ok", "key": key, "config": {"seed": 0}, "metrics": {"zeroshot": {"tasks": tasks, "mean": mean}}}
+
+
+def test_zeroshot_verdicts_without_a_task_leave_its_examples_out():
+    """The verdicts without BoolQ pair and average the other tasks only: here DLP wins on BoolQ alone, so it beats
+    uniform over both tasks and is within noise without BoolQ, with the means of RTE alone."""
+    from experiments.verdicts import bootstrap_verdict
+
+    g = tables.Grid(["wanda"], ["uniform", "dlp"], 0.7, without_tasks=("boolq",))
+    rte = [1, 0] * 50
+    uniform = zeroshot_record("u", {"boolq": [0] * 200, "rte": rte})
+    dlp = zeroshot_record("d", {"boolq": [1] * 200, "rte": rte[::-1]})
+    cells = {(("Wanda", "Uniform"), "m"): [uniform], (("Wanda", "DLP"), "m"): [dlp]}
+    (everything,) = tables.notes("table2", g, cells, ["m"])
+    assert everything.startswith("m, Wanda: DLP beats uniform (75.00 vs 25.00; +50.00 points")
+    assert tables.tasks_left_out("table2", g, cells) == ("boolq",)
+    (without,) = tables.notes("table2", g, cells, ["m"], without=frozenset({"boolq"}))
+    v = bootstrap_verdict({"rte": [100.0 * x for x in rte[::-1]]}, {"rte": [100.0 * x for x in rte]})
+    assert without.startswith("m, Wanda: DLP does NOT beat uniform: within noise (50.00 vs 50.00; +0.00 points")
+    assert f"[{v.interval[0]:+.2f}, {v.interval[1]:+.2f}] over 100 examples" in without
+    # a table that never scored BoolQ, or scored nothing else, gives no second set of verdicts
+    only_rte = {k: [zeroshot_record(r[0]["key"], {"rte": rte})] for k, r in cells.items()}
+    only_boolq = {k: [zeroshot_record(r[0]["key"], {"boolq": rte})] for k, r in cells.items()}
+    assert tables.tasks_left_out("table2", g, only_rte) == () == tables.tasks_left_out("table2", g, only_boolq)
+    assert tables.tasks_left_out("table1", g, cells) == ()
+
+
+def test_table_without_tasks_must_name_zeroshot_tasks(monkeypatch):
+    from omegaconf import OmegaConf
+
+    from dlp.errors import UserError
+    from dlp.evaluation.zeroshot import TASKS as ZEROSHOT_TASKS
+
+    config = tables.grids.experiment_config("table2")
+    for names in (["boolq", "nosuch"], list(ZEROSHOT_TASKS)):
+        bad = OmegaConf.merge(config, {"table_without_tasks": names})
+        monkeypatch.setattr(tables.grids, "experiment_config", lambda table, bad=bad: bad)
+        with pytest.raises(UserError, match="table_without_tasks must name some of the zero-shot tasks"):
+            tables.grid("table2")

@@ -119,3 +119,18 @@ def test_a_subset_and_the_metric_each_task_is_scored_by():
     first = evaluate_zeroshot(model, char_tokenizer(), ["hellaswag"], batch_size=16, source="local", limit=12)
     drawn = set(hs["examples"]["doc_hash"])
     assert len(drawn) == 12 and drawn != set(first["tasks"]["hellaswag"]["examples"]["doc_hash"])  # not the head
+
+
+def test_the_reference_rows_cover_exactly_the_scored_examples(tiny_result):
+    """The records' example hashes are the harness's: every scored example is found, and BoolQ's most frequent
+    answer over the first examples is the count of the file's own labels there."""
+    import json
+
+    from dlp.evaluation.answer_priors import references_for
+    from dlp.evaluation.tasks.offline_data import ensure_task_files
+
+    refs = references_for({t: tiny_result["tasks"][t]["examples"]["doc_hash"] for t in TASKS})
+    assert all(refs[t] is not None for t in TASKS)
+    lines = (ensure_task_files(tasks=["boolq"]) / "boolq.jsonl").read_text().splitlines()[:LIMIT]
+    yes = sum(json.loads(line)["label"] for line in lines)
+    assert refs["boolq"]["most_frequent"] == max(yes, LIMIT - yes) / LIMIT and refs["boolq"]["chance"] == 0.5
