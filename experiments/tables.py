@@ -430,8 +430,14 @@ def wandb_table(table, g: Grid, cells, models) -> tuple[list[str], list[list]]:
 
 
 def all_notes(table, g: Grid, cells, models) -> list[str]:
+    """Every verdict line the markdown gives: against uniform and DLP, and again without the tasks left out."""
     central = central_allocation()
-    return notes(table, g, cells, models) + (notes(table, g, cells, models, central) if central else [])
+    out = []
+    for without in ((), *([left_out] if (left_out := tasks_left_out(table, g, cells)) else [])):
+        leaving = f" (without {', '.join(without)})" if without else ""
+        for against in (None, *([central] if central else [])):
+            out += [n + leaving for n in notes(table, g, cells, models, against, frozenset(without))]
+    return out
 
 
 def build(table, models, preset="cpu", sparsity=None, extra=(), out_dir=ROOT / "results", criteria=None,

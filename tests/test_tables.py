@@ -453,6 +453,7 @@ def test_zeroshot_verdicts_without_a_task_leave_its_examples_out():
     v = bootstrap_verdict({"rte": [100.0 * x for x in rte[::-1]]}, {"rte": [100.0 * x for x in rte]})
     assert without.startswith("m, Wanda: DLP does NOT beat uniform: within noise (50.00 vs 50.00; +0.00 points")
     assert f"[{v.interval[0]:+.2f}, {v.interval[1]:+.2f}] over 100 examples" in without
+    assert tables.all_notes("table2", g, cells, ["m"]) == [everything, f"{without} (without boolq)"]  # to W&B
     # a table that never scored BoolQ, or scored nothing else, gives no second set of verdicts
     only_rte = {k: [zeroshot_record(r[0]["key"], {"rte": rte})] for k, r in cells.items()}
     only_boolq = {k: [zeroshot_record(r[0]["key"], {"boolq": rte})] for k, r in cells.items()}
