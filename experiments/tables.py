@@ -377,14 +377,9 @@ def render(table, g: Grid, cells, models, preset, elapsed, seeds=None):
     md += ["", f"{'Lower' if lower_better else 'Higher'} is better. Measured on:", *provenance_lines(cells, models, preset)]
     if table == "table2":
         md += per_task_lines(cells, models, skip)
-    central = central_allocation()
-    for without in ((), *([left_out] if (left_out := tasks_left_out(table, g, cells)) else [])):
+    for base, without, lines in verdict_blocks(table, g, cells, models):
         leaving = f", without {', '.join(without)} (mean over the other tasks)" if without else ""
-        md += ["", f"Against uniform{leaving}:", *[f"- {n}" for n in notes(table, g, cells, models,
-                                                                            without=frozenset(without))]]
-        against_central = notes(table, g, cells, models, central, frozenset(without)) if central else []
-        if against_central:
-            md += ["", f"Against {label(ALLOCATIONS, central)}{leaving}:", *[f"- {n}" for n in against_central]]
+        md += ["", f"Against {base}{leaving}:", *[f"- {n}" for n in lines]]
     md += best_lines(table, g, cells, models)
     costs = [line for model in models for row, method in table_rows(g) if method
              for line in [cost_line(f"{model}, {' '.join(row)}", cells[(row, model)])] if line]
@@ -432,15 +427,21 @@ def wandb_table(table, g: Grid, cells, models) -> tuple[list[str], list[list]]:
     return columns, data
 
 
-def all_notes(table, g: Grid, cells, models) -> list[str]:
-    """Every verdict line the markdown gives: against uniform and DLP, and again without the tasks left out."""
+def verdict_blocks(table, g: Grid, cells, models):
+    """(the base's label, tasks left out, its verdict lines) for every non-empty set of verdicts a table gives:
+    against uniform, then DLP; for Table 2 again without the tasks the config leaves out."""
     central = central_allocation()
-    out = []
     for without in ((), *([left_out] if (left_out := tasks_left_out(table, g, cells)) else [])):
-        leaving = f" (without {', '.join(without)})" if without else ""
         for against in (None, *([central] if central else [])):
-            out += [n + leaving for n in notes(table, g, cells, models, against, frozenset(without))]
-    return out
+            lines = notes(table, g, cells, models, against, frozenset(without))
+            if lines or against is None:
+                yield "uniform" if against is None else label(ALLOCATIONS, against), without, lines
+
+
+def all_notes(table, g: Grid, cells, models) -> list[str]:
+    """Every verdict line the markdown gives, those without some tasks saying so."""
+    return [n + (f" (without {', '.join(without)})" if without else "")
+            for _, without, lines in verdict_blocks(table, g, cells, models) for n in lines]
 
 
 def build(table, models, preset="cpu", sparsity=None, extra=(), out_dir=ROOT / "results", criteria=None,
