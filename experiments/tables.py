@@ -16,8 +16,8 @@ table we write what it was measured on, say plainly where an allocation does not
 model's best row with whether it beats the next best.
 
 With `--seeds 0,1,2` every cell runs once per calibration seed (each its own record); a cell shows the mean ± std
-over seeds, and each allocation is compared with uniform under the same criterion by the rule of
-experiments.verdicts (perplexity: a paired t-test over seeds; zero-shot: a paired bootstrap over examples),
+over seeds, and each allocation is compared with uniform (and with DLP) under the same criterion, and a refined
+criterion (Wanda + DSnoT) with itself unrefined under the same allocation, by the rule of experiments.verdicts (perplexity: a paired t-test over seeds; zero-shot: a paired bootstrap over examples),
 which says "within noise" when the difference is not consistent. One seed renders as it always has.
 """
 import csv
@@ -36,7 +36,7 @@ from . import grids, tracking
 from .cells import cell_overrides, failures, launcher_overrides, run_cells
 from .commandline import LAUNCHER_HELP, OneLineParser, one_line_errors, parse_seeds
 from .config import compose_config
-from .methods import method_label
+from .methods import method_label, split_method
 from .publish import publish
 from .records import machines_text
 from .reports.markdown import md_table, provenance_lines
@@ -242,6 +242,34 @@ def notes(table, g: Grid, cells, models, against: str | None = None, without=fro
             for model, crit, alloc, v, ours, summ, scope in comparisons(table, g, cells, models, against, without)]
 
 
+def refinement_comparisons(table, g: Grid, cells, models, without=frozenset()):
+    """Like `comparisons`, for every row whose criterion takes a refinement (Wanda + DSnoT) against its criterion
+    unrefined under the same allocation, when the table has that row: whether the refinement itself helps, which
+    the comparisons between allocations (within one criterion row) never say."""
+    metric = mean_without(without) if without else METRICS[table][0]
+    rows = [method for _, method in table_rows(g) if method]
+    for model in models:
+        for crit, alloc in rows:
+            plain, refinement = split_method(crit)
+            if not refinement or (plain, alloc) not in rows:
+                continue
+            base = cells[((method_label(plain), label(ALLOCATIONS, alloc)), model)]
+            ours = cells[((method_label(crit), label(ALLOCATIONS, alloc)), model)]
+            ours, base, scope = on_common_seeds(ours, base)
+            if base and ours:
+                yield (model, crit, alloc, verdict(table, ours, base, without), summary(metric, ours),
+                       summary(metric, base), scope)
+
+
+def refinement_notes(table, g: Grid, cells, models, without=frozenset()) -> list[str]:
+    """Plain statements of where a refined criterion beats the same criterion unrefined, or not."""
+    lower_better = METRICS[table][2]
+    what = "examples" if table == "table2" else "seeds"
+    return [statement(f"{model}, {label(ALLOCATIONS, alloc)}: {method_label(crit)}", v, ours, summ, lower_better,
+                      what, method_label(split_method(crit)[0]), scope)
+            for model, crit, alloc, v, ours, summ, scope in refinement_comparisons(table, g, cells, models, without)]
+
+
 def best_lines(table, g: Grid, cells, models) -> list[str]:
     """Per model, the pruned row with the best mean and whether it beats the next best (the same paired rule as
     every verdict here): which method a model favours, said with its evidence."""
@@ -368,7 +396,8 @@ def csv_rows(table, g: Grid, cells, models, seeds):
     return header, rows
 
 
-def render(table, g: Grid, cells, models, preset, elapsed, seeds=None):
+def render(table, g: Grid, cells, models, preset, elapsed, seeds=None, blocks=None):
+    """The table as markdown, CSV and LaTeX; `blocks`: its verdict_blocks when the caller has them already."""
     metric, metric_label, lower_better = METRICS[table]
     header, skip = ["Method", "Layerwise", *models], not_run_cells(cells)
     rows = [[row[0], row[1], *(value_text(metric, cells[(row, m)]) for m in models)] for row, _ in table_rows(g)]
@@ -377,7 +406,7 @@ def render(table, g: Grid, cells, models, preset, elapsed, seeds=None):
     md += ["", f"{'Lower' if lower_better else 'Higher'} is better. Measured on:", *provenance_lines(cells, models, preset)]
     if table == "table2":
         md += per_task_lines(cells, models, skip)
-    for base, without, lines in verdict_blocks(table, g, cells, models):
+    for base, without, lines in verdict_blocks(table, g, cells, models) if blocks is None else blocks:
         leaving = f", without {', '.join(without)} (mean over the other tasks)" if without else ""
         md += ["", f"Against {base}{leaving}:", *[f"- {n}" for n in lines]]
     md += best_lines(table, g, cells, models)
@@ -409,11 +438,15 @@ def tasks_left_out(table, g: Grid, cells) -> tuple:
 
 def wandb_table(table, g: Grid, cells, models) -> tuple[list[str], list[list]]:
     """The table as W&B shows it: the paper's rows, and per model the mean, std, seeds and verdict columns (against
-    uniform, and against the allocation this suite reproduces)."""
+    uniform, against the allocation this suite reproduces, and for refined criteria against themselves unrefined)."""
     metric = METRICS[table][0]
     bases = [reference_allocation(), *([central_allocation()] if central_allocation() else [])]
     verdicts = [{(model, method_label(crit), label(ALLOCATIONS, alloc)): v
                  for model, crit, alloc, v, *_ in comparisons(table, g, cells, models, base)} for base in bases]
+    if any(method and split_method(method[0])[1] for _, method in table_rows(g)):  # refined rows: against themselves
+        verdicts.append({(model, method_label(crit), label(ALLOCATIONS, alloc)): v
+                         for model, crit, alloc, v, *_ in refinement_comparisons(table, g, cells, models)})
+        bases.append("unrefined")
     columns = ["Method", "Layerwise", *(c for m in models for c in (f"{m} mean", f"{m} std", f"{m} seeds",
                                                                     *(f"{m} vs {base}" for base in bases)))]
     data = []
@@ -429,19 +462,21 @@ def wandb_table(table, g: Grid, cells, models) -> tuple[list[str], list[list]]:
 
 def verdict_blocks(table, g: Grid, cells, models):
     """(the base's label, tasks left out, its verdict lines) for every non-empty set of verdicts a table gives:
-    against uniform, then DLP; for Table 2 again without the tasks the config leaves out."""
+    against uniform, then DLP, then refined criteria against themselves unrefined; for Table 2 again without the
+    tasks the config leaves out."""
     central = central_allocation()
     for without in ((), *([left_out] if (left_out := tasks_left_out(table, g, cells)) else [])):
         for against in (None, *([central] if central else [])):
             lines = notes(table, g, cells, models, against, frozenset(without))
             if lines or against is None:
                 yield "uniform" if against is None else label(ALLOCATIONS, against), without, lines
+        if lines := refinement_notes(table, g, cells, models, frozenset(without)):
+            yield "the unrefined criterion", without, lines
 
 
-def all_notes(table, g: Grid, cells, models) -> list[str]:
-    """Every verdict line the markdown gives, those without some tasks saying so."""
-    return [n + (f" (without {', '.join(without)})" if without else "")
-            for _, without, lines in verdict_blocks(table, g, cells, models) for n in lines]
+def all_notes(blocks) -> list[str]:
+    """Every verdict line of these verdict_blocks, as the markdown gives them, those without some tasks saying so."""
+    return [n + (f" (without {', '.join(without)})" if without else "") for _, without, lines in blocks for n in lines]
 
 
 def build(table, models, preset="cpu", sparsity=None, extra=(), out_dir=ROOT / "results", criteria=None,
@@ -456,7 +491,9 @@ def build(table, models, preset="cpu", sparsity=None, extra=(), out_dir=ROOT / "
     check_choices([f"model={','.join(models)}", f"preset={preset}"])  # one line now, not one failed cell per row
     wandb_cfg = compose_config([f"preset={preset}", *extra])["wandb"]  # also refuses bad overrides before any cell
     cells = collect(table, g, models, preset, list(extra), seeds, launch, run=not finished_only)
-    md, csv_text, tex = render(table, g, cells, models, preset, time.time() - start, seeds)
+    # The verdicts (bootstraps of thousands of draws for Table 2) once, for the markdown and the W&B notes alike.
+    blocks = list(verdict_blocks(table, g, cells, models))
+    md, csv_text, tex = render(table, g, cells, models, preset, time.time() - start, seeds, blocks)
     waiting = finished_only and any(len(finished(cells[(row, m)])) < (len(seeds or [0]) if method else 1)
                                     for m in models for row, method in table_rows(g) if runs(g, m, method))
     out_dir = Path(out_dir)
@@ -467,7 +504,7 @@ def build(table, models, preset="cpu", sparsity=None, extra=(), out_dir=ROOT / "
     if waiting:
         return md, cells
     tracking.log_table_quietly(table, *wandb_table(table, g, cells, models), wandb_cfg, group=table,
-                               notes=all_notes(table, g, cells, models),
+                               notes=all_notes(blocks),
                                settings={"models": models, "preset": preset, "seeds": seeds, "sparsity": g.sparsity,
                                          "criteria": g.criteria, "allocations": g.allocations, "overrides": list(extra)})
     return md, cells

@@ -1,5 +1,6 @@
 """Table 1, plots, the notebook and W&B logging, on the tiny model."""
 import json
+import math
 import os
 import re
 
@@ -453,12 +454,53 @@ def test_zeroshot_verdicts_without_a_task_leave_its_examples_out():
     v = bootstrap_verdict({"rte": [100.0 * x for x in rte[::-1]]}, {"rte": [100.0 * x for x in rte]})
     assert without.startswith("m, Wanda: DLP does NOT beat uniform: within noise (50.00 vs 50.00; +0.00 points")
     assert f"[{v.interval[0]:+.2f}, {v.interval[1]:+.2f}] over 100 examples" in without
-    assert tables.all_notes("table2", g, cells, ["m"]) == [everything, f"{without} (without boolq)"]  # to W&B
+    blocks = list(tables.verdict_blocks("table2", g, cells, ["m"]))
+    assert tables.all_notes(blocks) == [everything, f"{without} (without boolq)"]  # to W&B
     # a table that never scored BoolQ, or scored nothing else, gives no second set of verdicts
     only_rte = {k: [zeroshot_record(r[0]["key"], {"rte": rte})] for k, r in cells.items()}
     only_boolq = {k: [zeroshot_record(r[0]["key"], {"boolq": rte})] for k, r in cells.items()}
     assert tables.tasks_left_out("table2", g, only_rte) == () == tables.tasks_left_out("table2", g, only_boolq)
     assert tables.tasks_left_out("table1", g, cells) == ()
+
+
+def test_a_refined_criterion_is_compared_with_itself_unrefined(monkeypatch):
+    """Wanda + DSnoT rows get a verdict against Wanda under the same allocation (the paired t-test over seeds,
+    recomputed here by hand: with 2 degrees of freedom, two-sided p = 1 - |t| / sqrt(t^2 + 2)); rows without a
+    refinement, or whose unrefined row the table lacks, get none."""
+    g = tables.Grid(["wanda"], ["uniform", "dlp"], 0.7, extra=(("wanda+dsnot", "uniform"), ("wanda+dsnot", "dlp"),
+                                                              ("sparsegpt+dsnot", "uniform")))
+    ppls = {("Wanda", "Uniform"): [100.0, 110.0, 120.0], ("Wanda", "DLP"): [50.0, 52.0, 54.0],
+            ("Wanda + DSnoT", "Uniform"): [150.0, 170.0, 160.0], ("Wanda + DSnoT", "DLP"): [50.0, 52.5, 53.0],
+            ("SparseGPT + DSnoT", "Uniform"): [90.0, 91.0, 92.0], tables.DENSE_ROW: [30.0]}
+    cells = {(row, "m"): [{"status": "ok", "key": f"{row}{s}", "config": {"seed": s}, "metrics": {"ppl": v}}
+                          for s, v in enumerate(values)] for row, values in ppls.items()}
+    blocks = list(tables.verdict_blocks("table1", g, cells, ["m"]))
+    assert [(base, len(lines)) for base, _, lines in blocks] == [("uniform", 2), ("the unrefined criterion", 2)]
+    lost, tied = blocks[-1][2]
+    monkeypatch.setattr(tables, "provenance_lines", lambda *a: [])
+
+    def p_value(ours, base):
+        d = [math.log(a) - math.log(b) for a, b in zip(ours, base)]
+        mean = sum(d) / 3
+        t = mean / math.sqrt(sum((x - mean) ** 2 for x in d) / 2 / 3)
+        return 1 - abs(t) / math.sqrt(t * t + 2)
+
+    p_lost = p_value(ppls[("Wanda + DSnoT", "Uniform")], ppls[("Wanda", "Uniform")])
+    p_tied = p_value(ppls[("Wanda + DSnoT", "DLP")], ppls[("Wanda", "DLP")])
+    assert p_lost < 0.05 < p_tied
+    assert lost.startswith("m, Uniform: Wanda + DSnoT does NOT beat (loses to) Wanda (160.00 ± 10.00 vs 110.00 ± "
+                           "10.00; ratio ") and lost.endswith(f"paired t-test p = {p_lost:.3f} over 3 seeds).")
+    assert tied.startswith("m, DLP: Wanda + DSnoT does NOT beat Wanda: within noise (51.83 ± 1.61 vs 52.00 ± 2.00;")
+    assert tied.endswith(f"p = {p_tied:.3f} over 3 seeds).")
+    md, _, _ = tables.render("table1", g, cells, ["m"], "cpu", 0.0, [0, 1, 2], blocks)
+    assert f"Against the unrefined criterion:\n- {lost}\n- {tied}\n" in md
+    assert md == tables.render("table1", g, cells, ["m"], "cpu", 0.0, [0, 1, 2])[0]  # the same blocks either way
+    assert tables.all_notes(blocks)[-2:] == [lost, tied]
+    columns, data = tables.wandb_table("table1", g, cells, ["m"])
+    assert columns[-3:] == ["m vs uniform", "m vs dlp", "m vs unrefined"]
+    assert {tuple(r[:2]): r[-1] for r in data} == {
+        ("Dense", "-"): "", ("Wanda", "Uniform"): "", ("Wanda", "DLP"): "", ("Wanda + DSnoT", "Uniform"): "loses to",
+        ("Wanda + DSnoT", "DLP"): "within noise", ("SparseGPT + DSnoT", "Uniform"): ""}
 
 
 def test_table_without_tasks_must_name_zeroshot_tasks(monkeypatch):
