@@ -17,8 +17,9 @@ model's best row with whether it beats the next best.
 
 With `--seeds 0,1,2` every cell runs once per calibration seed (each its own record); a cell shows the mean ± std
 over seeds, and each allocation is compared with uniform (and with DLP) under the same criterion, and a refined
-criterion (Wanda + DSnoT) with itself unrefined under the same allocation, by the rule of experiments.verdicts (perplexity: a paired t-test over seeds; zero-shot: a paired bootstrap over examples),
-which says "within noise" when the difference is not consistent. One seed renders as it always has.
+criterion (Wanda + DSnoT) with itself unrefined under the same allocation, by the rule of experiments.verdicts
+(perplexity: a paired t-test over seeds; zero-shot: a paired bootstrap over examples), which says "within noise"
+when the difference is not consistent. One seed renders as it always has.
 """
 import csv
 import io
