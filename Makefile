@@ -65,8 +65,11 @@ recovery: install
 curves: install
 	$(PY) -m experiments.curves --model $(FIRST_MODEL) --preset $(PRESET) --seeds $(or $(SEEDS),0$(comma)1$(comma)2) $(GRID_OPTIONS)
 
+# Block scores and sparsities at Wanda 70%, seed 0; the searches only when named (their records are Table 1's):
+# make plots ALLOCATIONS=uniform,owl,dlp,alphapruning,atp,evopress (results/figures/).
+ALLOCATIONS ?=
 plots: install
-	$(PY) -m experiments.plots --model $(FIRST_MODEL) --preset $(PRESET)
+	$(PY) -m experiments.plots --model $(FIRST_MODEL) --preset $(PRESET) $(if $(ALLOCATIONS),--allocations $(ALLOCATIONS))
 
 # Speed and memory against this machine's matmul peak (results/bench.md); see experiments/bench/.
 bench: install
