@@ -79,7 +79,8 @@ def execute(cfg: dict, hold: dict | None = None, checked: bool = False, inputs: 
     """Do the run; returns the record (status ok). Raises UserError on bad input. `hold`, a dict, receives the
     pruned model and its tokenizer (to save them) instead of letting them go with the run. `checked`: the caller
     has validated `cfg` already; `inputs`: read already (read_inputs); `checkpoints`: where zero-shot tasks
-    finished by an earlier attempt of this run are kept (dlp.evaluation.task_checkpoints)."""
+    finished by an earlier attempt of this run are kept (dlp.evaluation.task_checkpoints), and a search's progress
+    (dlp.methods.search)."""
     if not checked:
         validate(cfg)
     use_threads(cfg)
@@ -122,7 +123,7 @@ def execute(cfg: dict, hold: dict | None = None, checked: bool = False, inputs: 
             windows, selection = selection_windows(cfg, allocator.select_on, allocator.windows, tokenizer,
                                                    calib_corpus)
             search["trials"] = Trials(model, calib, criterion, pattern, d["batch_size"], windows, selection,
-                                      cfg["eval"]["batch_size"], refinement)
+                                      cfg["eval"]["batch_size"], refinement, checkpoints)
         allocation = allocator.allocate(model, calib, cfg["sparsity"], d["batch_size"], progress=cfg["progress"],
                                         model_id=model_id, **search)
         timings["allocation"] = time.perf_counter() - t

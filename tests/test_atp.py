@@ -45,8 +45,16 @@ class FakeTrials:
             return 1.0
         return 1.0 + (beta - self.best) ** 2 + (0.0 if self.flat_from is None else 1.0)
 
+    selection, seconds, count = {"name": "fake"}, 0.0, 0
+
+    def resume(self, search, settings):
+        return None  # nothing kept from an earlier attempt (tests/test_search_resume.py covers one)
+
+    def keep(self, search, settings, state):
+        pass
+
     def record(self):
-        return {"selection": {"name": "fake"}, "trials": len(self.seen), "seconds": 0.0}
+        return {"selection": self.selection, "trials": len(self.seen), "seconds": 0.0}
 
 
 def test_search_tries_the_grid_and_keeps_the_lowest_smallest_first():

@@ -76,12 +76,23 @@ class ATP(Allocator):
         if trials is None:
             raise UserError("atp's search of beta prunes with the run's criterion: run it through experiments.run, "
                             "or give allocation.beta")
-        tried = []
+        grid = beta_grid(n_blocks, target, self.step)
+        settings = {"grid": grid, "target": target, "selection": trials.selection}
+        # Trials an earlier attempt of this run finished (the same grid, in order) are not run again.
+        kept = trials.resume("atp", settings) or {}
+        tried = [t for t, beta in zip(kept.get("tried", []), grid) if t["beta"] == beta]
+        trials.seconds, trials.count = kept.get("seconds", 0.0), len(tried)
+        resumed = len(tried)
         # A trial is a whole prune and a selection perplexity: minutes each on a CPU, so each one is shown.
-        bar = tqdm(beta_grid(n_blocks, target, self.step), desc="atp: beta trials", disable=not progress)
-        for beta in bar:
+        bar = tqdm(grid, desc="atp: beta trials", disable=not progress, initial=resumed)
+        for beta in grid[resumed:]:
             tried.append({"beta": beta, "ppl": trials.perplexity(atp_sparsities(n_blocks, target, beta))})
+            trials.keep("atp", settings, {"tried": tried, "seconds": trials.seconds})
             best = min(tried, key=lambda t: t["ppl"])  # the first (smallest β) of equal perplexities, as search.sh
+            bar.update()
             bar.set_postfix(beta=beta, best=f"{best['beta']:g} ({best['ppl']:.2f})")
+        bar.close()
+        best = min(tried, key=lambda t: t["ppl"])
+        search = {"tried": tried, **trials.record(), **({"resumed_trials": resumed} if resumed else {})}
         return Allocation(atp_sparsities(n_blocks, target, best["beta"]), depth,
-                          {"beta": best["beta"], "search": {"tried": tried, **trials.record()}})
+                          {"beta": best["beta"], "search": search})

@@ -281,11 +281,18 @@ class EvoPress(Allocator):
             raise UserError("evopress builds its database with the run's criterion: run it through experiments.run")
         self.check_calibration(*calib_ids.shape)
         weights_diff, allowed = self.block_levels(model, target)
+        settings = {"generations": self.generations, "offspring": self.offspring, "survivors": self.survivors,
+                    "tokens": self.tokens, "seed": self.seed, "allowed": [sorted(a.items()) for a in allowed]}
+        kept = trials.resume("evopress", settings)  # before the search loads any level: the inputs digest is dense
         database = LevelDatabase(model, calib_ids, trials.criterion, trials.pattern, batch_size, trials.refinement,
                                  allowed, progress)
         fitness = Fitness(model, database, calib_ids)
+
+        def keep(state: dict) -> None:
+            trials.keep("evopress", settings, state)
+
         try:
-            parent, history = self.search(fitness, allowed, calib_ids.shape, progress)
+            parent, history, resumed = self.search(fitness, allowed, calib_ids.shape, progress, kept, keep)
         finally:
             database.restore()
         sparsities = [allowed[b][level] for b, level in enumerate(parent)]
@@ -298,14 +305,26 @@ class EvoPress(Allocator):
                        "database_seconds": round(database.seconds, 1), "database_bytes": database.bytes,
                        "search_seconds": round(seconds, 1),
                        "seconds_per_generation": round(seconds / len(history), 2),
-                       "fitness": [h["fitness"] for h in history]}})
+                       "fitness": [h["fitness"] for h in history],
+                       **({"resumed_generations": resumed} if resumed else {})}})
 
-    def search(self, fitness: Fitness, allowed: list[dict], shape, progress: bool):
+    def search(self, fitness: Fitness, allowed: list[dict], shape, progress: bool, kept: dict | None = None,
+               keep=lambda state: None):
+        """(the best levels, each generation's fitness and seconds, the generations taken from `kept`): `kept`,
+        the state an earlier attempt passed to `keep` after its last finished generation, goes on with the same
+        random state, so the search ends where an uninterrupted one would."""
         rng = random.Random(self.seed)
         n_windows, seqlen = shape
         parent = [0] * len(allowed)
         history = []
-        for _ in tqdm(range(self.generations), desc="evopress: generations", disable=not progress):
+        if kept:
+            version, internal, gauss = kept["random_state"]
+            rng.setstate((version, tuple(internal), gauss))
+            parent, history = list(kept["parent"]), list(kept["history"])
+            fitness.forward_tokens = kept["forward_tokens"]
+        resumed = len(history)
+        for _ in tqdm(range(resumed, self.generations), desc="evopress: generations", disable=not progress,
+                      initial=resumed, total=self.generations):
             t = time.perf_counter()
             offspring, duplicates = [], 0
             while len(offspring) < self.offspring and duplicates < DUPLICATE_DRAWS:
@@ -326,4 +345,6 @@ class EvoPress(Allocator):
             parent = offspring[0]
             history.append({"fitness": scores[0] if math.isfinite(scores[0]) else None,
                             "seconds": time.perf_counter() - t})
-        return parent, history
+            keep({"parent": parent, "history": history, "random_state": rng.getstate(),
+                  "forward_tokens": fitness.forward_tokens})
+        return parent, history, resumed
