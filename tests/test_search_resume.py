@@ -42,7 +42,7 @@ def atp(model, folder, step=STEP, calib=None):
                                                      trials=trials(model, folder, calib))
 
 
-def test_atp_resumes_the_trials_an_attempt_finished(monkeypatch, tmp_path):
+def test_atp_resumes_the_trials_an_attempt_finished(monkeypatch, tmp_path, capsys):
     model = tiny_model("llama")
     whole = atp(model, None)
     assert whole.info["search"]["trials"] == 6 and "resumed_trials" not in whole.info["search"]
@@ -53,8 +53,11 @@ def test_atp_resumes_the_trials_an_attempt_finished(monkeypatch, tmp_path):
     kept = json.loads((tmp_path / "atp-search.json").read_text())
     assert kept["state"]["tried"] == whole.info["search"]["tried"][:2]  # the two finished trials, their numbers
     state.update(calls=0, crash_on=None)
+    capsys.readouterr()
     again = atp(model, tmp_path)
     assert state["calls"] == 4  # only the trials not finished
+    assert capsys.readouterr().err == (f"atp: 2 of 6 trials kept from an earlier attempt "
+                                       f"({tmp_path / 'atp-search.json'})\n")
     search = again.info["search"]
     assert search["tried"] == whole.info["search"]["tried"] and again.sparsities == whole.sparsities
     assert search["resumed_trials"] == 2 and search["trials"] == 6
@@ -97,7 +100,7 @@ def evopress(model, folder, seed=0):
         model, tiny_ids(4, 32), 0.6, 4, progress=False, trials=trials(model, folder))
 
 
-def test_evopress_resumes_after_its_last_finished_generation(monkeypatch, tmp_path):
+def test_evopress_resumes_after_its_last_finished_generation(monkeypatch, tmp_path, capsys):
     """The same random state goes on: the levels and every generation's fitness equal an uninterrupted search's."""
     model = tiny_model("llama")
     whole = evopress(model, None)
@@ -111,7 +114,10 @@ def test_evopress_resumes_after_its_last_finished_generation(monkeypatch, tmp_pa
     assert 1 <= done < 5
     assert [h["fitness"] for h in kept["history"]] == whole.info["search"]["fitness"][:done]
     state.update(calls=0, crash_on=None)
+    capsys.readouterr()
     again = evopress(model, tmp_path)
+    assert capsys.readouterr().err == (f"evopress: {done} of 5 generations kept from an earlier attempt "
+                                       f"({tmp_path / 'evopress-search.json'})\n")
     calls_per_search = state["calls"]
     search = again.info["search"]
     assert search["resumed_generations"] == done and search["fitness"] == whole.info["search"]["fitness"]

@@ -10,6 +10,7 @@ corpus named by `select_on` (wiki-exllamav2); the record names it. Each trial is
 criterion, its calibration), so β is chosen for the criterion it is used with. A fixed `beta` reads no data
 beyond the run's prune.
 """
+import sys
 from decimal import Decimal
 
 from tqdm.auto import tqdm
@@ -83,6 +84,9 @@ class ATP(Allocator):
         tried = [t for t, beta in zip(kept.get("tried", []), grid) if t["beta"] == beta]
         trials.seconds, trials.count = kept.get("seconds", 0.0), len(tried)
         resumed = len(tried)
+        if resumed:
+            print(f"atp: {resumed} of {len(grid)} trials kept from an earlier attempt ({trials.progress_file('atp')})",
+                  file=sys.stderr)
         # A trial is a whole prune and a selection perplexity: minutes each on a CPU, so each one is shown.
         bar = tqdm(grid, desc="atp: beta trials", disable=not progress, initial=resumed)
         for beta in grid[resumed:]:

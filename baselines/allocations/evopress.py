@@ -21,6 +21,7 @@ cores, `paper` is the authors' script (400 generations, 64 offspring, survivors 
 """
 import math
 import random
+import sys
 import time
 
 import numpy as np
@@ -284,6 +285,9 @@ class EvoPress(Allocator):
         settings = {"generations": self.generations, "offspring": self.offspring, "survivors": self.survivors,
                     "tokens": self.tokens, "seed": self.seed, "allowed": [sorted(a.items()) for a in allowed]}
         kept = trials.resume("evopress", settings)  # before the search loads any level: the inputs digest is dense
+        if kept:
+            print(f"evopress: {len(kept['history'])} of {self.generations} generations kept from an earlier attempt "
+                  f"({trials.progress_file('evopress')})", file=sys.stderr)
         database = LevelDatabase(model, calib_ids, trials.criterion, trials.pattern, batch_size, trials.refinement,
                                  allowed, progress)
         fitness = Fitness(model, database, calib_ids)
