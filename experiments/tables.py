@@ -212,24 +212,33 @@ def statement(subject: str, v: Verdict, ours: Summary, base: Summary, lower_bett
             f"{describe(v, what)}).")
 
 
-def comparisons(table, g: Grid, cells, models, against: str | None = None, without=frozenset()):
-    """(model, criterion, allocation, verdict, its summary, the base's summary) for every row whose criterion also
-    has a row with the base allocation (`against`; default: the reference, uniform), but the base's own rows (and,
-    against DLP, uniform's, which the uniform comparisons already cover); zero-shot tasks in `without` left out."""
+def paired_rows(table, g: Grid, cells, models, base_of, without=frozenset()):
+    """(model, criterion, allocation, verdict, its summary, the base's summary, scope) for every row that
+    `base_of(criterion, allocation)` gives a base row for, when the table has that row and the two share a finished
+    seed; zero-shot tasks in `without` left out."""
     metric = mean_without(without) if without else METRICS[table][0]
-    against = against or reference_allocation()
     rows = [method for _, method in table_rows(g) if method]
-    skip = {against, reference_allocation()}
     for model in models:
         for crit, alloc in rows:
-            if alloc in skip or (crit, against) not in rows:
+            base_method = base_of(crit, alloc)
+            if base_method is None or base_method not in rows:
                 continue
-            base = cells[((method_label(crit), label(ALLOCATIONS, against)), model)]
+            base = cells[((method_label(base_method[0]), label(ALLOCATIONS, base_method[1])), model)]
             ours = cells[((method_label(crit), label(ALLOCATIONS, alloc)), model)]
             ours, base, scope = on_common_seeds(ours, base)
             if base and ours:
                 yield (model, crit, alloc, verdict(table, ours, base, without), summary(metric, ours),
                        summary(metric, base), scope)
+
+
+def comparisons(table, g: Grid, cells, models, against: str | None = None, without=frozenset()):
+    """paired_rows for every row whose criterion also has a row with the base allocation (`against`; default: the
+    reference, uniform), but the base's own rows (and, against DLP, uniform's, which the uniform comparisons
+    already cover)."""
+    against = against or reference_allocation()
+    skip = {against, reference_allocation()}
+    return paired_rows(table, g, cells, models, lambda crit, alloc: None if alloc in skip else (crit, against),
+                       without)
 
 
 def notes(table, g: Grid, cells, models, against: str | None = None, without=frozenset()) -> list[str]:
@@ -244,22 +253,14 @@ def notes(table, g: Grid, cells, models, against: str | None = None, without=fro
 
 
 def refinement_comparisons(table, g: Grid, cells, models, without=frozenset()):
-    """Like `comparisons`, for every row whose criterion takes a refinement (Wanda + DSnoT) against its criterion
-    unrefined under the same allocation, when the table has that row: whether the refinement itself helps, which
-    the comparisons between allocations (within one criterion row) never say."""
-    metric = mean_without(without) if without else METRICS[table][0]
-    rows = [method for _, method in table_rows(g) if method]
-    for model in models:
-        for crit, alloc in rows:
-            plain, refinement = split_method(crit)
-            if not refinement or (plain, alloc) not in rows:
-                continue
-            base = cells[((method_label(plain), label(ALLOCATIONS, alloc)), model)]
-            ours = cells[((method_label(crit), label(ALLOCATIONS, alloc)), model)]
-            ours, base, scope = on_common_seeds(ours, base)
-            if base and ours:
-                yield (model, crit, alloc, verdict(table, ours, base, without), summary(metric, ours),
-                       summary(metric, base), scope)
+    """paired_rows for every row whose criterion takes a refinement (Wanda + DSnoT) against its criterion unrefined
+    under the same allocation: whether the refinement itself helps, which the comparisons between allocations
+    (within one criterion row) never say."""
+    def unrefined(crit, alloc):
+        plain, refinement = split_method(crit)
+        return (plain, alloc) if refinement else None
+
+    return paired_rows(table, g, cells, models, unrefined, without)
 
 
 def refinement_notes(table, g: Grid, cells, models, without=frozenset()) -> list[str]:
