@@ -493,7 +493,8 @@ def build(table, models, preset="cpu", sparsity=None, extra=(), out_dir=ROOT / "
     check_choices([f"model={','.join(models)}", f"preset={preset}"])  # one line now, not one failed cell per row
     wandb_cfg = compose_config([f"preset={preset}", *extra])["wandb"]  # also refuses bad overrides before any cell
     cells = collect(table, g, models, preset, list(extra), seeds, launch, run=not finished_only)
-    # The verdicts (bootstraps of thousands of draws for Table 2) once, for the markdown and the W&B notes alike.
+    # The verdict lines (bootstraps of thousands of draws for Table 2) once, for the markdown and the W&B notes
+    # alike; wandb_table still computes its verdict columns again from the comparisons.
     blocks = list(verdict_blocks(table, g, cells, models))
     md, csv_text, tex = render(table, g, cells, models, preset, time.time() - start, seeds, blocks)
     waiting = finished_only and any(len(finished(cells[(row, m)])) < (len(seeds or [0]) if method else 1)
