@@ -26,6 +26,7 @@ import io
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 from dlp.errors import UserError
 from dlp.evaluation.answer_priors import references_for
@@ -241,15 +242,20 @@ def comparisons(table, g: Grid, cells, models, against: str | None = None, witho
                        without)
 
 
+def allocation_lines(table, compared, against: str | None = None) -> list[str]:
+    """The statements for these comparisons (rows against the base allocation `against`; default: uniform)."""
+    lower_better = METRICS[table][2]
+    what = "examples" if table == "table2" else "seeds"
+    base = label(ALLOCATIONS, against) if against else "uniform"
+    return [statement(f"{model}, {method_label(crit)}: {label(ALLOCATIONS, alloc)}", v, ours, summ, lower_better,
+                      what, base, scope)
+            for model, crit, alloc, v, ours, summ, scope in compared]
+
+
 def notes(table, g: Grid, cells, models, against: str | None = None, without=frozenset()) -> list[str]:
     """Plain statements of where each allocation beats the base (uniform, or DLP) under the same criterion, or not
     (zero-shot: over the tasks but those in `without`)."""
-    lower_better = METRICS[table][2]
-    what = "examples" if table == "table2" else "seeds"
-    base = label(ALLOCATIONS, against or reference_allocation())
-    return [statement(f"{model}, {method_label(crit)}: {label(ALLOCATIONS, alloc)}", v, ours, summ, lower_better,
-                      what, base if against else "uniform", scope)
-            for model, crit, alloc, v, ours, summ, scope in comparisons(table, g, cells, models, against, without)]
+    return allocation_lines(table, comparisons(table, g, cells, models, against, without), against)
 
 
 def refinement_comparisons(table, g: Grid, cells, models, without=frozenset()):
@@ -263,13 +269,18 @@ def refinement_comparisons(table, g: Grid, cells, models, without=frozenset()):
     return paired_rows(table, g, cells, models, unrefined, without)
 
 
-def refinement_notes(table, g: Grid, cells, models, without=frozenset()) -> list[str]:
-    """Plain statements of where a refined criterion beats the same criterion unrefined, or not."""
+def refinement_lines(table, compared) -> list[str]:
+    """The statements for these refinement_comparisons."""
     lower_better = METRICS[table][2]
     what = "examples" if table == "table2" else "seeds"
     return [statement(f"{model}, {label(ALLOCATIONS, alloc)}: {method_label(crit)}", v, ours, summ, lower_better,
                       what, method_label(split_method(crit)[0]), scope)
-            for model, crit, alloc, v, ours, summ, scope in refinement_comparisons(table, g, cells, models, without)]
+            for model, crit, alloc, v, ours, summ, scope in compared]
+
+
+def refinement_notes(table, g: Grid, cells, models, without=frozenset()) -> list[str]:
+    """Plain statements of where a refined criterion beats the same criterion unrefined, or not."""
+    return refinement_lines(table, refinement_comparisons(table, g, cells, models, without))
 
 
 def best_lines(table, g: Grid, cells, models) -> list[str]:
@@ -408,9 +419,11 @@ def render(table, g: Grid, cells, models, preset, elapsed, seeds=None, blocks=No
     md += ["", f"{'Lower' if lower_better else 'Higher'} is better. Measured on:", *provenance_lines(cells, models, preset)]
     if table == "table2":
         md += per_task_lines(cells, models, skip)
-    for base, without, lines in verdict_blocks(table, g, cells, models) if blocks is None else blocks:
-        leaving = f", without {', '.join(without)} (mean over the other tasks)" if without else ""
-        md += ["", f"Against {base}{leaving}:", *[f"- {n}" for n in lines]]
+    for block in verdict_blocks(table, g, cells, models) if blocks is None else blocks:
+        if not block.lines and block.column != reference_allocation():  # against uniform is said even when empty
+            continue
+        leaving = f", without {', '.join(block.without)} (mean over the other tasks)" if block.without else ""
+        md += ["", f"Against {block.base}{leaving}:", *[f"- {n}" for n in block.lines]]
     md += best_lines(table, g, cells, models)
     costs = [line for model in models for row, method in table_rows(g) if method
              for line in [cost_line(f"{model}, {' '.join(row)}", cells[(row, model)])] if line]
@@ -438,47 +451,61 @@ def tasks_left_out(table, g: Grid, cells) -> tuple:
     return out if scored - set(out) else ()
 
 
-def wandb_table(table, g: Grid, cells, models) -> tuple[list[str], list[list]]:
+def wandb_table(table, g: Grid, cells, models, blocks=None) -> tuple[list[str], list[list]]:
     """The table as W&B shows it: the paper's rows, and per model the mean, std, seeds and verdict columns (against
-    uniform, against the allocation this suite reproduces, and for refined criteria against themselves unrefined)."""
+    uniform, against the allocation this suite reproduces, and for refined criteria against themselves unrefined),
+    read from `blocks` (its verdict_blocks) when the caller has them already."""
     metric = METRICS[table][0]
-    bases = [reference_allocation(), *([central_allocation()] if central_allocation() else [])]
-    verdicts = [{(model, method_label(crit), label(ALLOCATIONS, alloc)): v
-                 for model, crit, alloc, v, *_ in comparisons(table, g, cells, models, base)} for base in bases]
-    if any(method and split_method(method[0])[1] for _, method in table_rows(g)):  # refined rows: against themselves
-        verdicts.append({(model, method_label(crit), label(ALLOCATIONS, alloc)): v
-                         for model, crit, alloc, v, *_ in refinement_comparisons(table, g, cells, models)})
-        bases.append("unrefined")
+    columns_of = [b for b in (verdict_blocks(table, g, cells, models) if blocks is None else blocks) if not b.without]
     columns = ["Method", "Layerwise", *(c for m in models for c in (f"{m} mean", f"{m} std", f"{m} seeds",
-                                                                    *(f"{m} vs {base}" for base in bases)))]
+                                                                    *(f"{m} vs {b.column}" for b in columns_of)))]
     data = []
     for row, _ in table_rows(g):
         out = [row[0], row[1]]
         for m in models:
             s = summary(metric, cells[(row, m)])
-            words = [v.word if v else "" for v in (found.get((m, *row)) for found in verdicts)]
+            words = [v.word if v else "" for v in (b.verdicts.get((m, *row)) for b in columns_of)]
             out += [s.mean if s.n else None, s.std if s.n else None, s.n, *words]
         data.append(out)
     return columns, data
 
 
+class Block(NamedTuple):
+    """One set of verdicts a table gives: the base's label, the zero-shot tasks left out, the verdict lines, each
+    compared row's Verdict by (model, criterion label, allocation label), and the W&B column it fills."""
+    base: str
+    without: tuple
+    lines: list
+    verdicts: dict
+    column: str
+
+
+def by_row(compared) -> dict:
+    """Each comparison's Verdict under the row labels the tables show: (model, criterion, allocation)."""
+    return {(model, method_label(crit), label(ALLOCATIONS, alloc)): v for model, crit, alloc, v, *_ in compared}
+
+
 def verdict_blocks(table, g: Grid, cells, models):
-    """(the base's label, tasks left out, its verdict lines) for every non-empty set of verdicts a table gives:
-    against uniform, then DLP, then refined criteria against themselves unrefined; for Table 2 again without the
-    tasks the config leaves out."""
+    """A Block for every set of verdicts a table gives, each computed once (Table 2's are bootstraps of thousands
+    of draws) for the markdown, the W&B notes and its verdict columns alike: against uniform, then DLP, then, when
+    the table has refined criteria, those against themselves unrefined; for Table 2 again without the tasks the
+    config leaves out. A block may have no lines (no row to compare); its W&B column is then empty."""
     central = central_allocation()
+    refined = any(method and split_method(method[0])[1] for _, method in table_rows(g))
     for without in ((), *([left_out] if (left_out := tasks_left_out(table, g, cells)) else [])):
         for against in (None, *([central] if central else [])):
-            lines = notes(table, g, cells, models, against, frozenset(without))
-            if lines or against is None:
-                yield "uniform" if against is None else label(ALLOCATIONS, against), without, lines
-        if lines := refinement_notes(table, g, cells, models, frozenset(without)):
-            yield "the unrefined criterion", without, lines
+            compared = list(comparisons(table, g, cells, models, against, frozenset(without)))
+            yield Block("uniform" if against is None else label(ALLOCATIONS, against), without,
+                        allocation_lines(table, compared, against), by_row(compared), against or reference_allocation())
+        if refined:
+            compared = list(refinement_comparisons(table, g, cells, models, frozenset(without)))
+            yield Block("the unrefined criterion", without, refinement_lines(table, compared), by_row(compared),
+                        "unrefined")
 
 
 def all_notes(blocks) -> list[str]:
     """Every verdict line of these verdict_blocks, as the markdown gives them, those without some tasks saying so."""
-    return [n + (f" (without {', '.join(without)})" if without else "") for _, without, lines in blocks for n in lines]
+    return [n + (f" (without {', '.join(b.without)})" if b.without else "") for b in blocks for n in b.lines]
 
 
 def build(table, models, preset="cpu", sparsity=None, extra=(), out_dir=ROOT / "results", criteria=None,
@@ -493,8 +520,6 @@ def build(table, models, preset="cpu", sparsity=None, extra=(), out_dir=ROOT / "
     check_choices([f"model={','.join(models)}", f"preset={preset}"])  # one line now, not one failed cell per row
     wandb_cfg = compose_config([f"preset={preset}", *extra])["wandb"]  # also refuses bad overrides before any cell
     cells = collect(table, g, models, preset, list(extra), seeds, launch, run=not finished_only)
-    # The verdict lines (bootstraps of thousands of draws for Table 2) once, for the markdown and the W&B notes
-    # alike; wandb_table still computes its verdict columns again from the comparisons.
     blocks = list(verdict_blocks(table, g, cells, models))
     md, csv_text, tex = render(table, g, cells, models, preset, time.time() - start, seeds, blocks)
     waiting = finished_only and any(len(finished(cells[(row, m)])) < (len(seeds or [0]) if method else 1)
@@ -506,7 +531,7 @@ def build(table, models, preset="cpu", sparsity=None, extra=(), out_dir=ROOT / "
             failures(cells), incomplete=waiting)
     if waiting:
         return md, cells
-    tracking.log_table_quietly(table, *wandb_table(table, g, cells, models), wandb_cfg, group=table,
+    tracking.log_table_quietly(table, *wandb_table(table, g, cells, models, blocks), wandb_cfg, group=table,
                                notes=all_notes(blocks),
                                settings={"models": models, "preset": preset, "seeds": seeds, "sparsity": g.sparsity,
                                          "criteria": g.criteria, "allocations": g.allocations, "overrides": list(extra)})

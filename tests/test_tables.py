@@ -475,8 +475,9 @@ def test_a_refined_criterion_is_compared_with_itself_unrefined(monkeypatch):
     cells = {(row, "m"): [{"status": "ok", "key": f"{row}{s}", "config": {"seed": s}, "metrics": {"ppl": v}}
                           for s, v in enumerate(values)] for row, values in ppls.items()}
     blocks = list(tables.verdict_blocks("table1", g, cells, ["m"]))
-    assert [(base, len(lines)) for base, _, lines in blocks] == [("uniform", 2), ("the unrefined criterion", 2)]
-    lost, tied = blocks[-1][2]
+    # against DLP: no row to compare (its block, empty, still gives the W&B column)
+    assert [(b.base, len(b.lines)) for b in blocks] == [("uniform", 2), ("DLP", 0), ("the unrefined criterion", 2)]
+    lost, tied = blocks[-1].lines
     monkeypatch.setattr(tables, "provenance_lines", lambda *a: [])
 
     def p_value(ours, base):
@@ -496,7 +497,12 @@ def test_a_refined_criterion_is_compared_with_itself_unrefined(monkeypatch):
     assert f"Against the unrefined criterion:\n- {lost}\n- {tied}\n" in md
     assert md == tables.render("table1", g, cells, ["m"], "cpu", 0.0, [0, 1, 2])[0]  # the same blocks either way
     assert tables.all_notes(blocks)[-2:] == [lost, tied]
-    columns, data = tables.wandb_table("table1", g, cells, ["m"])
+    assert "Against DLP" not in md
+    # the W&B columns read the verdicts the blocks carry: none computed again
+    calls = []
+    monkeypatch.setattr(tables, "verdict", lambda *a, **k: calls.append(a))
+    columns, data = tables.wandb_table("table1", g, cells, ["m"], blocks)
+    assert calls == []
     assert columns[-3:] == ["m vs uniform", "m vs dlp", "m vs unrefined"]
     assert {tuple(r[:2]): r[-1] for r in data} == {
         ("Dense", "-"): "", ("Wanda", "Uniform"): "", ("Wanda", "DLP"): "", ("Wanda + DSnoT", "Uniform"): "loses to",
