@@ -23,8 +23,8 @@ SEEDS ?=
 LAUNCHER ?=
 OVERRIDES ?=
 GRID_OPTIONS = $(if $(LAUNCHER),--launcher $(LAUNCHER)) $(OVERRIDES)
-# A peek at a table whose cells run elsewhere: make table1 SEEDS=0,1,2 FINISHED_ONLY=1 renders the finished
-# records and runs nothing (the other cells read "not run"; results/table1-3seeds.partial.md).
+# A peek at a grid whose cells run elsewhere: make table1 SEEDS=0,1,2 FINISHED_ONLY=1 (or ablation, curves) renders
+# the finished records and runs nothing (the other cells read "not run"; results/table1-3seeds.partial.md).
 FINISHED_ONLY ?=
 TABLE_OPTIONS = $(GRID_OPTIONS) $(if $(FINISHED_ONLY),--finished-only)
 
@@ -54,7 +54,7 @@ table2: install
 # Ranking or spread? Controls at DLP's spread and the searched allocations, per criterion, at 60% and 70%
 # (conf/experiment/ablation.yaml).
 ablation: install
-	$(PY) -m experiments.ablation --model $(FIRST_MODEL) --preset $(PRESET) --seeds $(or $(SEEDS),0$(comma)1$(comma)2) $(GRID_OPTIONS)
+	$(PY) -m experiments.ablation --model $(FIRST_MODEL) --preset $(PRESET) --seeds $(or $(SEEDS),0$(comma)1$(comma)2) $(TABLE_OPTIONS)
 
 # LoRA recovery under the mask: uniform, OWL and DLP before and after, every pruned weight still zero.
 recovery: install
@@ -63,7 +63,7 @@ recovery: install
 # Perplexity against sparsity (30% to 80%) for uniform, OWL, DLP and the linear ramp, ATP and EvoPress at 60% and
 # 70%, with seed error bars.
 curves: install
-	$(PY) -m experiments.curves --model $(FIRST_MODEL) --preset $(PRESET) --seeds $(or $(SEEDS),0$(comma)1$(comma)2) $(GRID_OPTIONS)
+	$(PY) -m experiments.curves --model $(FIRST_MODEL) --preset $(PRESET) --seeds $(or $(SEEDS),0$(comma)1$(comma)2) $(TABLE_OPTIONS)
 
 # Block scores and sparsities at Wanda 70%, seed 0; the searches only when named (their records are Table 1's):
 # make plots ALLOCATIONS=uniform,owl,dlp,alphapruning,atp,evopress (results/figures/).

@@ -7,7 +7,8 @@ depth, DLP's sparsities shuffled and reversed, OWL at λ = 0.15 — DLP itself, 
 EvoPress), which choose their own spread: against them DLP's ranking meets a search, not a control. At each
 sparsity, once per calibration seed. It writes results/ablation.{md,csv}: WikiText-2 perplexity as mean ± std
 over seeds, and per row one plain sentence of what the row shows, from the verdicts of experiments.verdicts (a
-paired t-test over seeds on log perplexity).
+paired t-test over seeds on log perplexity). `--finished-only` runs nothing: a peek at a grid running elsewhere,
+rendered from its finished records under the .partial names (as the tables do).
 """
 import csv
 import functools
@@ -24,9 +25,11 @@ from .commandline import grid_options, grid_parser, one_line_errors
 from .config import compose_config
 from .publish import publish
 from .reports.markdown import md_table, provenance_lines
-from .reports.numbers import VERDICT_COLUMNS, ppl, ppl_verdict, seeds_text, summary, verdict_columns
+from .reports.numbers import (NOT_RUN, VERDICT_COLUMNS, ppl, ppl_verdict, seeds_text, summary, unfinished,
+                              verdict_columns, waiting_line)
 
 EXPERIMENT = "ablation"
+PENDING = "cannot yet be compared with"  # a verdict whose cells are not all run (--finished-only)
 
 
 @functools.lru_cache(maxsize=None)
@@ -69,11 +72,13 @@ def row_label(choice: str) -> str:
     return f"{cls.label} ({', '.join(shown)})" if shown else cls.label
 
 
-def collect(model, preset, criteria, allocations, sparsities, seeds, extra, launcher=None):
-    """(criterion, allocation, sparsity) -> that cell's records, one per seed."""
+def collect(model, preset, criteria, allocations, sparsities, seeds, extra, launcher=None, run=True):
+    """(criterion, allocation, sparsity) -> that cell's records, one per seed (`run` False: the finished ones
+    alone, none for a cell without any)."""
     grid = grids.cells(EXPERIMENT, {"criterion": criteria, "allocation": allocations, "sparsity": sparsities,
                                     "seed": seeds}, [f"model={model}", f"preset={preset}"], extra)
-    return run_cells(grid, EXPERIMENT, launcher)
+    found = run_cells(grid, EXPERIMENT, launcher, run)
+    return {key: found.get(key, []) for key in grid}
 
 
 def pct(values) -> str:
@@ -86,6 +91,9 @@ def across(cells, crit, ours, base, sparsities) -> tuple[str, dict]:
     words = {}
     for s in sparsities:
         v = ppl_verdict(cells, crit, ours, base, s)
+        if v is None and not (cells.get((crit, ours, s)) and cells.get((crit, base, s))):
+            words[s] = PENDING  # a cell not run: rendered from the finished records only
+            continue
         words[s] = "failed against" if v is None else {"beats": "beats", "loses to": "loses to",
                                                         "within noise": "is within noise of",
                                                         "no verdict": "has no verdict (one seed) against"}[v.word]
@@ -101,6 +109,8 @@ def ranking(studied: str, groups: dict, sparsities, what: str) -> str:
     """What the studied allocation beating (or losing to) another row says about its ranking of blocks: a
     control of the same spread, or a searched allocation (`what` is a singular noun phrase)."""
     wins, losses = groups.get("beats", []), groups.get("loses to", [])
+    if len(groups.get(PENDING, [])) == len(sparsities):
+        return f"too few finished records yet to say whether {studied}'s ranking of blocks matters beyond {what}"
     if len(wins) == len(sparsities):
         return f"{studied}'s ranking of blocks matters beyond {what}"
     if len(losses) == len(sparsities):
@@ -153,15 +163,19 @@ def render(model, preset, criteria, allocations, sparsities, seeds, cells, elaps
         for alloc in allocations:
             stats = [summary(ppl, cells[(crit, alloc, s)]) for s in sparsities]
             said = sentence(cells, crit, alloc, sparsities, allocations)
-            rows.append([row_label(alloc), *(x.text() for x in stats), said])
+            rows.append([row_label(alloc), *(x.text() if cells[(crit, alloc, s)] else NOT_RUN
+                                             for x, s in zip(stats, sparsities)), said])
             for s, x in zip(sparsities, stats):
                 v = ppl_verdict(cells, crit, alloc, reference_allocation(), s)
-                csv_rows.append([crit, alloc, s, f"{x.mean:.6g}" if x.n else "failed", f"{x.std:.6g}" if x.n else "",
+                empty = "failed" if cells[(crit, alloc, s)] else NOT_RUN
+                csv_rows.append([crit, alloc, s, f"{x.mean:.6g}" if x.n else empty, f"{x.std:.6g}" if x.n else "",
                                  x.n, seeds_text(cells[(crit, alloc, s)]), *verdict_columns(v)])
             wb_rows.append([CRITERIA[crit].label, row_label(alloc),
                             *(v for x in stats for v in (x.mean if x.n else None, x.std if x.n else None, x.n)), said])
         md += ["", f"## {CRITERIA[crit].label}", "", *md_table(header, rows)]
     by_model = {(k, model): v for k, v in cells.items()}
+    if waiting := waiting_line(cells):
+        md += ["", *waiting]
     md += ["", "Measured on:", *provenance_lines(by_model, [model], preset), "",
            f"Table rendered in {elapsed:.0f} s (cells reused from results/runs/ count as 0)."]
     buf = io.StringIO()
@@ -172,17 +186,24 @@ def render(model, preset, criteria, allocations, sparsities, seeds, cells, elaps
 
 
 def build(model="smollm2-135m", preset="cpu", seeds=None, extra=(), out_dir=ROOT / "results", criteria=None,
-          allocations=None, sparsities=None, launcher=None):
+          allocations=None, sparsities=None, launcher=None, finished_only=False):
+    """`finished_only`: run nothing, render the finished records (an incomplete ablation goes under its .partial
+    name and is not logged to W&B)."""
     start = time.time()
     launch, extra, (criteria, allocations, sparsities, seeds) = sweep_setup(
         EXPERIMENT, model, preset, launcher, extra, criterion=criteria, allocation=allocations, sparsity=sparsities,
         seed=seeds)
     wandb_cfg = compose_config([f"preset={preset}", *extra])["wandb"]
-    cells = collect(model, preset, criteria, allocations, sparsities, seeds, list(extra), launch)
+    cells = collect(model, preset, criteria, allocations, sparsities, seeds, list(extra), launch,
+                    run=not finished_only)
+    waiting = finished_only and unfinished(cells, seeds)
     md, csv_text, columns, rows = render(model, preset, criteria, allocations, sparsities, seeds, cells,
                                          time.time() - start)
     out_dir = Path(out_dir)
-    publish({out_dir / f"{EXPERIMENT}.md": md.encode(), out_dir / f"{EXPERIMENT}.csv": csv_text.encode()}, failures(cells))
+    publish({out_dir / f"{EXPERIMENT}.md": md.encode(), out_dir / f"{EXPERIMENT}.csv": csv_text.encode()}, failures(cells),
+            incomplete=waiting)
+    if waiting:
+        return md, cells
     notes = [r[-1] for r in rows]
     tracking.log_table_quietly(EXPERIMENT, columns, rows, wandb_cfg, group=EXPERIMENT, notes=notes,
                                settings={"model": model, "preset": preset, "seeds": seeds, "sparsities": sparsities,
@@ -193,7 +214,7 @@ def build(model="smollm2-135m", preset="cpu", seeds=None, extra=(), out_dir=ROOT
 def main(argv=None):
     args = grid_parser(__doc__.splitlines()[0], {
         "seeds": "the experiment config's", "criteria": "the experiment config's",
-        "allocations": "the experiment config's", "sparsities": "the experiment config's"}).parse_args(argv)
+        "allocations": "the experiment config's", "sparsities": "the experiment config's"}, peek=True).parse_args(argv)
     md, _ = one_line_errors(lambda: build(**grid_options(args)))
     print(md)
 

@@ -59,9 +59,14 @@ LAUNCHER_HELP = ("run the missing cells as one Hydra multirun through this launc
                  "...); default: one after another in this process")
 
 
-def grid_parser(description: str, defaults: dict[str, str]) -> argparse.ArgumentParser:
+FINISHED_ONLY_HELP = ("run nothing: render the finished records (cells without one read 'not run'; an incomplete "
+                      "result goes under its .partial name)")
+
+
+def grid_parser(description: str, defaults: dict[str, str], peek: bool = False) -> argparse.ArgumentParser:
     """--model, --preset, --seeds, --criteria, --allocations, --sparsities, --out and Hydra overrides; `defaults`
-    says in the help what each list option falls back to."""
+    says in the help what each list option falls back to; `peek`: --finished-only too (a grid whose every cell is
+    a record)."""
     parser = OneLineParser(description=description)
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--preset", default="cpu")
@@ -69,6 +74,8 @@ def grid_parser(description: str, defaults: dict[str, str]) -> argparse.Argument
         parser.add_argument(f"--{option}", default=None, help=f"comma-separated (default {defaults[option]})")
     parser.add_argument("--out", default=str(ROOT / "results"))
     parser.add_argument("--launcher", default=None, help=LAUNCHER_HELP)
+    if peek:
+        parser.add_argument("--finished-only", action="store_true", help=FINISHED_ONLY_HELP)
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for every cell (hydra.launcher.* for the "
                         "launcher)")
     return parser
@@ -79,7 +86,8 @@ def grid_options(args) -> dict:
     split = lambda text: text.split(",") if text else None  # noqa: E731
     return {"model": args.model, "preset": args.preset, "seeds": parse_seeds(args.seeds), "extra": args.overrides,
             "out_dir": args.out, "criteria": split(args.criteria), "allocations": split(args.allocations),
-            "sparsities": parse_sparsities(args.sparsities), "launcher": args.launcher}
+            "sparsities": parse_sparsities(args.sparsities), "launcher": args.launcher,
+            **({"finished_only": args.finished_only} if hasattr(args, "finished_only") else {})}
 
 
 def check_hydra_command_line(argv: list[str]) -> tuple[dict, bool]:

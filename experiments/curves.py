@@ -7,7 +7,8 @@ results/curves-<model>.{png,csv,md}: one panel per criterion, WikiText-2 perplex
 with ± one standard deviation as error bars, the dense model as a dashed line. A point is filled where it differs
 from uniform at its sparsity (paired t-test over seeds on log perplexity, as in experiments/verdicts.py) and hollow
 where it is within noise; the csv carries that verdict, its ratio and p, and the markdown says it in words
-(`--from-csv` re-renders the markdown alone from the csv).
+(`--from-csv` re-renders the markdown alone from the csv; `--finished-only` runs nothing and draws the finished
+records under the .partial names).
 """
 import csv
 import io
@@ -26,9 +27,11 @@ from .config import compose_config
 from .plots import figure_bytes
 from .publish import publish
 from .reports.markdown import md_table, provenance_lines
-from .reports.numbers import VERDICT_COLUMNS, commits, finished, ppl, ppl_verdict, seeds_text, summary, verdict_columns
+from .reports.numbers import (NOT_RUN, VERDICT_COLUMNS, commits, finished, ppl, ppl_verdict, seeds_text, summary,
+                              unfinished, verdict_columns, waiting_line)
 
 NAME = "curves"  # its grid: conf/experiment/curves.yaml
+DENSE = ("none", "-", 0.0)  # the dense model's cell: one record whatever the seeds
 
 
 def partial_rows(allocations, sparsities) -> tuple[list[str], list[float]]:
@@ -40,17 +43,20 @@ def partial_rows(allocations, sparsities) -> tuple[list[str], list[float]]:
     return list(rows.allocations), [float(s) for s in rows.sparsities]
 
 
-def collect(model, preset, criteria, allocations, sparsities, seeds, extra, launcher=None, partial=((), ())):
-    """(criterion, allocation, sparsity) -> records, one per seed; ("none", "-", 0.0) -> the dense record.
-    `partial` = (allocations, sparsities) drawn beside the grid at those sparsities only."""
+def collect(model, preset, criteria, allocations, sparsities, seeds, extra, launcher=None, partial=((), ()),
+            run=True):
+    """(criterion, allocation, sparsity) -> records, one per seed; DENSE -> the dense record.
+    `partial` = (allocations, sparsities) drawn beside the grid at those sparsities only. `run` False: the
+    finished records alone, none for a cell without any."""
     fixed = [f"model={model}", f"preset={preset}"]
-    grid = {("none", "-", 0.0): grids.dense_cell(NAME, fixed, extra),
+    grid = {DENSE: grids.dense_cell(NAME, fixed, extra),
             **grids.cells(NAME, {"criterion": criteria, "allocation": allocations, "sparsity": sparsities,
                                  "seed": seeds}, fixed, extra)}
     if partial[0]:
         grid.update(grids.cells(NAME, {"criterion": criteria, "allocation": list(partial[0]),
                                        "sparsity": list(partial[1]), "seed": seeds}, fixed, extra))
-    return run_cells(grid, NAME, launcher)
+    found = run_cells(grid, NAME, launcher, run)
+    return {key: found.get(key, []) for key in grid}
 
 
 def points(cells, crit, alloc, sparsities):
@@ -78,7 +84,7 @@ def draw(cells, verdicts, model, criteria, allocations, sparsities, title) -> by
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, len(criteria), figsize=(5.5 * len(criteria), 4.2), squeeze=False, sharey=True)
-    dense = summary(ppl, cells[("none", "-", 0.0)])
+    dense = summary(ppl, cells[DENSE])
     reference = reference_allocation()
     for ax, crit in zip(axes[0], criteria):
         for i, alloc in enumerate(allocations):
@@ -109,13 +115,14 @@ def draw(cells, verdicts, model, criteria, allocations, sparsities, title) -> by
 
 
 def table_rows(cells, verdicts, criteria, allocations, sparsities) -> list[list]:
+    """The csv's rows: the dense point, then every drawn cell with a record (a cell not run has no row)."""
     rows = []
-    dense = finished(cells[("none", "-", 0.0)])
+    dense = finished(cells[DENSE])
     if dense:
         rows.append(["none", "-", 0.0, ppl(dense[0]), 0.0, 1, "", *verdict_columns(None), commits(dense)])
     for crit in criteria:
         for alloc in allocations:
-            for s in (s for s in sparsities if (crit, alloc, s) in cells):  # a partial row: its sparsities only
+            for s in (s for s in sparsities if cells.get((crit, alloc, s))):  # a partial row: its sparsities only
                 x = summary(ppl, cells[(crit, alloc, s)])
                 rows.append([crit, alloc, s, x.mean if x.n else None, x.std if x.n else None, x.n,
                              seeds_text(cells[(crit, alloc, s)]), *verdict_columns(verdicts[(crit, alloc, s)]),
@@ -127,9 +134,10 @@ WORDS = {"beats": "beats", "loses to": "loses to", "within noise": "is within no
          "no verdict": "has no verdict (one seed) against"}
 
 
-def findings(rows: list[dict], criteria, allocations, sparsities) -> list[str]:
+def findings(rows: list[dict], criteria, allocations, sparsities, not_run=frozenset()) -> list[str]:
     """The curves in words, from the csv's rows: per criterion a table of mean ± std (with its verdict against
-    uniform) and one sentence per allocation saying where it beats uniform, loses to it or is within noise."""
+    uniform) and one sentence per allocation saying where it beats uniform, loses to it or is within noise.
+    `not_run`: the (criterion, allocation, sparsity) cells drawn but without a record yet (--finished-only)."""
     at = {(r["criterion"], r["allocation"], float(r["sparsity"])): r for r in rows}
     out = []
     for crit in criteria:
@@ -139,7 +147,9 @@ def findings(rows: list[dict], criteria, allocations, sparsities) -> list[str]:
             for s in sparsities:
                 r = at.get((crit, alloc, float(s)))
                 if r is None or r["ppl_mean"] in ("", None):
-                    cells.append("not drawn" if r is None else "failed")  # a partial row has a few sparsities
+                    # a partial row has a few sparsities; a cell not run yet has no csv row either
+                    cells.append("failed" if r is not None else NOT_RUN if (crit, alloc, float(s)) in not_run
+                                 else "not drawn")
                     continue
                 word = r["vs_uniform"] or ""
                 cells.append(f"{float(r['ppl_mean']):.2f} ± {float(r['ppl_std'] or 0):.2f}" + (f" ({word})" if word else ""))
@@ -154,7 +164,8 @@ def findings(rows: list[dict], criteria, allocations, sparsities) -> list[str]:
     return out
 
 
-def render_md(model: str, preset: str, rows: list[dict], criteria, allocations, sparsities, provenance) -> str:
+def render_md(model: str, preset: str, rows: list[dict], criteria, allocations, sparsities, provenance,
+              not_run=frozenset()) -> str:
     dense = next((r for r in rows if r["criterion"] == "none"), None)
     seeds = sorted({s for r in rows for s in str(r.get("seeds") or "").split()}, key=int)
     md = [f"# Perplexity against sparsity: {model}", "",
@@ -163,7 +174,8 @@ def render_md(model: str, preset: str, rows: list[dict], criteria, allocations, 
           "t-test over seeds on log perplexity, 5%: experiments/verdicts.py). Figure and data: "
           f"`{NAME}-{model}.png`, `{NAME}-{model}.csv`."
           + (f" Dense model: {float(dense['ppl_mean']):.2f}." if dense else ""),
-          *findings(rows, criteria, allocations, sparsities), "", "Measured on:", *provenance]
+          *findings(rows, criteria, allocations, sparsities, not_run),
+          *(["", *waiting_line(dict.fromkeys(not_run, []))] if not_run else []), "", "Measured on:", *provenance]
     return "\n".join(md) + "\n"
 
 
@@ -188,14 +200,20 @@ def from_csv(model: str, preset: str, out_dir: Path) -> Path:
 
 
 def build(model="smollm2-135m", preset="cpu", seeds=None, extra=(), out_dir=ROOT / "results", criteria=None,
-          allocations=None, sparsities=None, launcher=None):
+          allocations=None, sparsities=None, launcher=None, finished_only=False):
+    """`finished_only`: run nothing, draw the finished records (incomplete curves go under their .partial names
+    and are not logged to W&B)."""
     start = time.time()
     partial = partial_rows(allocations, sparsities)
     launch, extra, (criteria, allocations, sparsities, seeds) = sweep_setup(
         NAME, model, preset, launcher, extra, partial[0], criterion=criteria, allocation=allocations,
         sparsity=sparsities, seed=seeds)
     wandb_cfg = compose_config([f"preset={preset}", *extra])["wandb"]
-    cells = collect(model, preset, criteria, allocations, sparsities, seeds, list(extra), launch, partial)
+    cells = collect(model, preset, criteria, allocations, sparsities, seeds, list(extra), launch, partial,
+                    run=not finished_only)
+    pruned = {key: records for key, records in cells.items() if key != DENSE}
+    waiting = finished_only and (unfinished(pruned, seeds) or not finished(cells[DENSE]))  # dense: one record
+    not_run = {key for key, records in cells.items() if not records}
     allocations = allocations + [a for a in partial[0] if a not in allocations]
     sparsities = sorted(set(sparsities) | set(partial[1]))
     out_dir = Path(out_dir)
@@ -212,9 +230,12 @@ def build(model="smollm2-135m", preset="cpu", seeds=None, extra=(), out_dir=ROOT
     csv.writer(buf).writerows([columns, *([f"{v:.6g}" if isinstance(v, float) else v for v in r] for r in rows)])
     by_model = {(k, model): v for k, v in cells.items()}
     md = render_md(model, preset, csv_dicts(columns, rows), criteria, allocations, sparsities,
-                   provenance_lines(by_model, [model], preset))
-    publish({png_path: png, csv_path: buf.getvalue().encode(), csv_path.with_suffix(".md"): md.encode()},
-            failures(cells))
+                   provenance_lines(by_model, [model], preset), not_run)
+    written = publish({png_path: png, csv_path: buf.getvalue().encode(), csv_path.with_suffix(".md"): md.encode()},
+                      failures(cells), incomplete=waiting)
+    if waiting:
+        print("\n".join(map(str, written)))
+        return written[0], cells
     tracking.log_table_quietly(f"{NAME}-{model}", columns, rows, wandb_cfg, group=NAME, figures={"curves": png_path},
                                settings={"model": model, "preset": preset, "seeds": seeds, "sparsities": sparsities,
                                          "criteria": criteria, "allocations": allocations, "overrides": list(extra)})
@@ -225,7 +246,7 @@ def build(model="smollm2-135m", preset="cpu", seeds=None, extra=(), out_dir=ROOT
 def main(argv=None):
     parser = grid_parser(__doc__.splitlines()[0], {
         "seeds": "the experiment config's", "criteria": "the experiment config's",
-        "allocations": "the experiment config's", "sparsities": "the experiment config's"})
+        "allocations": "the experiment config's", "sparsities": "the experiment config's"}, peek=True)
     parser.add_argument("--from-csv", action="store_true", help="only re-render the markdown from the committed csv")
     args = parser.parse_args(argv)
     if args.from_csv:

@@ -36,13 +36,13 @@ from dlp.storage.paths import ROOT
 
 from . import grids, tracking
 from .cells import cell_overrides, failures, launcher_overrides, run_cells
-from .commandline import LAUNCHER_HELP, OneLineParser, one_line_errors, parse_seeds
+from .commandline import FINISHED_ONLY_HELP, LAUNCHER_HELP, OneLineParser, one_line_errors, parse_seeds
 from .config import compose_config
 from .methods import method_label, split_method
 from .publish import publish
 from .records import machines_text
 from .reports.markdown import md_table, provenance_lines
-from .reports.numbers import by_seed, finished, on_common_seeds, ppl, summary
+from .reports.numbers import NOT_RUN, by_seed, finished, on_common_seeds, ppl, summary, waiting_line
 from .reports.search_cost import cost_line
 from .validation import check_choices
 from .verdicts import Summary, Verdict, bootstrap_verdict, describe, paired_examples, paired_t_verdict
@@ -124,7 +124,6 @@ def label(table: dict, name: str) -> str:
 
 
 DENSE_ROW = ("Dense", "-")
-NOT_RUN = "not run"
 
 
 def runs(g: Grid, model: str, method: tuple | None) -> bool:
@@ -152,11 +151,7 @@ def not_run_lines(g: Grid, cells, models) -> list[str]:
             names = [" ".join(row) for row, method in table_rows(g) if method in g.model_rows[model]]
             out.append(f"{model} runs only {', '.join(names)} (and the dense row): the config's `model_rows`; its "
                        f"other cells read \"{NOT_RUN}\".")
-    waiting = [key for key in not_run_cells(cells) if runs(g, key[1], dict(table_rows(g))[key[0]])]
-    if waiting:
-        out.append(f"{len(waiting)} cell{'s' if len(waiting) > 1 else ''} without a finished record yet read "
-                   f"\"{NOT_RUN}\": rendered from the finished records only (--finished-only); cells with only some "
-                   "seeds finished average those.")
+    out += waiting_line({key: [] for key in not_run_cells(cells) if runs(g, key[1], dict(table_rows(g))[key[0]])})
     return ["", *out] if out else []
 
 
@@ -559,8 +554,7 @@ def main(argv=None):
                         "seed (default: the config's seed)")
     parser.add_argument("--out", default=str(ROOT / "results"))
     parser.add_argument("--launcher", default=None, help=LAUNCHER_HELP)
-    parser.add_argument("--finished-only", action="store_true", help="run nothing: render the finished records "
-                        "(cells without one read 'not run'; an incomplete table goes under its .partial name)")
+    parser.add_argument("--finished-only", action="store_true", help=FINISHED_ONLY_HELP)
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for every cell (hydra.launcher.* for the "
                         "launcher)")
     args = parser.parse_intermixed_args(argv)  # overrides may follow the options, as `make table1 OVERRIDES=` puts them

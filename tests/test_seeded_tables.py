@@ -385,6 +385,59 @@ def test_finished_only_names_a_cell_that_failed_elsewhere(workspace, tmp_path, m
     assert "| Wanda | DLP | not run |" not in md and "without a finished record yet" not in md
 
 
+def test_ablation_and_curves_finished_only_render_the_records_there_are(workspace, tmp_path, monkeypatch, capsys):
+    """The peek works for the ablation and the curves as for the tables: finished cells as they are, a cell
+    without a record "not run" (never "failed", never a verdict drawn from it), the result under the .partial
+    names, nothing computed; once every cell is finished, the same files as running the grid wrote."""
+    from experiments import pipeline
+
+    extra = tiny_overrides(workspace, "peek_grid_runs")
+    ran_md, ran = ablation.build("smollm2-135m", "cpu", [0, 1], extra, tmp_path / "full", criteria=["wanda"],
+                                 allocations=["uniform", "dlp"], sparsities=[0.5])
+    curves.build("smollm2-135m", "cpu", [0, 1], extra, tmp_path / "full", criteria=["wanda"],
+                 allocations=["uniform", "dlp"], sparsities=[0.5])
+    monkeypatch.setattr(pipeline, "run", lambda *a, **k: pytest.fail("--finished-only ran a cell"))
+    capsys.readouterr()
+    peek = tmp_path / "peek"
+    md, cells = ablation.build("smollm2-135m", "cpu", [0, 1, 2], extra, peek, criteria=["wanda"],
+                               allocations=["uniform", "linear", "dlp"], sparsities=[0.5], finished_only=True)
+    assert cells[("wanda", "linear", 0.5)] == [] and len(cells[("wanda", "dlp", 0.5)]) == 2
+    rows = {r.split(" | ")[0][2:]: r.split(" | ")[1:] for r in md.splitlines() if r.startswith("| ")}
+    s = summarize(r["metrics"]["ppl"] for r in ran[("wanda", "dlp", 0.5)])
+    assert rows["DLP (α = 0.15)"][0] == f"{s.mean:.2f} ± {s.std:.2f}"  # seeds 0 and 1 of three
+    assert rows["Linear (α = 0.15)"][0] == "not run"
+    assert rows["Linear (α = 0.15)"][1] == (
+        "A ramp over depth that reads no data cannot yet be compared with uniform at 50%; DLP cannot yet be compared "
+        "with Linear (α = 0.15) at 50%: too few finished records yet to say whether DLP's ranking of blocks matters "
+        "beyond a plain ramp over depth. |")
+    assert ('1 cell without a finished record yet read "not run": rendered from the finished records only '
+            "(--finished-only); cells with only some seeds finished average those.") in md.splitlines()
+    with open(peek / "ablation.partial.csv", newline="") as f:
+        linear = next(r for r in csv.reader(f) if r[1] == "linear")
+    assert linear[3:7] == ["not run", "", "0", ""]
+    _, cells = curves.build("smollm2-135m", "cpu", [0, 1], extra, peek, criteria=["wanda"],
+                            allocations=["uniform", "linear", "dlp"], sparsities=[0.5], finished_only=True)
+    assert cells[("wanda", "linear", 0.5)] == []
+    curve_md = (peek / "curves-smollm2-135m.partial.md").read_text()
+    assert "| Linear | not run |" in curve_md and "failed" not in curve_md and "1 cell without" in curve_md
+    with open(peek / "curves-smollm2-135m.partial.csv", newline="") as f:
+        assert [r[1] for r in csv.reader(f)][1:] == ["-", "uniform", "dlp"]  # no row for the cell not run
+    assert sorted(p.name for p in peek.iterdir()) == [
+        "ablation.partial.csv", "ablation.partial.md", "curves-smollm2-135m.partial.csv",
+        "curves-smollm2-135m.partial.md", "curves-smollm2-135m.partial.png"]
+    out = capsys.readouterr().out
+    assert out.count("not run (finished records only)") == 2
+    # every cell finished: the files under their own names, as running the grid wrote them
+    ablation.build("smollm2-135m", "cpu", [0, 1], extra, peek, criteria=["wanda"], allocations=["uniform", "dlp"],
+                   sparsities=[0.5], finished_only=True)
+    curves.build("smollm2-135m", "cpu", [0, 1], extra, peek, criteria=["wanda"], allocations=["uniform", "dlp"],
+                 sparsities=[0.5], finished_only=True)
+    strip = lambda text: text.split("\nTable rendered in")[0]  # noqa: E731
+    assert strip((peek / "ablation.md").read_text()) == strip(ran_md)
+    for name in ("ablation.csv", "curves-smollm2-135m.csv", "curves-smollm2-135m.md"):
+        assert (peek / name).read_text() == (tmp_path / "full" / name).read_text(), name
+
+
 def test_rows_with_different_finished_seeds_are_compared_on_the_seeds_they_share():
     """A peek can hold rows with different seeds finished: the sentences compare them on the seeds both have
     (saying so), never one row's seed 0 against another's seed 1."""

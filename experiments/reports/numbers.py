@@ -6,6 +6,22 @@ from ..records import commit_label
 from ..verdicts import Summary, Verdict, paired_t_verdict, summarize
 
 
+NOT_RUN = "not run"  # a cell without a record: not drawn for this model, or not finished yet (--finished-only)
+
+
+def waiting_line(cells: dict) -> list[str]:
+    """Why some cells read "not run" when a grid is rendered from its finished records only (their count), so
+    that it is never read as a failure; nothing when every cell has a record."""
+    n = sum(1 for records in cells.values() if not records)
+    return [f"{n} cell{'s' if n > 1 else ''} without a finished record yet read \"{NOT_RUN}\": rendered from the "
+            "finished records only (--finished-only); cells with only some seeds finished average those."] if n else []
+
+
+def unfinished(cells: dict, seeds) -> bool:
+    """Whether some cell has fewer finished records than seeds: a grid still running elsewhere."""
+    return any(len(finished(records)) < len(seeds) for records in cells.values())
+
+
 def ppl(record: dict) -> float:
     """A record's perplexity on its evaluation corpus: the metric of Table 1, the ablation and the curves."""
     return record["metrics"]["ppl"]
