@@ -2,7 +2,8 @@
 
 mode: `auto` is online when an API key is configured (WANDB_API_KEY or a netrc login) and offline otherwise
 (sync later with `wandb sync results/wandb/...`); `online`, `offline`, or `disabled` to switch it off.
-Runs of one sweep share a group (the sweep's folder name), so they appear together. A table (Table 1, the
+Runs of one sweep share a group (the sweep's folder name), so they appear together. A run whose allocation
+searches (ATP, EvoPress) also carries the search's progress as a line (search_curve). A table (Table 1, the
 ablation, the curves) is logged as a run of its own in the group of its cells' runs: the assembled table as a
 `wandb.Table`, its verdicts, and its figures.
 """
@@ -87,6 +88,20 @@ def log_table(name: str, columns: list[str], data: list[list], wb: dict, group: 
         run.finish()
 
 
+def search_curve(allocation: dict | None) -> tuple[str, str, str, list[list]] | None:
+    """A searched allocation's progress as its record keeps it, for a W&B line: (name, x, y, points). ATP: each
+    trial's beta and the perplexity it gave on the selection text; EvoPress: each generation's best fitness (KL
+    to the dense model on that generation's token draw, so it moves with the draw too). None when the allocation
+    does not search."""
+    search = (allocation or {}).get("search") or {}
+    if search.get("tried"):
+        return "search_trials", "beta", "selection_ppl", [[t["beta"], t["ppl"]] for t in search["tried"]]
+    if search.get("fitness"):
+        return ("search_generations", "generation", "fitness_kl",
+                [[g, f] for g, f in enumerate(search["fitness"], start=1) if f is not None])
+    return None
+
+
 def log_record(record: dict, wb: dict, group: str | None = None) -> str | None:
     """Log one finished record; returns the local run folder (None when disabled)."""
     mode = resolve_mode(wb.get("mode", "auto"))
@@ -108,6 +123,11 @@ def log_record(record: dict, wb: dict, group: str | None = None) -> str | None:
                                                        title="target sparsity per block")})
         run.summary.update({"ppl": record["metrics"]["ppl"], "eval_corpus": record["metrics"]["eval_corpus"],
                             "record_key": record["key"]})
+        curve = search_curve(record.get("allocation"))
+        if curve:  # a search that runs for hours is judged by its curve: did it still improve at the end?
+            name, x, y, points = curve
+            progress = wandb.Table(columns=[x, y], data=points)
+            run.log({name: progress, f"{name}_plot": wandb.plot.line(progress, x, y, title=f"{y} per {x}")})
         zeroshot = record["metrics"].get("zeroshot")
         if zeroshot:
             run.log({"zeroshot/mean_acc": zeroshot["mean_acc"],

@@ -192,6 +192,30 @@ def test_wandb_offline_logging(workspace, tmp_path, monkeypatch):
     assert [row[2] for row in table["data"]] == pytest.approx(record["sparsity"]["per_block_target"])
     assert [row[1] for row in table["data"]] == pytest.approx(record["allocation"]["scores"])
     assert tracking.log_record(record, {"mode": "disabled"}) is None
+    assert not list(Path(run_dir).glob("media/table/search_*"))  # DLP does not search: no search curve
+
+
+def test_wandb_logs_each_search_step(workspace, tmp_path, monkeypatch):
+    """A searched allocation's run carries its progress as a W&B table and line: ATP's trials (beta, perplexity
+    on the selection text), EvoPress's generations (best fitness; a generation without a finite one is left out)."""
+    from pathlib import Path
+
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
+    monkeypatch.setenv("HOME", str(tmp_path))
+    record = run_cell(["criterion=wanda", "allocation=dlp", "sparsity=0.5", *tiny_overrides(workspace, "table_runs")])
+    searches = {"search_trials": ({"tried": [{"beta": 0.002, "ppl": 9.5}, {"beta": 0.004, "ppl": 8.25}]},
+                                  ["beta", "selection_ppl"], [[0.002, 9.5], [0.004, 8.25]]),
+                "search_generations": ({"fitness": [2.5, None, 2.25]}, ["generation", "fitness_kl"],
+                                       [[1, 2.5], [3, 2.25]])}
+    for name, (search, columns, points) in searches.items():
+        logged = {**record, "allocation": {**record["allocation"], "search": search}}
+        run_dir = Path(tracking.log_record(logged, {"mode": "offline", "project": "test", "dir": str(tmp_path / name)}))
+        (table_file,) = run_dir.glob(f"media/table/{name}_*.table.json")
+        table = json.loads(table_file.read_text())
+        assert (table["columns"], table["data"]) == (columns, points)
+        (log,) = run_dir.parent.glob("run-*.wandb")  # the offline log `wandb sync` uploads
+        assert f"{name}_plot".encode() in log.read_bytes()  # the line W&B draws from the table
 
 
 @pytest.mark.slow
