@@ -82,8 +82,9 @@ bench-gpu: install
 		--eval-windows 32 --eval-seqlen 2048 --out results/bench-llama2-7b-gpu $(BENCH_ARGS)
 	$(PY) -m experiments.bench.sparse24 --whole-model --out results/gpu/bench-sparse24
 
+# Every test; the 15 slowest are named at the end (where the CI time goes).
 test: install
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=15
 
 # Every code path on tiny models in a few minutes: no end-to-end run of the embedded model, no whole sweeps.
 test-fast: install
