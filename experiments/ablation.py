@@ -174,7 +174,7 @@ def render(model, preset, criteria, allocations, sparsities, seeds, cells, elaps
                             *(v for x in stats for v in (x.mean if x.n else None, x.std if x.n else None, x.n)), said])
         md += ["", f"## {CRITERIA[crit].label}", "", *md_table(header, rows)]
     by_model = {(k, model): v for k, v in cells.items()}
-    if waiting := waiting_line(cells):
+    if waiting := waiting_line(sum(1 for records in cells.values() if not records)):
         md += ["", *waiting]
     md += ["", "Measured on:", *provenance_lines(by_model, [model], preset), "",
            f"Table rendered in {elapsed:.0f} s (cells reused from results/runs/ count as 0)."]

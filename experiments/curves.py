@@ -175,7 +175,7 @@ def render_md(model: str, preset: str, rows: list[dict], criteria, allocations, 
           f"`{NAME}-{model}.png`, `{NAME}-{model}.csv`."
           + (f" Dense model: {float(dense['ppl_mean']):.2f}." if dense else ""),
           *findings(rows, criteria, allocations, sparsities, not_run),
-          *(["", *waiting_line(dict.fromkeys(not_run, []))] if not_run else []), "", "Measured on:", *provenance]
+          *(["", *waiting_line(len(not_run))] if not_run else []), "", "Measured on:", *provenance]
     return "\n".join(md) + "\n"
 
 
@@ -211,8 +211,7 @@ def build(model="smollm2-135m", preset="cpu", seeds=None, extra=(), out_dir=ROOT
     wandb_cfg = compose_config([f"preset={preset}", *extra])["wandb"]
     cells = collect(model, preset, criteria, allocations, sparsities, seeds, list(extra), launch, partial,
                     run=not finished_only)
-    pruned = {key: records for key, records in cells.items() if key != DENSE}
-    waiting = finished_only and (unfinished(pruned, seeds) or not finished(cells[DENSE]))  # dense: one record
+    waiting = finished_only and unfinished(cells, seeds, {DENSE})
     not_run = {key for key, records in cells.items() if not records}
     allocations = allocations + [a for a in partial[0] if a not in allocations]
     sparsities = sorted(set(sparsities) | set(partial[1]))

@@ -42,7 +42,7 @@ from .methods import method_label, split_method
 from .publish import publish
 from .records import machines_text
 from .reports.markdown import md_table, provenance_lines
-from .reports.numbers import NOT_RUN, by_seed, finished, on_common_seeds, ppl, summary, waiting_line
+from .reports.numbers import NOT_RUN, by_seed, finished, on_common_seeds, ppl, summary, unfinished, waiting_line
 from .reports.search_cost import cost_line
 from .validation import check_choices
 from .verdicts import Summary, Verdict, bootstrap_verdict, describe, paired_examples, paired_t_verdict
@@ -151,7 +151,7 @@ def not_run_lines(g: Grid, cells, models) -> list[str]:
             names = [" ".join(row) for row, method in table_rows(g) if method in g.model_rows[model]]
             out.append(f"{model} runs only {', '.join(names)} (and the dense row): the config's `model_rows`; its "
                        f"other cells read \"{NOT_RUN}\".")
-    out += waiting_line({key: [] for key in not_run_cells(cells) if runs(g, key[1], dict(table_rows(g))[key[0]])})
+    out += waiting_line(sum(1 for key in not_run_cells(cells) if runs(g, key[1], dict(table_rows(g))[key[0]])))
     return ["", *out] if out else []
 
 
@@ -517,8 +517,8 @@ def build(table, models, preset="cpu", sparsity=None, extra=(), out_dir=ROOT / "
     cells = collect(table, g, models, preset, list(extra), seeds, launch, run=not finished_only)
     blocks = list(verdict_blocks(table, g, cells, models))
     md, csv_text, tex = render(table, g, cells, models, preset, time.time() - start, seeds, blocks)
-    waiting = finished_only and any(len(finished(cells[(row, m)])) < (len(seeds or [0]) if method else 1)
-                                    for m in models for row, method in table_rows(g) if runs(g, m, method))
+    waiting = finished_only and unfinished({(row, m): cells[(row, m)] for m in models for row, method in table_rows(g)
+                                            if runs(g, m, method)}, seeds or [0], {(DENSE_ROW, m) for m in models})
     out_dir = Path(out_dir)
     # Several seeds go beside the single-seed table, not over it: results/table1-3seeds.md next to table1.md.
     stem = table if not seeds or len(seeds) == 1 else f"{table}-{len(seeds)}seeds"

@@ -3,9 +3,9 @@
 mode: `auto` is online when an API key is configured (WANDB_API_KEY or a netrc login) and offline otherwise
 (sync later with `wandb sync results/wandb/...`); `online`, `offline`, or `disabled` to switch it off.
 Runs of one sweep share a group (the sweep's folder name), so they appear together. A run whose allocation
-searches (ATP, EvoPress) also carries the search's progress as a line (search_curve). A table (Table 1, the
-ablation, the curves) is logged as a run of its own in the group of its cells' runs: the assembled table as a
-`wandb.Table`, its verdicts, and its figures.
+searches (ATP, EvoPress) also carries the search's progress as a line (reports.search_cost.search_progress).
+A table (Table 1, the ablation, the curves) is logged as a run of its own in the group of its cells' runs: the
+assembled table as a `wandb.Table`, its verdicts, and its figures.
 """
 import netrc
 import os
@@ -15,6 +15,7 @@ from pathlib import Path
 from dlp.storage.paths import ROOT
 
 from .records import is_dense
+from .reports.search_cost import search_progress
 
 
 def _has_api_key() -> bool:
@@ -88,20 +89,6 @@ def log_table(name: str, columns: list[str], data: list[list], wb: dict, group: 
         run.finish()
 
 
-def search_curve(allocation: dict | None) -> tuple[str, str, str, list[list]] | None:
-    """A searched allocation's progress as its record keeps it, for a W&B line: (name, x, y, points). ATP: each
-    trial's beta and the perplexity it gave on the selection text; EvoPress: each generation's best fitness (KL
-    to the dense model on that generation's token draw, so it moves with the draw too). None when the allocation
-    does not search."""
-    search = (allocation or {}).get("search") or {}
-    if search.get("tried"):
-        return "search_trials", "beta", "selection_ppl", [[t["beta"], t["ppl"]] for t in search["tried"]]
-    if search.get("fitness"):
-        return ("search_generations", "generation", "fitness_kl",
-                [[g, f] for g, f in enumerate(search["fitness"], start=1) if f is not None])
-    return None
-
-
 def log_record(record: dict, wb: dict, group: str | None = None) -> str | None:
     """Log one finished record; returns the local run folder (None when disabled)."""
     mode = resolve_mode(wb.get("mode", "auto"))
@@ -123,7 +110,7 @@ def log_record(record: dict, wb: dict, group: str | None = None) -> str | None:
                                                        title="target sparsity per block")})
         run.summary.update({"ppl": record["metrics"]["ppl"], "eval_corpus": record["metrics"]["eval_corpus"],
                             "record_key": record["key"]})
-        curve = search_curve(record.get("allocation"))
+        curve = search_progress(record.get("allocation"))
         if curve:  # a search that runs for hours is judged by its curve: did it still improve at the end?
             name, x, y, points = curve
             progress = wandb.Table(columns=[x, y], data=points)

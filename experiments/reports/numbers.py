@@ -9,17 +9,17 @@ from ..verdicts import Summary, Verdict, paired_t_verdict, summarize
 NOT_RUN = "not run"  # a cell without a record: not drawn for this model, or not finished yet (--finished-only)
 
 
-def waiting_line(cells: dict) -> list[str]:
-    """Why some cells read "not run" when a grid is rendered from its finished records only (their count), so
-    that it is never read as a failure; nothing when every cell has a record."""
-    n = sum(1 for records in cells.values() if not records)
+def waiting_line(n: int) -> list[str]:
+    """Why `n` cells read "not run" when a grid is rendered from its finished records only, so that it is never
+    read as a failure; nothing when every cell has a record."""
     return [f"{n} cell{'s' if n > 1 else ''} without a finished record yet read \"{NOT_RUN}\": rendered from the "
             "finished records only (--finished-only); cells with only some seeds finished average those."] if n else []
 
 
-def unfinished(cells: dict, seeds) -> bool:
-    """Whether some cell has fewer finished records than seeds: a grid still running elsewhere."""
-    return any(len(finished(records)) < len(seeds) for records in cells.values())
+def unfinished(cells: dict, seeds, one_record=frozenset()) -> bool:
+    """Whether some cell has fewer finished records than it will have: one per seed, or one for the cells
+    `one_record` names (the dense model's: no calibration, one record whatever the seeds). A grid still running."""
+    return any(len(finished(records)) < (1 if key in one_record else len(seeds)) for key, records in cells.items())
 
 
 def ppl(record: dict) -> float:

@@ -1,6 +1,6 @@
 """What a searched allocation's cells cost, from their records: a search runs in every cell (minutes to an hour on
 a CPU) and its budget decides both its cost and how good an allocation it can find, so a table that sets a
-search against DLP says what the search was allowed and what it took."""
+search against DLP says what the search was allowed and what it took; and its progress, step by step, for W&B."""
 from .numbers import finished
 
 
@@ -18,6 +18,20 @@ def budget_text(search: dict) -> str:
     if "trials" in search:
         return f"{search['trials']} trials on {search['selection'].get('windows', '?')} windows"
     return ""
+
+
+def search_progress(allocation: dict | None) -> tuple[str, str, str, list[list]] | None:
+    """A searched allocation's progress as its record keeps it, for a W&B line: (name, x, y, points). ATP: each
+    trial's beta and the perplexity it gave on the selection text; EvoPress: each generation's best fitness (KL
+    to the dense model on that generation's token draw, so it moves with the draw too). None when the allocation
+    does not search."""
+    search = (allocation or {}).get("search") or {}
+    if search.get("tried"):
+        return "search_trials", "beta", "selection_ppl", [[t["beta"], t["ppl"]] for t in search["tried"]]
+    if search.get("fitness"):
+        return ("search_generations", "generation", "fitness_kl",
+                [[g, f] for g, f in enumerate(search["fitness"], start=1) if f is not None])
+    return None
 
 
 def seconds(search: dict) -> float:
