@@ -23,15 +23,25 @@ from .validation import check_choices, validate
 class Pace:
     """How far a grid's fresh cells have got, and the time left: a long grid (hours on a CPU) says where it stands
     after every cell, with or without progress bars. A cell is timed like the cells of its method (the same
-    overrides but the seed) that this grid or an earlier one finished, else at this grid's pace so far: a
-    searched allocation's cells take several times a plain cell's, and seeds 1 and 2 take what seed 0 took."""
+    overrides but the seed) that this grid or an earlier one finished, else like its method at another sparsity,
+    else at this grid's pace so far: a searched allocation's cells take several times a plain cell's, seeds 1 and
+    2 take what seed 0 took, and a search at 60% about what it took at 70%."""
 
-    def __init__(self, cells: list[list[str]], seconds: dict | None = None):
-        """`seconds`: {method (kind()): [seconds of its finished cells]}, from the records found."""
+    def __init__(self, cells: list[list[str]], timed: list[tuple[list[str], float]] = ()):
+        """`timed`: (overrides, seconds) of the finished cells, from the records found."""
         self.waiting = {tuple(o) for o in cells}
         self.todo, self.done, self.started = len(self.waiting), 0, time.time()
         self.last = self.started
-        self.seconds = {k: list(v) for k, v in (seconds or {}).items()}
+        self.seconds: dict[tuple, list[float]] = {}
+        for overrides, seconds in timed:
+            self.time(overrides, seconds)
+
+    def time(self, overrides, seconds: float) -> None:
+        for key in dict.fromkeys(kinds(overrides)):  # a cell with no sparsity has one key, timed once
+            self.seconds.setdefault(key, []).append(seconds)
+
+    def expected(self, overrides, pace: float) -> float:
+        return next((mean(self.seconds[k]) for k in kinds(overrides) if self.seconds.get(k)), pace)
 
     def claims(self, overrides: list[str]) -> bool:
         """Whether this cell is one to run and not yet counted (a cell shared by two rows counts once)."""
@@ -45,18 +55,19 @@ class Pace:
         times its method; a failure or a record another process wrote says nothing of it)."""
         now = time.time()
         if overrides is not None:
-            self.seconds.setdefault(kind(overrides), []).append(now - self.last)
+            self.time(overrides, now - self.last)
         self.done, self.last = self.done + 1, now
         if self.done >= self.todo:
             return f"{self.done}/{self.todo}"
         pace = (now - self.started) / self.done
-        left = sum(mean(self.seconds.get(kind(o))) or pace for o in self.waiting)
+        left = sum(self.expected(o, pace) for o in self.waiting)
         return f"{self.done}/{self.todo}, ≈ {duration(left)} left"
 
 
-def kind(overrides) -> tuple:
-    """A cell's method: its overrides but the seed."""
-    return tuple(o for o in overrides if not o.startswith("seed="))
+def kinds(overrides) -> tuple[tuple, tuple]:
+    """A cell's method (its overrides but the seed), then that method at any sparsity (but the sparsity too)."""
+    method = tuple(o for o in overrides if not o.startswith("seed="))
+    return method, tuple(o for o in method if not o.startswith("sparsity="))
 
 
 def mean(values: list[float] | None) -> float | None:
@@ -173,12 +184,8 @@ def run_cells(grid: dict, group: str, launcher: list[str] | None = None, run: bo
     elif todo:
         print(f"{len(todo)} of {len(unique)} cells without a finished record: running them here, one after another",
               flush=True)
-        timed = {}
-        for o in unique:
-            record = found.get(tuple(o), (None, None))[1]
-            if record is not None and "wall_s" in record:
-                timed.setdefault(kind(o), []).append(record["wall_s"])
-        pace = Pace(todo, timed)
+        records_found = ((o, found.get(tuple(o), (None, None))[1]) for o in unique)
+        pace = Pace(todo, [(o, r["wall_s"]) for o, r in records_found if r is not None and "wall_s" in r])
     out = {}
     for key, cells in grid.items():
         out[key] = []

@@ -121,7 +121,8 @@ def test_pace_times_a_cell_like_its_method(monkeypatch):
     now = [0.0]
     monkeypatch.setattr(cells_module.time, "time", lambda: now[0])
     cells = [[f"allocation={a}", f"seed={s}"] for a in ("uniform", "atp") for s in (1, 2)] + [["allocation=owl"]]
-    pace = cells_module.Pace(cells, {("allocation=atp",): [1500.0, 1300.0]})  # seed 0's record, another grid's
+    pace = cells_module.Pace(cells, [(["allocation=atp", "seed=0"], 1500.0),  # seed 0's record, another grid's
+                                     (["seed=0", "allocation=atp"], 1300.0)])
     assert pace.claims(cells[0])
     now[0] += 120
     # uniform seed 2 at 120 s, atp seeds 1 and 2 at 1400 s each, owl at the grid's pace (120 s)
@@ -132,6 +133,27 @@ def test_pace_times_a_cell_like_its_method(monkeypatch):
     assert pace.claims(cells[2])
     now[0] += 5
     assert pace.step() == f"3/5, ≈ {cells_module.duration(1400 + 305 / 3)} left"  # a failure: not timed
+
+
+def test_pace_times_a_method_at_another_sparsity(monkeypatch):
+    """A search at a sparsity never timed goes like the same search at another sparsity (not like the grid's plain
+    cells); the same method at its own sparsity comes first."""
+    now = [0.0]
+    monkeypatch.setattr(cells_module.time, "time", lambda: now[0])
+    atp = ["criterion=sparsegpt", "allocation=atp"]
+    cells = [["criterion=sparsegpt", "allocation=dlp", "sparsity=0.6"], atp + ["sparsity=0.6", "seed=0"],
+             atp + ["sparsity=0.6", "seed=1"], atp + ["sparsity=0.8", "seed=0"]]
+    timed = [(atp + ["sparsity=0.7", "seed=0"], 900.0), (atp + ["sparsity=0.7", "seed=1"], 700.0),
+             (atp + ["sparsity=0.8", "seed=1"], 1200.0), (["criterion=wanda", "allocation=atp", "sparsity=0.6"], 9.0)]
+    pace = cells_module.Pace(cells, timed)
+    assert pace.claims(cells[0])
+    now[0] += 80
+    # 60% at the 70% and 80% searches' mean (2800 / 3 s each), 80% at its own seed 1's 1200 s
+    assert pace.step(cells[0]) == f"1/4, ≈ {cells_module.duration(2 * 2800 / 3 + 1200)} left"
+    assert pace.claims(cells[1])
+    now[0] += 1000  # 60% now timed by itself
+    assert pace.step(cells[1]) == f"2/4, ≈ {cells_module.duration(1000 + 1200)} left"
+    assert cells_module.kinds(["allocation=uniform"]) == (("allocation=uniform",),) * 2
 
 
 def test_plots_from_records(workspace, tmp_path):
