@@ -2,6 +2,7 @@
 IST-DASLab/EvoPress at 50888a01 outside this project: src/fast_obc.py's FastOBC, the level lines of src/pruner.py and
 src/metrics.py's compute_kl_div on the tensors in tests/fixtures/evopress_authors.pt) and independent paths."""
 import json
+import os
 import random
 import subprocess
 import sys
@@ -143,6 +144,37 @@ def test_database_levels_are_the_criterion_on_dense_inputs_and_load_restores():
         if stored_as_masks:  # one bit per weight
             assert db.bytes == sum(-(-w.weight.numel() // 8) for block in find_blocks(model).blocks
                                    for w in find_linears(block).values()) * sum(len(a) for a in allowed) // n
+
+
+def test_a_database_the_host_cannot_hold_is_refused_after_its_first_block(monkeypatch):
+    """The first block's bytes, scaled by weights x pruned levels, are the whole database's (equal blocks: exactly);
+    beyond the host's available memory the build stops there with one line naming the fix."""
+    import baselines.allocations.evopress as evopress
+
+    if Path("/proc/meminfo").exists():
+        physical = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        assert 0 < evopress.host_memory_available() <= physical
+    model, calib = tiny_model_and_calibration()
+    allowed = [level_sparsities(0.5, 300, sum(w.weight.numel() for w in find_linears(b).values()), 2)
+               for b in find_blocks(model).blocks]
+    pruned_levels = sum(1 for s in allowed[0].values() if s > 0)
+    calls = []
+    real = evopress.pruned_block
+    monkeypatch.setattr(evopress, "pruned_block", lambda *a, **k: calls.append(1) or real(*a, **k))
+    for name in ("wanda", "sparsegpt"):
+        monkeypatch.setattr(evopress, "host_memory_available", lambda: 1 << 40)
+        db = LevelDatabase(model, calib, make_criterion(name), None, 4, None, allowed, progress=False)
+        assert db.projected == db.bytes > 0
+        monkeypatch.setattr(evopress, "host_memory_available", lambda: 1000)
+        calls.clear()
+        with pytest.raises(UserError) as refused:
+            LevelDatabase(model, calib, make_criterion(name), None, 4, None, allowed, progress=False)
+        assert len(calls) == pruned_levels  # the first block's levels only
+        message = str(refused.value)
+        assert "\n" not in message and f"{db.bytes / 2**30:.1f} GiB" in message and "0.0 GiB available" in message
+        assert ("updates the weights it keeps" in message) == (name == "sparsegpt")
+    monkeypatch.setattr(evopress, "host_memory_available", lambda: None)  # a kernel that does not say: no check
+    LevelDatabase(model, calib, make_criterion("sparsegpt"), None, 4, None, allowed, progress=False)
 
 
 def run(workspace, *overrides, expect=0):

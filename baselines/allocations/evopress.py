@@ -41,6 +41,18 @@ TARGET_CACHE_BYTES = 4 << 30  # the dense model's log-probabilities kept for reu
 DUPLICATE_DRAWS = 1000  # consecutive duplicate offspring after which a generation stops drawing (a tiny search space)
 
 
+def host_memory_available() -> int | None:
+    """Bytes the host can still hand out (Linux's MemAvailable); None where the kernel does not say."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
 def level_sparsities(sparsity: float, weights_diff: int, numel: int, levels: int) -> dict[int, float]:
     """Level -> sparsity of a unit of `numel` weights: the authors' arithmetic (src/pruner.py:154-156), levels as far
     as `levels` each way and no further than sparsity 0 or 1."""
@@ -113,6 +125,7 @@ class LevelDatabase:
         self.entries: list[dict[int, dict]] = [{} for _ in self.linears]
         self.state: list[int | None] = [None] * len(self.linears)  # None: the block holds its dense weights
         self.bytes = 0
+        self.projected = 0  # the whole database's bytes as projected from its first block (check_room)
         t = time.perf_counter()
 
         def visit(index, block, linears, stats):
@@ -121,6 +134,8 @@ class LevelDatabase:
             for level, sparsity in levels[index].items():
                 new = pruned_block(linears, stats, criterion, sparsity, pattern, refinement) if sparsity > 0 else {}
                 self.entries[index][level] = {name: self._entry(index, name, new.get(name)) for name in linears}
+            if index == 0:
+                self.check_room(levels, criterion)
             return False  # the block stays dense: the next one is calibrated on dense inputs
 
         needs = criterion.needs | (refinement.needs if refinement is not None else frozenset())
@@ -130,6 +145,25 @@ class LevelDatabase:
             for index, linears in enumerate(tqdm(self.linears, desc="evopress: level database", disable=not progress)):
                 visit(index, None, linears, {name: None for name in linears})
         self.seconds = time.perf_counter() - t
+
+    def check_room(self, levels: list[dict], criterion) -> None:
+        """Once the first block is stored, project the whole database's host bytes (`projected`) and refuse one
+        the host cannot hold before building the rest: a paper-budget search with a criterion that updates weights
+        (SparseGPT) stores 2 x levels + 1 copies of a 7B model's weights, ~220 GB, and would otherwise die of
+        memory late in the build, its work lost. Every block stores a pruned level alike per weight (a mask, or
+        weights), so the projection is exact for equal blocks."""
+        weight_levels = [sum(t.numel() for t in dense.values()) * sum(1 for s in block.values() if s > 0)
+                         for dense, block in zip(self.dense, levels)]
+        self.projected = round(self.bytes * sum(weight_levels) / weight_levels[0]) if weight_levels[0] else 0
+        total, available = self.projected, host_memory_available()
+        if available is None or total - self.bytes <= available:
+            return
+        masks = all(isinstance(e, PackedMask) for e in self.entries[0][max(levels[0])].values() if e is not None)
+        stored = "as a mask" if masks else f"as weights ({criterion.name} updates the weights it keeps)"
+        advice = "" if masks else ", or build it with a criterion whose levels are masks (magnitude, wanda, ria)"
+        raise UserError(f"evopress: its level database would hold {total / 2**30:.1f} GiB in host memory "
+                        f"({sum(len(b) for b in levels)} block levels, each stored {stored}), more than the "
+                        f"{available / 2**30:.1f} GiB available: lower allocation.levels{advice}")
 
     def _entry(self, index: int, name: str, new: torch.Tensor | None):
         dense = self.dense[index][name]
