@@ -34,9 +34,9 @@ class Pace:
         self.last = self.started
         self.seconds: dict[tuple, list[float]] = {}
         for overrides, seconds in timed:
-            self.time(overrides, seconds)
+            self.add_timing(overrides, seconds)
 
-    def time(self, overrides, seconds: float) -> None:
+    def add_timing(self, overrides, seconds: float) -> None:
         for key in dict.fromkeys(kinds(overrides)):  # a cell with no sparsity has one key, timed once
             self.seconds.setdefault(key, []).append(seconds)
 
@@ -55,7 +55,7 @@ class Pace:
         times its method; a failure or a record another process wrote says nothing of it)."""
         now = time.time()
         if overrides is not None:
-            self.time(overrides, now - self.last)
+            self.add_timing(overrides, now - self.last)
         self.done, self.last = self.done + 1, now
         if self.done >= self.todo:
             return f"{self.done}/{self.todo}"
