@@ -23,8 +23,9 @@ SEEDS ?=
 LAUNCHER ?=
 OVERRIDES ?=
 GRID_OPTIONS = $(if $(LAUNCHER),--launcher $(LAUNCHER)) $(OVERRIDES)
-# A peek at a grid whose cells run elsewhere: make table1 SEEDS=0,1,2 FINISHED_ONLY=1 (or ablation, curves) renders
-# the finished records and runs nothing (the other cells read "not run"; results/table1-3seeds.partial.md).
+# A peek at a grid whose cells run elsewhere: make table1 SEEDS=0,1,2 FINISHED_ONLY=1 (or table2, ablation, curves,
+# recovery) renders the finished records and runs nothing (the other cells read "not run";
+# results/table1-3seeds.partial.md).
 FINISHED_ONLY ?=
 TABLE_OPTIONS = $(GRID_OPTIONS) $(if $(FINISHED_ONLY),--finished-only)
 
@@ -58,7 +59,7 @@ ablation: install
 
 # LoRA recovery under the mask: uniform, OWL and DLP before and after, every pruned weight still zero.
 recovery: install
-	$(PY) -m experiments.recovery_table --model $(FIRST_MODEL) --preset $(PRESET) $(if $(SEEDS),--seeds $(SEEDS)) $(GRID_OPTIONS)
+	$(PY) -m experiments.recovery_table --model $(FIRST_MODEL) --preset $(PRESET) $(if $(SEEDS),--seeds $(SEEDS)) $(TABLE_OPTIONS)
 
 # Perplexity against sparsity (30% to 80%) for uniform, OWL, DLP and the linear ramp, ATP and EvoPress at 60% and
 # 70%, with seed error bars.

@@ -175,6 +175,38 @@ def test_recovery_table_rows(apart, tmp_path):
     assert len((tmp_path / "recovery.csv").read_text().splitlines()) == 3
 
 
+def test_recovery_table_of_finished_records_runs_nothing(apart, tmp_path):
+    """--finished-only: each row is what is recorded (waiting for its pruning, then for its recovery, then its
+    numbers), nothing runs, and the table goes under its .partial names while a row waits."""
+    from experiments import recovery_table
+    own = [f"results_dir={tmp_path / 'runs'}", f"recovery.results_dir={tmp_path / 'recovery'}"]
+    extra = [a for a in apart if not a.startswith(("criterion=", "sparsity=", "results_dir=", "recovery.results_dir="))]
+    extra += own
+
+    def peek():
+        md, rows = recovery_table.build("smollm2-135m", "cpu", [0], extra, tmp_path / "out", criteria=["wanda"],
+                                        allocations=["uniform", "dlp"], sparsities=[0.5], finished_only=True)
+        return md, [r.get("waiting") for r in rows]
+
+    assert peek()[1] == ["pruned run", "pruned run"] and not (tmp_path / "runs").exists()
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["recovery.partial.csv", "recovery.partial.md"]
+    cell = [*extra, "criterion=wanda", "sparsity=0.5", "allocation=uniform"]
+    assert subprocess.run([sys.executable, "-m", "experiments.run", *cell], cwd=ROOT).returncode == 0
+    assert peek()[1] == ["recovery", "pruned run"] and not (tmp_path / "recovery").exists()
+    done = cli(*cell)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(Path(done.stdout.split("record: ")[1].strip()).read_text())
+    md, waiting = peek()
+    assert waiting == [None, "pruned run"]
+    m = result["metrics"]
+    rows = [line for line in md.splitlines() if line.startswith("| Wanda")]
+    assert rows == [f"| Wanda | 50% | Uniform | 0 | {m['ppl_before']:.2f} | {m['ppl_after']:.2f} | "
+                    f"{m['ppl_after'] / m['ppl_before'] - 1:+.1%} | all 21 matrices |",
+                    "| Wanda | 50% | DLP | 0 | not run |  |  | waits for its pruned run |"]
+    assert '1 row without a recovery record yet read "not run"' in md
+    assert not (tmp_path / "out" / "recovery.md").exists()
+
+
 def test_recovered_model_is_exported_with_its_zeros(apart, tmp_path):
     done = cli(*apart, "recovery.save=true", f"export.dir={tmp_path}")
     assert done.returncode == 0, done.stderr
