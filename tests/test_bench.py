@@ -43,6 +43,17 @@ def test_phase_reports_seconds_and_a_memory_peak_above_its_start():
 
 
 @pytest.mark.slow
+def test_peak_size_shrinks_where_a_product_would_be_slow():
+    from experiments.bench.machine import matmul_peak, size_for
+    # 2·n³ flops in 1 s: 2.6 GFLOP/s (bfloat16 without native instructions) gives n = 1091 -> 1024; 140 GFLOP/s
+    # (float32 on two AVX2 cores) gives 4121, capped at 2048; a crawl is held at 256.
+    assert size_for(2.6e9, 1.0, 2048) == 1024
+    assert size_for(140e9, 1.0, 2048) == 2048
+    assert size_for(1e6, 1.0, 2048) == 256
+    assert matmul_peak(torch.float32, torch.device("cpu"), repeats=1, seconds=1e-6)["n"] == 256
+    assert matmul_peak(torch.float32, torch.device("cpu"), n=300, repeats=1)["n"] == 300
+
+
 def test_bench_end_to_end_on_a_tiny_random_model(tmp_path, monkeypatch):
     monkeypatch.setenv("DLP_CACHE", str(tmp_path / "cache"))
     out = tmp_path / "bench"
