@@ -50,7 +50,8 @@ def test_peak_size_shrinks_where_a_product_would_be_slow():
     assert size_for(2.6e9, 1.0, 2048) == 1024
     assert size_for(140e9, 1.0, 2048) == 2048
     assert size_for(1e6, 1.0, 2048) == 256
-    assert matmul_peak(torch.float32, torch.device("cpu"), repeats=1, seconds=1e-6)["n"] == 256
+    assert matmul_peak(torch.bfloat16, torch.device("cpu"), repeats=1, seconds=1e-6)["n"] == 256
+    assert matmul_peak(torch.float32, torch.device("cpu"), repeats=1, seconds=1e-6)["n"] == 2048  # never shrunk
     assert matmul_peak(torch.float32, torch.device("cpu"), n=300, repeats=1)["n"] == 300
 
 

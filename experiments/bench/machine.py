@@ -36,9 +36,13 @@ def _sync(device: torch.device) -> None:
 def matmul_peak(dtype: torch.dtype, device: torch.device, n: int | None = None, repeats: int = 5,
                 seconds: float = 1.0) -> dict:
     """GFLOP/s of n×n by n×n products in `dtype`: the best of `repeats` timed batches after a warm-up. n: 8192 on a
-    GPU; on a CPU 2048, or less where one product would take over `seconds` (`affordable_size`)."""
-    if n is None:
-        n = 8192 if device.type == "cuda" else affordable_size(dtype, device, 2048, seconds)
+    GPU; on a CPU 2048, and for a half-precision dtype less where one product would take over `seconds`
+    (`affordable_size`). float32, which every CPU multiplies natively, always keeps 2048: timed on a busy machine
+    its probe could pass for slow and its peak figures would move with the load."""
+    if n is None and device.type == "cuda":
+        n = 8192
+    elif n is None:
+        n = 2048 if dtype == torch.float32 else affordable_size(dtype, device, 2048, seconds)
     a = torch.randn(n, n, device=device).to(dtype)
     b = torch.randn(n, n, device=device).to(dtype)
     inner = 10 if device.type == "cuda" else 2
@@ -55,18 +59,23 @@ def matmul_peak(dtype: torch.dtype, device: torch.device, n: int | None = None, 
     return {"dtype": str(dtype).replace("torch.", ""), "n": n, "gflops": 2 * n ** 3 / best / 1e9}
 
 
-PROBE = 512  # large enough to run at the dtype's full speed on a CPU, small enough to cost ~0.2 s where it is slow
+PROBE = 512  # large enough to run at the dtype's full speed on a CPU, small enough to cost ~0.3 s a product where slow
+PROBES = 5  # the best of several: on a busy machine one 512 product's speed varied by 3x from one to the next
 
 
 def affordable_size(dtype: torch.dtype, device: torch.device, largest: int, seconds: float) -> int:
     """The largest n up to `largest` (a multiple of 128, at least 256) whose product takes at most `seconds` at the
-    speed of one PROBE-sized product. A dtype a CPU has no instructions for runs ~50x slower (bfloat16 without
-    AVX512-BF16: ~1.3 GFLOP/s a thread): at 2048 its peak took minutes, once per benchmarked process."""
+    speed of the fastest of PROBES PROBE-sized products. A dtype a CPU has no instructions for runs ~50x slower
+    (bfloat16 without AVX512-BF16: ~1 GFLOP/s a thread): at 2048 its peak took minutes, once per benchmarked
+    process."""
     a = torch.randn(PROBE, PROBE, device=device).to(dtype)
     a @ a
-    t = time.perf_counter()
-    a @ a
-    return size_for(2 * PROBE ** 3 / max(time.perf_counter() - t, 1e-9), seconds, largest)
+    fastest = float("inf")
+    for _ in range(PROBES):
+        t = time.perf_counter()
+        a @ a
+        fastest = min(fastest, time.perf_counter() - t)
+    return size_for(2 * PROBE ** 3 / max(fastest, 1e-9), seconds, largest)
 
 
 def size_for(flops_per_s: float, seconds: float, largest: int) -> int:
