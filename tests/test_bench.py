@@ -42,7 +42,6 @@ def test_phase_reports_seconds_and_a_memory_peak_above_its_start():
         assert m["rss_peak"] - m["rss_start"] >= 60 * 2 ** 20
 
 
-@pytest.mark.slow
 def test_peak_size_shrinks_where_a_product_would_be_slow():
     from experiments.bench.machine import matmul_peak, size_for
     # 2·n³ flops in 1 s: 2.6 GFLOP/s (bfloat16 without native instructions) gives n = 1091 -> 1024; 140 GFLOP/s
@@ -55,6 +54,7 @@ def test_peak_size_shrinks_where_a_product_would_be_slow():
     assert matmul_peak(torch.float32, torch.device("cpu"), n=300, repeats=1)["n"] == 300
 
 
+@pytest.mark.slow
 def test_bench_end_to_end_on_a_tiny_random_model(tmp_path, monkeypatch):
     monkeypatch.setenv("DLP_CACHE", str(tmp_path / "cache"))
     out = tmp_path / "bench"
